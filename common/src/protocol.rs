@@ -1,0 +1,51 @@
+//! The seam between a connection's protocol and whatever moves its bytes.
+//!
+//! Drivers (blocking or non-blocking, in the server crate) call
+//! [`Protocol::on_read`] with the bytes that arrived and send whatever the
+//! protocol appended to `output`. The protocol never sees a socket.
+
+use std::sync::Arc;
+
+use bytes::BytesMut;
+
+/// What a protocol wants after it has handled some input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// Keep the connection open and keep reading.
+    Continue,
+    /// Send what is in `output`, then close the connection.
+    Close,
+}
+
+/// A connection's protocol, written as a sans-IO state machine.
+pub trait Protocol: Send + 'static {
+    /// Take what you can from `input` (advance or clear it) and append replies
+    /// to `output`. Bytes left in `input` are handed back, with more behind
+    /// them, on the next call.
+    fn on_read(&mut self, input: &mut BytesMut, output: &mut BytesMut) -> Step;
+
+    /// The peer closed its write side: append any last bytes to `output`.
+    /// The driver sends them and then closes.
+    fn on_eof(&mut self, _output: &mut BytesMut) -> Step {
+        Step::Close
+    }
+}
+
+impl<P: Protocol + ?Sized> Protocol for Box<P> {
+    fn on_read(&mut self, input: &mut BytesMut, output: &mut BytesMut) -> Step {
+        (**self).on_read(input, output)
+    }
+
+    fn on_eof(&mut self, output: &mut BytesMut) -> Step {
+        (**self).on_eof(output)
+    }
+}
+
+/// Makes one protocol value per connection. Strategies share it across
+/// threads (and, after fork, across processes).
+pub type Factory = Arc<dyn Fn() -> Box<dyn Protocol> + Send + Sync>;
+
+/// A [`Factory`] for any protocol that has a [`Default`].
+pub fn factory_of<P: Protocol + Default>() -> Factory {
+    Arc::new(|| Box::new(P::default()))
+}

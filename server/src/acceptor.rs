@@ -1,0 +1,187 @@
+//! The accept loop shared by the blocking strategies (serial, fork, thread,
+//! pool): one `mio::Poll` watching the listener, the signal pipe and a
+//! waker, so a strategy sleeps until there is a connection to take, a signal,
+//! or a freed permit, and never spins.
+//!
+//! Accept errors never kill the server: ECONNABORTED/ECONNRESET/EPROTO are
+//! skipped; EMFILE/ENFILE/ENOBUFS/ENOMEM stop accepting for a back-off period
+//! (with a rate-limited log line) and serving resumes when fds free up.
+
+use std::io;
+use std::net::{TcpListener, TcpStream};
+use std::os::fd::AsRawFd;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use mio::unix::SourceFd;
+use mio::{Events, Interest, Poll, Token, Waker};
+
+use crate::listener;
+use crate::shutdown::{Phase, Shutdown};
+use crate::signals::Signals;
+
+const LISTENER: Token = Token(0);
+const SIGNALS: Token = Token(1);
+const WAKER: Token = Token(2);
+
+/// How long accepting pauses after the process ran out of fds or memory.
+pub const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// What an accept error means for the loop.
+#[derive(Debug, PartialEq, Eq)]
+pub enum AcceptError {
+    /// The queue is empty.
+    Empty,
+    /// That one connection failed (aborted, reset); try the next.
+    Skip,
+    /// Out of fds or memory: back off, then try again.
+    Exhausted,
+    /// Anything else is a bug or a broken listener.
+    Fatal,
+}
+
+/// Classifies an error from accept(2).
+pub fn classify(e: &io::Error) -> AcceptError {
+    use nix::errno::Errno;
+    match e.kind() {
+        io::ErrorKind::WouldBlock => return AcceptError::Empty,
+        io::ErrorKind::Interrupted | io::ErrorKind::ConnectionAborted | io::ErrorKind::ConnectionReset => {
+            return AcceptError::Skip
+        }
+        _ => {}
+    }
+    match e.raw_os_error().map(Errno::from_raw) {
+        Some(Errno::EMFILE | Errno::ENFILE | Errno::ENOBUFS | Errno::ENOMEM) => AcceptError::Exhausted,
+        Some(Errno::EPROTO | Errno::EPERM | Errno::ENETDOWN | Errno::EHOSTUNREACH | Errno::ENETUNREACH) => {
+            AcceptError::Skip
+        }
+        _ => AcceptError::Fatal,
+    }
+}
+
+/// Logs fd exhaustion at most once a second.
+#[derive(Debug, Default)]
+pub struct ExhaustionLog {
+    last: Option<Instant>,
+    suppressed: u64,
+}
+
+impl ExhaustionLog {
+    /// Records one exhaustion error.
+    pub fn note(&mut self, e: &io::Error) {
+        let now = Instant::now();
+        if self.last.is_none_or(|t| now - t >= Duration::from_secs(1)) {
+            log::warn!("accept: {e}; pausing accept for {ACCEPT_BACKOFF:?} ({} more since last report)", self.suppressed);
+            self.last = Some(now);
+            self.suppressed = 0;
+        } else {
+            self.suppressed += 1;
+        }
+    }
+}
+
+/// A blocking strategy's view of its listener, signals and wake-ups.
+#[derive(Debug)]
+pub struct Acceptor {
+    poll: Poll,
+    events: Events,
+    listener: Option<TcpListener>,
+    signals: Signals,
+    waker: Arc<Waker>,
+    shutdown: Shutdown,
+    nodelay: bool,
+    backoff_until: Option<Instant>,
+    exhausted: ExhaustionLog,
+}
+
+impl Acceptor {
+    /// Takes over `listener` (made non-blocking) and the signal pipe.
+    pub fn new(listener: TcpListener, signals: Signals, shutdown: Shutdown, nodelay: bool) -> io::Result<Acceptor> {
+        let poll = Poll::new()?;
+        listener.set_nonblocking(true)?;
+        poll.registry().register(&mut SourceFd(&listener.as_raw_fd()), LISTENER, Interest::READABLE)?;
+        signals.register(poll.registry(), SIGNALS)?;
+        let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+        Ok(Acceptor {
+            poll,
+            events: Events::with_capacity(8),
+            listener: Some(listener),
+            signals,
+            waker,
+            shutdown,
+            nodelay,
+            backoff_until: None,
+            exhausted: ExhaustionLog::default(),
+        })
+    }
+
+    /// Wakes [`Acceptor::next`] or [`Acceptor::wait`] from another thread.
+    pub fn waker(&self) -> Arc<Waker> {
+        self.waker.clone()
+    }
+
+    /// The next connection (a blocking socket, options applied), or `None`
+    /// when the caller should look around first: the shutdown phase, its
+    /// children, its permits. With `can_accept` false only waits.
+    pub fn next(&mut self, can_accept: bool) -> io::Result<Option<TcpStream>> {
+        if self.shutdown.absorb_signals() != Phase::Running {
+            return Ok(None);
+        }
+        let backing_off = self.backoff_until.is_some_and(|t| Instant::now() < t);
+        if can_accept && !backing_off {
+            if let Some(l) = &self.listener {
+                match l.accept() {
+                    Ok((stream, _peer)) => {
+                        listener::configure(&stream, self.nodelay)?;
+                        return Ok(Some(stream));
+                    }
+                    Err(e) => match classify(&e) {
+                        AcceptError::Empty => {}
+                        AcceptError::Skip => {
+                            log::debug!("accept: {e} (skipped)");
+                            return Ok(None);
+                        }
+                        AcceptError::Exhausted => {
+                            self.exhausted.note(&e);
+                            self.backoff_until = Some(Instant::now() + ACCEPT_BACKOFF);
+                        }
+                        AcceptError::Fatal => return Err(e),
+                    },
+                }
+            }
+        }
+        let timeout = self.backoff_until.map(|t| t.saturating_duration_since(Instant::now()));
+        self.wait(timeout)?;
+        Ok(None)
+    }
+
+    /// Sleeps until a signal, a wake-up, a new connection, or `timeout`.
+    pub fn wait(&mut self, timeout: Option<Duration>) -> io::Result<()> {
+        match self.poll.poll(&mut self.events, timeout) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+        if self.events.iter().any(|e| e.token() == SIGNALS) {
+            self.signals.drain();
+        }
+        if self.backoff_until.is_some_and(|t| Instant::now() >= t) {
+            self.backoff_until = None;
+        }
+        self.shutdown.absorb_signals();
+        Ok(())
+    }
+
+    /// Closes the listening socket: new connections are refused from now on.
+    pub fn close_listener(&mut self) {
+        if let Some(l) = self.listener.take() {
+            let _ = self.poll.registry().deregister(&mut SourceFd(&l.as_raw_fd()));
+        }
+    }
+
+    /// In a forked child: closes the child's copies of the listener, the
+    /// poll and the waker, and hands back the signal pipe to reinstall.
+    pub fn into_child(self) -> Signals {
+        self.signals
+    }
+}

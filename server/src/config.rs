@@ -1,0 +1,100 @@
+//! What a server is asked to do: the strategy and its limits. Built by the
+//! `server` binary from its flags (or by a test or benchmark directly).
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// A concurrency strategy: how connections get CPU time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Mode {
+    /// One client at a time, served to its end before the next accept.
+    Serial,
+    /// A new process per connection (fork); the parent only accepts and reaps.
+    Fork,
+    /// A new thread per connection, capped by --max-conns.
+    Thread,
+    /// A fixed pool of --threads workers fed by a bounded queue.
+    Pool,
+    /// One thread, one mio event loop, every connection a state machine.
+    Event,
+    /// --threads event loops on --threads threads.
+    Reactor,
+    /// A master that forks --workers processes, each running --worker.
+    Prefork,
+}
+
+impl Mode {
+    /// The name used on the command line and in the start-up line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Serial => "serial",
+            Mode::Fork => "fork",
+            Mode::Thread => "thread",
+            Mode::Pool => "pool",
+            Mode::Event => "event",
+            Mode::Reactor => "reactor",
+            Mode::Prefork => "prefork",
+        }
+    }
+}
+
+impl std::fmt::Display for Mode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Everything a strategy needs to know.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The strategy.
+    pub mode: Mode,
+    /// Address to bind (port 0 picks a free port).
+    pub listen: SocketAddr,
+    /// listen(2) backlog.
+    pub backlog: i32,
+    /// Open connections at most (thread, event, reactor; per process).
+    pub max_conns: usize,
+    /// Live children at most (fork).
+    pub max_children: usize,
+    /// Worker threads (pool) or event loops (reactor).
+    pub threads: usize,
+    /// Accepted connections waiting for a pool worker, at most.
+    pub queue: usize,
+    /// Close connections with no traffic for this long.
+    pub idle_timeout: Option<Duration>,
+    /// How long a graceful stop lets connections finish.
+    pub grace: Duration,
+    /// TCP_NODELAY on accepted connections.
+    pub nodelay: bool,
+    /// Unsent output per connection above which the event loops stop
+    /// reading it (backpressure).
+    pub max_buffer: usize,
+}
+
+/// The number of CPUs this process may run on.
+pub fn cpus() -> usize {
+    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+}
+
+impl Config {
+    /// Defaults for `mode` on the default address.
+    pub fn new(mode: Mode) -> Config {
+        Config {
+            mode,
+            listen: SocketAddr::from(([127, 0, 0, 1], 7878)),
+            backlog: 1024,
+            max_conns: 10_000,
+            max_children: 1024,
+            threads: match mode {
+                Mode::Reactor => cpus(),
+                _ => 16,
+            },
+            queue: 256,
+            idle_timeout: None,
+            grace: Duration::from_secs(30),
+            nodelay: true,
+            max_buffer: 256 * 1024,
+        }
+    }
+}

@@ -1,0 +1,51 @@
+//! Switchyard's server: one sans-IO protocol (from `switchyard-common`)
+//! served by every concurrency strategy.
+//!
+//! The layers, from the socket up:
+//!
+//! - [`listener`]: bind (socket2), backlog, SO_REUSEADDR/SO_REUSEPORT.
+//! - [`strategy`]: how connections get CPU time, one file per model.
+//! - [`acceptor`], [`tracker`]: the accept loop and the connection
+//!   semaphore/registry the blocking strategies share.
+//! - [`driver`]: moves bytes between a socket and the protocol.
+//! - [`shutdown`], [`signals`]: the stop event and the signals that set it.
+//! - [`sys`]: every `unsafe` call (fork, `_exit`, prctl, signal handlers).
+//!
+//! The `server` binary parses flags into a [`Config`] and calls [`serve`].
+#![deny(missing_docs)]
+
+pub mod acceptor;
+pub mod config;
+pub mod context;
+pub mod driver;
+pub mod listener;
+pub mod shutdown;
+pub mod signals;
+pub mod strategy;
+pub mod sys;
+pub mod tracker;
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+pub use config::{Config, Mode};
+pub use context::Context;
+use shutdown::Shutdown;
+use signals::{Signal, Signals};
+use switchyard_common::Factory;
+
+/// Binds, reports the bound address through `ready`, and serves with the
+/// configured strategy until a stop signal ends it. Signal handlers are
+/// installed before binding, so a SIGTERM right after `ready` is honoured.
+pub fn serve(config: Config, factory: Factory, ready: impl FnOnce(SocketAddr)) -> io::Result<()> {
+    let extra: &[Signal] = match config.mode {
+        Mode::Fork | Mode::Prefork => &[Signal::SIGCHLD],
+        _ => &[],
+    };
+    let signals = Signals::install(extra)?;
+    let listener = listener::bind(config.listen, listener::BindOptions { backlog: config.backlog, reuseport: false })?;
+    ready(listener.local_addr()?);
+    let ctx = Context { shutdown: Shutdown::new(config.grace), config: Arc::new(config), factory };
+    strategy::run(listener, signals, ctx)
+}

@@ -1,0 +1,116 @@
+//! `server`: serve uppercase echo with the concurrency strategy of your
+//! choice. Parses flags, prints one `listening on ...` line on stdout, logs
+//! to stderr, and maps errors to exit codes (1: runtime, 2: usage).
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::Parser;
+use switchyard_common::{protocol::factory_of, UpperEcho};
+use switchyard_server::{config, Config, Mode};
+
+/// Uppercase echo over TCP, served by the concurrency strategy you choose.
+#[derive(Debug, Parser)]
+#[command(name = "server", version, about, long_about = None)]
+struct Args {
+    /// Concurrency strategy.
+    #[arg(long, value_enum, default_value_t = Mode::Thread)]
+    mode: Mode,
+    /// Address to listen on (port 0 picks a free port; never 0.0.0.0 unless you ask).
+    #[arg(long, default_value = "127.0.0.1:7878")]
+    listen: SocketAddr,
+    /// listen(2) backlog.
+    #[arg(long, default_value_t = 1024)]
+    backlog: i32,
+    /// Open connections at most per process (thread, event, reactor); at the cap the server stops accepting.
+    #[arg(long, default_value_t = 10_000)]
+    max_conns: usize,
+    /// Live children at most (fork); at the cap the parent waits for one to exit.
+    #[arg(long, default_value_t = 1024)]
+    max_children: usize,
+    /// Worker threads (pool; default 16) or event loops (reactor; default: number of CPUs).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Accepted connections waiting for a pool worker, at most.
+    #[arg(long, default_value_t = 256)]
+    queue: usize,
+    /// Close a connection after this many seconds without traffic (default: never).
+    #[arg(long, value_name = "SECS", value_parser = parse_secs)]
+    idle_timeout: Option<Duration>,
+    /// Seconds a graceful stop lets open connections finish.
+    #[arg(long, value_name = "SECS", value_parser = parse_secs, default_value = "30")]
+    grace: Duration,
+    /// Set TCP_NODELAY on accepted connections (default).
+    #[arg(long, overrides_with = "no_nodelay")]
+    nodelay: bool,
+    /// Leave Nagle's algorithm on.
+    #[arg(long)]
+    no_nodelay: bool,
+    /// Unsent bytes per connection above which the event loops stop reading it.
+    #[arg(long, value_name = "BYTES", default_value_t = 256 * 1024)]
+    max_buffer: usize,
+}
+
+fn parse_secs(s: &str) -> Result<Duration, String> {
+    let v: f64 = s.parse().map_err(|_| format!("`{s}` is not a number of seconds"))?;
+    if !v.is_finite() || v < 0.0 {
+        return Err(format!("`{s}` is not a number of seconds"));
+    }
+    Ok(Duration::from_secs_f64(v))
+}
+
+impl Args {
+    fn into_config(self) -> anyhow::Result<Config> {
+        let mut c = Config::new(self.mode);
+        c.listen = self.listen;
+        c.backlog = self.backlog;
+        anyhow::ensure!(self.max_conns > 0, "--max-conns must be at least 1");
+        anyhow::ensure!(self.max_children > 0, "--max-children must be at least 1");
+        c.max_conns = self.max_conns;
+        c.max_children = self.max_children;
+        if let Some(t) = self.threads {
+            anyhow::ensure!(t > 0, "--threads must be at least 1");
+            c.threads = t;
+        } else if self.mode == Mode::Reactor {
+            c.threads = config::cpus();
+        }
+        c.queue = self.queue;
+        c.idle_timeout = self.idle_timeout.filter(|d| !d.is_zero());
+        c.grace = self.grace;
+        c.nodelay = !self.no_nodelay || self.nodelay;
+        c.max_buffer = self.max_buffer.max(1024);
+        Ok(c)
+    }
+}
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).format_timestamp_millis().init();
+    let args = Args::parse();
+    let config = match args.into_config() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    match run(config) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn run(config: Config) -> anyhow::Result<()> {
+    let mode = config.mode;
+    switchyard_server::serve(config, factory_of::<UpperEcho>(), |addr| {
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "listening on {addr} mode={mode} pid={}", std::process::id());
+        let _ = out.flush();
+    })
+    .with_context(|| format!("{mode} server"))
+}
