@@ -11,10 +11,12 @@
 //! - [`shutdown`], [`signals`]: the stop event and the signals that set it.
 //! - [`sys`]: every `unsafe` call (fork, `_exit`, prctl, signal handlers).
 //!
-//! The `server` binary parses flags into a [`Config`] and calls [`serve`].
+//! The `server` binary calls [`cli::main`], which parses flags into a
+//! [`Config`] and calls [`serve`].
 #![deny(missing_docs)]
 
 pub mod acceptor;
+pub mod cli;
 pub mod config;
 pub mod context;
 pub mod driver;

@@ -1,16 +1,16 @@
-//! `server`: serve uppercase echo with the concurrency strategy of your
-//! choice. Parses flags, prints one `listening on ...` line on stdout, logs
-//! to stderr, and maps errors to exit codes (1: runtime, 2: usage).
+//! The `server` command line: parses flags into a [`Config`], prints one
+//! `listening on ...` line on stdout, logs to stderr, and maps errors to exit
+//! codes (1: runtime, 2: usage). The `server` binary (root package,
+//! `src/bin/server.rs`) is just a call to [`main`]; `anyhow` lives only here.
 
 use std::io::Write;
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::Context as _;
 use clap::Parser;
 use switchyard_common::{protocol::factory_of, UpperEcho};
-use switchyard_server::{config, Config, Mode};
+use crate::{config, Config, Mode};
 
 /// Uppercase echo over TCP, served by the concurrency strategy you choose.
 #[derive(Debug, Parser)]
@@ -86,7 +86,8 @@ impl Args {
     }
 }
 
-fn main() -> ExitCode {
+/// The whole `server` program.
+pub fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).format_timestamp_millis().init();
     let args = Args::parse();
     let config = match args.into_config() {
@@ -107,10 +108,16 @@ fn main() -> ExitCode {
 
 fn run(config: Config) -> anyhow::Result<()> {
     let mode = config.mode;
-    switchyard_server::serve(config, factory_of::<UpperEcho>(), |addr| {
+    crate::serve(config, factory_of::<UpperEcho>(), |addr| {
         let mut out = std::io::stdout().lock();
         let _ = writeln!(out, "listening on {addr} mode={mode} pid={}", std::process::id());
         let _ = out.flush();
     })
-    .with_context(|| format!("{mode} server"))
+    .map_err(|e| {
+        if e.kind() == std::io::ErrorKind::AddrInUse {
+            anyhow::anyhow!("{e}")
+        } else {
+            anyhow::Error::new(e).context(format!("{mode} server"))
+        }
+    })
 }
