@@ -1,8 +1,8 @@
 //! The `client` command line: `client [flags]` runs a load test through
 //! [`crate::run`] and prints its summary (plus JSON and `.hgrm` files if
 //! asked); `client merge a.json b.json ...` adds reports of instances that ran
-//! together. Exit codes: 0 passed, 1 a wrong or broken-off reply or no
-//! message completed, 2 bad arguments. The `client` binary (root package,
+//! together. Exit codes: 0 passed, 1 a wrong, broken-off or missing reply
+//! or no message completed, 2 bad arguments. The `client` binary (root package,
 //! `src/bin/client.rs`) is just a call to [`main`]; `anyhow` lives only here.
 
 use std::io::{IsTerminal, Write};
@@ -193,6 +193,12 @@ fn finish(report: &Report, json: Option<&str>, hgrm: Option<&PathBuf>) -> anyhow
         why.push(format!(
             "the server closed {} connections in the middle of a reply",
             e.eof_mid_reply
+        ));
+    }
+    if e.reply_timeout > 0 {
+        why.push(format!(
+            "{} replies did not arrive within the timeout",
+            e.reply_timeout
         ));
     }
     if e.reset > 0 {

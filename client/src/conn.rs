@@ -257,7 +257,10 @@ impl Conn {
                 Err(e) => return Err(kind_of(&e)),
             }
         } else if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
-            self.read(ctx, rec, reg, scratch, now)?;
+            // A short read proves the socket drained unless the peer's FIN is
+            // already in (it then brings no new edge): read on to the EOF.
+            let to_eof = ev.is_read_closed() || ev.is_error();
+            self.read(ctx, rec, reg, scratch, now, to_eof)?;
         }
         self.pump(ctx, rec, reg, now)
     }
@@ -270,6 +273,7 @@ impl Conn {
         reg: &Registry,
         scratch: &mut [u8],
         now: u64,
+        to_eof: bool,
     ) -> Result<(), ErrorKind> {
         loop {
             let Some(stream) = self.stream.as_mut() else {
@@ -286,7 +290,7 @@ impl Conn {
                 Ok(n) => {
                     self.verify(&scratch[..n], ctx, rec, reg, now)?;
                     // A short read drained the socket; the next byte brings a new edge.
-                    if n < scratch.len() {
+                    if n < scratch.len() && !to_eof {
                         return Ok(());
                     }
                 }

@@ -100,10 +100,11 @@ impl Errors {
         self.pairs().iter().map(|(_, n)| n).sum()
     }
 
-    /// Errors that mean the server answered wrongly or broke a reply off:
-    /// mismatches, resets and EOF mid-reply (the client then exits with 1).
+    /// Errors that mean the server answered wrongly, broke a reply off or
+    /// never sent it: mismatches, resets, EOF mid-reply and reply timeouts
+    /// (the client then exits with 1).
     pub fn verification_failures(&self) -> u64 {
-        self.mismatch + self.reset + self.eof_mid_reply
+        self.mismatch + self.reset + self.eof_mid_reply + self.reply_timeout
     }
 
     /// (name, count) for every kind, in a fixed order.
