@@ -66,6 +66,12 @@ macro_rules! modes {
             #[test]
             fn sigterm_closes_listener_and_exits_0() { cases::sigterm_closes_listener_and_exits_0(&MODE) }
             #[test]
+            fn grace_period_ends_connections_that_stay_open() { cases::grace_period_ends_connections_that_stay_open(&MODE) }
+            #[test]
+            fn second_sigint_stops_at_once() { cases::immediate_stop(&MODE, &[Signal::SIGINT, Signal::SIGINT]) }
+            #[test]
+            fn sigquit_stops_at_once() { cases::immediate_stop(&MODE, &[Signal::SIGQUIT]) }
+            #[test]
             fn bad_flag_exits_2() { cases::bad_flag_exits_2(&MODE) }
             #[test]
             fn port_in_use_exits_1() { cases::port_in_use_exits_1(&MODE) }
@@ -446,7 +452,9 @@ mod cases {
         let signalled = Instant::now();
 
         // The listener closes at once, while the clients are still busy.
-        if !poll_until(Duration::from_secs(5), || connection_refused(server.addr)) {
+        if !poll_every(Duration::from_millis(20), Duration::from_secs(5), || {
+            connection_refused(server.addr)
+        }) {
             failures.push(format!(
                 "new connections still accepted {:?} after {sig}, while clients were streaming",
                 signalled.elapsed()
@@ -513,7 +521,9 @@ mod cases {
         drop(s);
         server.signal(Signal::SIGTERM);
         assert!(
-            poll_until(Duration::from_secs(5), || connection_refused(server.addr)),
+            poll_every(Duration::from_millis(20), Duration::from_secs(5), || {
+                connection_refused(server.addr)
+            }),
             "new connections still accepted 5 s after SIGTERM"
         );
         let status = server.wait_exit(EXIT_TIMEOUT);
@@ -526,6 +536,73 @@ mod cases {
             Some(0),
             "exit status after SIGTERM: {status:?}"
         );
+    }
+
+    /// A client that never closes: after SIGTERM it is still served, and
+    /// when `--grace` runs out it gets everything it sent echoed, then EOF,
+    /// and the server exits 0.
+    pub fn grace_period_ends_connections_that_stay_open(mode: &Mode) {
+        const GRACE: Duration = Duration::from_secs(1);
+        let mut server = Server::start(mode, &["--grace", "1"]);
+        let mut s = server.connect();
+        roundtrip(&mut s, b"before the signal").unwrap();
+        server.signal_and_wait_delivery(Signal::SIGTERM);
+        let signalled = Instant::now();
+        roundtrip(&mut s, b"after the signal, still served")
+            .unwrap_or_else(|e| panic!("client during the grace period: {e}"));
+        // Unanswered bytes when the grace ends must still come back.
+        s.write_all(b"last words").unwrap();
+        let rest = read_to_eof(&mut s)
+            .unwrap_or_else(|e| panic!("waiting for the grace period to end: {e}"));
+        let closed_after = signalled.elapsed();
+        assert_eq!(
+            String::from_utf8_lossy(&rest),
+            "LAST WORDS",
+            "echo of bytes sent during the grace period, before EOF"
+        );
+        assert!(
+            closed_after >= GRACE / 2,
+            "connection closed {closed_after:?} after SIGTERM, before --grace 1 ran out"
+        );
+        let status = server.wait_exit(EXIT_TIMEOUT);
+        assert!(status.is_some(), "server still running {EXIT_TIMEOUT:?} after the grace period closed its last connection");
+        assert_eq!(
+            status.unwrap().code(),
+            Some(0),
+            "exit status after a graceful stop whose grace ran out"
+        );
+    }
+
+    /// A client stays connected; `signals` (a second SIGINT, or SIGQUIT)
+    /// stop the server at once instead of waiting for the (30 s) grace.
+    pub fn immediate_stop(mode: &Mode, signals: &[Signal]) {
+        let mut server = Server::start(mode, &[]);
+        let mut s = server.connect();
+        roundtrip(&mut s, b"stay connected").unwrap();
+        for &sig in signals {
+            server.signal_and_wait_delivery(sig);
+        }
+        let status = server.wait_exit(Duration::from_secs(5));
+        let names: Vec<String> = signals.iter().map(|s| s.to_string()).collect();
+        assert!(
+            status.is_some(),
+            "server still running 5 s after {} with a client connected",
+            names.join(" + ")
+        );
+        assert_eq!(
+            nix_signal(&status.unwrap()),
+            None,
+            "server died of a signal: {status:?}"
+        );
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut b = [0u8; 16];
+        match s.read(&mut b) {
+            Ok(0) => {}
+            Err(e) if e.kind() == io::ErrorKind::ConnectionReset => {}
+            other => {
+                panic!("client after the server stopped: expected EOF or reset, got {other:?}")
+            }
+        }
     }
 
     pub fn kill_9_leaves_no_child_alive(mode: &Mode) {

@@ -109,6 +109,21 @@ pub fn poll_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
     }
 }
 
+/// [`poll_until`] with a chosen pause between looks (for conditions that
+/// cost something to check, such as a connection attempt).
+pub fn poll_every(interval: Duration, timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        thread::sleep(interval);
+    }
+}
+
 /// Raises this process's soft RLIMIT_NOFILE to its hard limit (once), so
 /// hundreds of simultaneous clients fit, and servers spawned afterwards
 /// inherit the higher limit.
@@ -499,6 +514,29 @@ impl Server {
         );
         kill(Pid::from_raw(self.pid), sig)
             .unwrap_or_else(|e| panic!("kill({}, {sig}): {e}", self.pid));
+    }
+
+    /// Whether `sig`, sent to the whole process, is still pending (not yet
+    /// delivered to any thread), from `ShdPnd` in `/proc/PID/status`.
+    pub fn signal_pending(&self, sig: Signal) -> bool {
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.pid)).unwrap_or_default();
+        let mask = status
+            .lines()
+            .find_map(|l| l.strip_prefix("ShdPnd:"))
+            .and_then(|m| u64::from_str_radix(m.trim(), 16).ok())
+            .unwrap_or(0);
+        mask & (1 << (sig as i32 - 1)) != 0
+    }
+
+    /// Sends `sig` and waits (bounded) until the process has taken it, so a
+    /// second one is a separate delivery rather than merged with the first.
+    pub fn signal_and_wait_delivery(&self, sig: Signal) {
+        self.signal(sig);
+        assert!(
+            poll_until(SETTLE_TIMEOUT, || !self.signal_pending(sig)),
+            "{sig} still pending in the server after {SETTLE_TIMEOUT:?}"
+        );
     }
 
     /// Waits (bounded) for the server to exit; `None` if it is still running
