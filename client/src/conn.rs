@@ -84,7 +84,10 @@ pub struct Conn {
     slots: Box<[Slot]>,
     budget: Option<u64>,
     schedule: Option<Schedule>,
-    origin: Option<u64>,
+    /// Where the schedule starts (ns since the start of the run).
+    origin: u64,
+    /// A reconnecting slot has been started.
+    started: bool,
     next_k: u64,
     pending: Option<u64>,
     timer_at: Option<u64>,
@@ -104,16 +107,14 @@ fn kind_of(e: &io::Error) -> ErrorKind {
 
 impl Conn {
     /// Connection number `id` (global over threads), registered as `token`,
-    /// sending at most `budget` measured messages (if set), paced by
-    /// `schedule` (if set, else closed loop).
+    /// with `depth` messages in flight at most; closed loop with no message
+    /// budget until [`Conn::paced`] says otherwise.
     pub fn new(
         id: u64,
         token: Token,
         addr: SocketAddr,
         source: Option<IpAddr>,
         depth: usize,
-        budget: Option<u64>,
-        schedule: Option<Schedule>,
     ) -> Conn {
         Conn {
             id,
@@ -129,13 +130,23 @@ impl Conn {
             rpos: 0,
             bad: false,
             slots: vec![Slot::default(); depth].into_boxed_slice(),
-            budget,
-            schedule,
-            origin: None,
+            budget: None,
+            schedule: None,
+            origin: 0,
+            started: false,
             next_k: 0,
             pending: None,
             timer_at: None,
         }
+    }
+
+    /// Sends at most `budget` measured messages (if set), paced by `schedule`
+    /// from `origin` (ns since the start of the run; without one: closed loop).
+    pub fn paced(mut self, budget: Option<u64>, schedule: Option<Schedule>, origin: u64) -> Conn {
+        self.budget = budget;
+        self.schedule = schedule;
+        self.origin = origin;
+        self
     }
 
     /// Where the connection is.
@@ -158,7 +169,7 @@ impl Conn {
         now: u64,
     ) -> Result<Option<u64>, ErrorKind> {
         if ctx.reconnect {
-            self.origin = Some(now);
+            self.started = true;
             self.pump(ctx, rec, reg, now)
         } else {
             self.connect(ctx, rec, reg, now)?;
@@ -251,7 +262,6 @@ impl Conn {
                 Ok(_) => {
                     rec.connected(now.saturating_sub(started));
                     self.state = State::Open;
-                    self.origin.get_or_insert(now);
                 }
                 Err(e) if e.kind() == io::ErrorKind::NotConnected => return Ok(None),
                 Err(e) => return Err(kind_of(&e)),
@@ -353,9 +363,9 @@ impl Conn {
         if ctx.stopping || self.budget == Some(0) {
             return Next::Never;
         }
-        let sched = match (self.schedule, self.origin) {
-            (Some(s), Some(origin)) => origin + s.at(self.next_k),
-            _ => now,
+        let sched = match self.schedule {
+            Some(s) => self.origin + s.at(self.next_k),
+            None => now,
         };
         if sched > now {
             return Next::At(sched);
@@ -390,7 +400,7 @@ impl Conn {
         match self.state {
             State::Done | State::Connecting(_) => return Ok(None),
             State::Waiting => {
-                if ctx.reconnect && self.origin.is_some() {
+                if ctx.reconnect && self.started {
                     match self.next(ctx, rec, now) {
                         Next::Due(sched) => {
                             self.pending = Some(sched);

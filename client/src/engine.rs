@@ -37,8 +37,8 @@ pub fn run(cfg: &Config) -> io::Result<Report> {
     cfg.validate()?;
     let threads = cfg.threads.min(cfg.conns);
     let payloads = Payloads::new(cfg.payload, cfg.size);
-    let warmup_ns = cfg.warmup.as_nanos() as u64;
-    let mut series = Series::new(threads, warmup_ns, cfg.progress, cfg.conns);
+    let measure_start = ramp_ns(cfg, threads) + cfg.warmup.as_nanos() as u64;
+    let mut series = Series::new(threads, measure_start, cfg.progress, cfg.conns);
     let cpu0 = thread_cpu_secs();
     let t0 = Instant::now();
     let (tx, rx) = mpsc::channel::<Tick>();
@@ -68,10 +68,25 @@ pub fn run(cfg: &Config) -> io::Result<Report> {
     Ok(Report::from_run(
         cfg,
         threads,
+        measure_start,
         &recorders,
         series.finish(),
         main_cpu,
     ))
+}
+
+/// How long the connection ramp takes: the slowest thread's connections,
+/// `connect_rate / threads` per second. Fixed-rate schedules start, and
+/// warm-up and duration count, from its end.
+pub fn ramp_ns(cfg: &Config, threads: usize) -> u64 {
+    (0..threads)
+        .map(|t| {
+            let n = (t..cfg.conns).step_by(threads).count().saturating_sub(1) as u128;
+            let rate = share(cfg.connect_rate, threads, t).max(1) as u128;
+            (n * u128::from(NANOS_PER_SEC) / rate) as u64
+        })
+        .max()
+        .unwrap_or(0)
 }
 
 /// Nanoseconds since `t0`.
@@ -111,13 +126,14 @@ fn thread_main(
     t0: Instant,
     ticks: mpsc::Sender<Tick>,
 ) -> io::Result<Recorder> {
-    let warmup_ns = cfg.warmup.as_nanos() as u64;
+    let ramp = ramp_ns(cfg, threads);
+    let measure_start = ramp + cfg.warmup.as_nanos() as u64;
     let deadline = cfg
         .effective_duration()
-        .map(|d| warmup_ns + d.as_nanos() as u64);
+        .map(|d| measure_start + d.as_nanos() as u64);
     let timeout_ns = cfg.timeout.as_nanos() as u64;
     let depth = cfg.effective_depth();
-    let mut rec = Recorder::new(t, warmup_ns, Some(ticks));
+    let mut rec = Recorder::new(t, measure_start, Some(ticks));
     let mut poll = Poll::new()?;
     let mut events = Events::with_capacity(1024);
 
@@ -132,15 +148,8 @@ fn thread_main(
         }
         let addr = cfg.addrs[i % cfg.addrs.len()];
         let source = (!cfg.source_ips.is_empty()).then(|| cfg.source_ips[i % cfg.source_ips.len()]);
-        conns.push(Conn::new(
-            i as u64,
-            Token(conns.len()),
-            addr,
-            source,
-            depth,
-            budget,
-            schedule.flatten(),
-        ));
+        let conn = Conn::new(i as u64, Token(conns.len()), addr, source, depth);
+        conns.push(conn.paced(budget, schedule.flatten(), ramp));
     }
     let connect_rate = share(cfg.connect_rate, threads, t).max(1);
     let mut ctx = Ctx {

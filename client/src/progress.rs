@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::pacing::NANOS_PER_SEC;
 use crate::report::fmt_ns;
-use crate::stats::{add_histogram, Tick};
+use crate::stats::{add_histogram, second_phase, Tick};
 
 /// One second of a run, all threads together.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -40,6 +40,7 @@ struct Pending {
     errors: u64,
     conns_open: u64,
     latency: Option<Histogram<u64>>,
+    partial: bool,
 }
 
 /// Collects ticks into seconds; prints each second once every running thread
@@ -47,7 +48,7 @@ struct Pending {
 pub struct Series {
     /// Per thread: the last second it reported, and whether it has stopped.
     threads: Vec<(Option<u64>, bool)>,
-    warmup_ns: u64,
+    measure_start: u64,
     progress: bool,
     conns: usize,
     pending: BTreeMap<u64, Pending>,
@@ -55,11 +56,11 @@ pub struct Series {
 }
 
 impl Series {
-    /// For `threads` threads, measuring after `warmup_ns`; prints progress if asked.
-    pub fn new(threads: usize, warmup_ns: u64, progress: bool, conns: usize) -> Series {
+    /// For `threads` threads, measuring after `measure_start`; prints progress if asked.
+    pub fn new(threads: usize, measure_start: u64, progress: bool, conns: usize) -> Series {
         Series {
             threads: vec![(None, false); threads],
-            warmup_ns,
+            measure_start,
             progress,
             conns,
             pending: BTreeMap::new(),
@@ -74,6 +75,7 @@ impl Series {
         p.bytes += tick.bytes;
         p.errors += tick.errors;
         p.conns_open += tick.conns_open;
+        p.partial |= tick.last;
         match &mut p.latency {
             Some(h) => add_histogram(h, &tick.latency),
             None => p.latency = Some(tick.latency),
@@ -103,12 +105,12 @@ impl Series {
 
     fn finish_second(&mut self, second: u64, p: Pending, at_end: bool) {
         let h = p.latency.unwrap_or_else(crate::stats::new_histogram);
-        let start = second * NANOS_PER_SEC;
-        let warmup = start < self.warmup_ns;
-        if self.progress && !at_end {
+        let start = second_phase(self.measure_start) + second * NANOS_PER_SEC;
+        let warmup = start < self.measure_start;
+        if self.progress && !at_end && !p.partial {
             eprintln!(
                 "[{:>4}s]{} conns {}/{}  msgs/s {}  p99 {}  errors {}",
-                second + 1,
+                (start + NANOS_PER_SEC) / NANOS_PER_SEC,
                 if warmup { " warmup" } else { "" },
                 p.conns_open,
                 self.conns,
@@ -120,7 +122,7 @@ impl Series {
         if !warmup {
             let us = |q: f64| h.value_at_quantile(q) as f64 / 1e3;
             self.done.push(SecondStat {
-                t: ((second + 1) * NANOS_PER_SEC - self.warmup_ns) as f64 / 1e9,
+                t: (start + NANOS_PER_SEC - self.measure_start) as f64 / 1e9,
                 messages: p.messages,
                 bytes: p.bytes,
                 errors: p.errors,

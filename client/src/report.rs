@@ -43,6 +43,8 @@ pub struct RunInfo {
     pub messages: Option<u64>,
     /// Warm-up, s.
     pub warmup_secs: f64,
+    /// Connection ramp before the warm-up, s.
+    pub ramp_secs: f64,
     /// Connect and reply timeout, s.
     pub timeout_secs: f64,
     /// New connections per second.
@@ -66,6 +68,7 @@ impl RunInfo {
             duration_secs: cfg.effective_duration().map(|d| d.as_secs_f64()),
             messages: cfg.messages,
             warmup_secs: cfg.warmup.as_secs_f64(),
+            ramp_secs: crate::engine::ramp_ns(cfg, threads) as f64 / 1e9,
             timeout_secs: cfg.timeout.as_secs_f64(),
             connect_rate: cfg.connect_rate,
             nodelay: cfg.nodelay,
@@ -245,6 +248,7 @@ impl Report {
     pub(crate) fn from_run(
         cfg: &Config,
         threads: usize,
+        measure_start: u64,
         recs: &[Recorder],
         series: Vec<SecondStat>,
         main_cpu: f64,
@@ -256,7 +260,7 @@ impl Report {
         r.target_rate = cfg.rate.map(|x| x as f64);
         r.series = series;
         r.client_cpu_secs = main_cpu;
-        let warmup = cfg.warmup.as_nanos() as u64;
+        let warmup = measure_start;
         let mut end = 0;
         for rec in recs {
             r.messages += rec.messages;

@@ -248,9 +248,10 @@ impl Recorder {
         self.sec_errors += 1;
     }
 
-    /// Sends the ticks of every second that ended before `now_ns`.
+    /// Sends the ticks of every second that ended before `now_ns`. Seconds
+    /// are aligned on the start of measuring: see [`second_phase`].
     pub fn tick(&mut self, now_ns: u64, conns_open: u64) {
-        let now_sec = now_ns / NANOS_PER_SEC;
+        let now_sec = now_ns.saturating_sub(second_phase(self.measure_start_ns)) / NANOS_PER_SEC;
         while self.second < now_sec {
             self.flush_second(conns_open);
         }
@@ -288,6 +289,12 @@ impl Recorder {
             let _ = tx.send(tick);
         }
     }
+}
+
+/// Where second 0 of the ticks starts (ns since the start of the run), so
+/// that a second boundary falls exactly where measuring starts.
+pub fn second_phase(measure_start_ns: u64) -> u64 {
+    measure_start_ns % NANOS_PER_SEC
 }
 
 /// CPU time (user + system) of the calling thread, in seconds.
