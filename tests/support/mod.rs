@@ -539,6 +539,32 @@ impl Server {
         );
     }
 
+    /// Where each thread of the server (and of its children) is blocked:
+    /// `pid/tid: syscall (wchan)`, from `/proc` (for failure messages).
+    pub fn where_blocked(&self) -> String {
+        let mut pids = vec![self.pid];
+        pids.extend(self.live_children().iter().map(|p| p.pid));
+        let mut out = Vec::new();
+        for pid in pids {
+            let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+                continue;
+            };
+            for task in tasks.flatten() {
+                let read =
+                    |f: &str| std::fs::read_to_string(task.path().join(f)).unwrap_or_default();
+                let syscall = read("syscall");
+                let nr = syscall.split_whitespace().next().unwrap_or("?").to_string();
+                let name = syscall_name(&nr);
+                out.push(format!(
+                    "{pid}/{}: {name} ({})",
+                    task.file_name().to_string_lossy(),
+                    read("wchan")
+                ));
+            }
+        }
+        out.join(", ")
+    }
+
     /// Waits (bounded) for the server to exit; `None` if it is still running
     /// after `timeout`.
     pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
@@ -775,10 +801,16 @@ pub fn run_to_exit(args: &[&str]) -> Finished {
         .expect("spawn server");
     let out = Arc::new(Mutex::new(Vec::new()));
     let err = Arc::new(Mutex::new(Vec::new()));
-    let readers = [
-        spawn_collect(child.stdout.take().expect("stdout"), out.clone()),
-        spawn_collect(child.stderr.take().expect("stderr"), err.clone()),
-    ];
+    let (done_tx, done_rx) = mpsc::channel();
+    spawn_collect(
+        child.stdout.take().expect("stdout"),
+        out.clone(),
+        done_tx.clone(),
+    );
+    spawn_collect(child.stderr.take().expect("stderr"), err.clone(), done_tx);
+    let text = |b: &Arc<Mutex<Vec<u8>>>| {
+        String::from_utf8_lossy(&b.lock().unwrap_or_else(|e| e.into_inner())).into_owned()
+    };
     let mut status = None;
     poll_until(EXIT_TIMEOUT, || {
         status = child.try_wait().expect("try_wait");
@@ -787,17 +819,22 @@ pub fn run_to_exit(args: &[&str]) -> Finished {
     let Some(status) = status else {
         let _ = child.kill();
         let _ = child.wait();
-        let err = String::from_utf8_lossy(&err.lock().unwrap()).into_owned();
         panic!(
-            "`server {}` still running after {EXIT_TIMEOUT:?}; stderr:\n{err}",
-            args.join(" ")
+            "`server {}` still running after {EXIT_TIMEOUT:?}; stderr:\n{}",
+            args.join(" "),
+            text(&err)
         );
     };
-    // The pipes reach EOF now that the process is gone.
-    for r in readers {
-        let _ = r.join();
+    // The pipes reach EOF now that the process is gone (bounded anyway, in
+    // case something it started still holds them).
+    for _ in 0..2 {
+        if done_rx.recv_timeout(SETTLE_TIMEOUT).is_err() {
+            panic!(
+                "`server {}` exited ({status}) but its stdout/stderr stayed open",
+                args.join(" ")
+            );
+        }
     }
-    let text = |b: &Arc<Mutex<Vec<u8>>>| String::from_utf8_lossy(&b.lock().unwrap()).into_owned();
     Finished {
         status,
         stdout: text(&out),
@@ -805,15 +842,39 @@ pub fn run_to_exit(args: &[&str]) -> Finished {
     }
 }
 
+/// Copies a pipe into `into` until EOF, then reports on `done`.
 fn spawn_collect(
     mut pipe: impl Read + Send + 'static,
     into: Arc<Mutex<Vec<u8>>>,
-) -> thread::JoinHandle<()> {
+    done: mpsc::Sender<()>,
+) {
     thread::spawn(move || {
-        let mut buf = Vec::new();
-        let _ = pipe.read_to_end(&mut buf);
-        into.lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .extend_from_slice(&buf);
-    })
+        let mut buf = [0u8; 4096];
+        while let Ok(n @ 1..) = pipe.read(&mut buf) {
+            into.lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .extend_from_slice(&buf[..n]);
+        }
+        let _ = done.send(());
+    });
+}
+
+/// A readable name for the x86-64 syscall numbers a blocked server sits in.
+fn syscall_name(nr: &str) -> String {
+    let name = match (cfg!(target_arch = "x86_64"), nr) {
+        (true, "0") => "read",
+        (true, "1") => "write",
+        (true, "7") => "poll",
+        (true, "44") => "sendto",
+        (true, "45") => "recvfrom",
+        (true, "61") => "wait4",
+        (true, "202") => "futex",
+        (true, "232") => "epoll_wait",
+        (true, "281") => "epoll_pwait",
+        (true, "288") => "accept4",
+        (true, "441") => "epoll_pwait2",
+        (_, "running") => "running",
+        _ => return format!("syscall {nr}"),
+    };
+    name.to_string()
 }
