@@ -557,3 +557,68 @@ fn several_servers_and_source_addresses() {
         vec!["127.0.0.1".to_string(), "127.0.0.2".to_string()]
     );
 }
+
+#[test]
+fn a_duration_run_has_a_per_second_series_that_adds_up() {
+    let server = Server::start("thread");
+    let dir = TempDir::new("series");
+    let json = dir.file("r.json");
+    let o = client(&[
+        "--addr",
+        &server.addr(),
+        "-c",
+        "2",
+        "-t",
+        "1",
+        "-d",
+        "2s",
+        "--rate",
+        "500",
+        "--json",
+        &json,
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", describe(&o));
+    let (r, _) = read_report(&json);
+    assert!(
+        (1.99..2.01).contains(&r.elapsed.as_secs_f64()),
+        "{:?}",
+        r.elapsed
+    );
+    assert!((2..=3).contains(&r.series.len()), "{:?}", r.series);
+    assert_eq!(r.series.iter().map(|s| s.messages).sum::<u64>(), r.messages);
+    assert!((r.series[0].t - 1.0).abs() < 1e-9, "{:?}", r.series);
+    // 250 msgs/s on each connection: each whole second holds about 500.
+    assert!(
+        (480..=520).contains(&r.series[1].messages),
+        "{:?}",
+        r.series
+    );
+    assert!(r.series[1].p99_us.is_some());
+}
+
+#[test]
+fn many_connections_on_two_threads() {
+    let server = Server::start("thread");
+    let dir = TempDir::new("many");
+    let json = dir.file("r.json");
+    let o = client(&[
+        "--addr",
+        &server.addr(),
+        "-c",
+        "400",
+        "-t",
+        "2",
+        "-n",
+        "4000",
+        "-d",
+        "30s",
+        "--json",
+        &json,
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", describe(&o));
+    let (r, _) = read_report(&json);
+    assert_eq!(
+        (r.messages, r.conns_established, r.config.threads),
+        (4000, 400, 2)
+    );
+}
