@@ -164,14 +164,32 @@ pub fn roundtrip(s: &mut TcpStream, msg: &[u8]) -> Result<(), String> {
     let mut got = vec![0u8; msg.len()];
     s.read_exact(&mut got)
         .map_err(|e| format!("read {} echoed bytes: {e}", msg.len()))?;
-    if got != upper(msg) {
-        return Err(format!(
-            "sent {:?}, got back {:?}",
-            String::from_utf8_lossy(msg),
-            String::from_utf8_lossy(&got)
-        ));
+    let want = upper(msg);
+    if got != want {
+        return Err(describe_mismatch(&want, &got));
     }
     Ok(())
+}
+
+/// A short account of how `got` differs from `want`: lengths, the first
+/// differing offset, and a few bytes of each from there.
+pub fn describe_mismatch(want: &[u8], got: &[u8]) -> String {
+    let at = want
+        .iter()
+        .zip(got)
+        .position(|(a, b)| a != b)
+        .unwrap_or(want.len().min(got.len()));
+    let show = |b: &[u8]| {
+        let end = (at + 32).min(b.len());
+        format!("{:?}", String::from_utf8_lossy(&b[at..end]))
+    };
+    format!(
+        "echo differs from the uppercase of what was sent at byte {at} (expected {} bytes, got {}): expected {}..., got {}...",
+        want.len(),
+        got.len(),
+        show(want),
+        show(got)
+    )
 }
 
 /// Reads until end-of-file (within the socket's read timeout).
@@ -189,9 +207,9 @@ pub fn close_cleanly(s: &mut TcpStream) -> Result<(), String> {
     let rest = read_to_eof(s)?;
     if !rest.is_empty() {
         return Err(format!(
-            "{} unexpected bytes before EOF: {:?}",
+            "{} unexpected bytes before EOF, starting {:?}",
             rest.len(),
-            String::from_utf8_lossy(&rest)
+            String::from_utf8_lossy(&rest[..rest.len().min(32)])
         ));
     }
     Ok(())
