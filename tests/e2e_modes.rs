@@ -16,6 +16,10 @@
 //!   must die with the server);
 //! - `args`: extra flags for every server of the mode.
 //!
+//! `concurrent` and `forks` must be the literals `true` or `false`: they
+//! choose at compile time which tests exist for the mode (a test that
+//! cannot apply to a mode is absent, not silently passing).
+//!
 //! Adding a mode is one line in the table. The modes not built yet are
 //! there, commented out: uncomment a line to run the whole suite against it.
 
