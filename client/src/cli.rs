@@ -191,7 +191,7 @@ fn finish(report: &Report, json: Option<&str>, hgrm: Option<&PathBuf>) -> anyhow
     }
     if e.eof_mid_reply > 0 {
         why.push(format!(
-            "the server closed {} connections in the middle of a reply",
+            "connections closed by the server in the middle of a reply: {}",
             e.eof_mid_reply
         ));
     }
@@ -201,8 +201,14 @@ fn finish(report: &Report, json: Option<&str>, hgrm: Option<&PathBuf>) -> anyhow
             e.reply_timeout
         ));
     }
+    if e.closed_idle > 0 {
+        why.push(format!(
+            "connections closed by the server while the client still used them: {}",
+            e.closed_idle
+        ));
+    }
     if e.reset > 0 {
-        why.push(format!("{} connections were reset", e.reset));
+        why.push(format!("connections reset: {}", e.reset));
     }
     if report.messages == 0 {
         let cause = if e.refused > 0 {

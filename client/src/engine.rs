@@ -238,17 +238,19 @@ fn thread_main(
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => return Err(e),
         }
-        now = ns_since(t0);
         let reg = poll.registry();
         for ev in events.iter() {
             let i = ev.token().0;
             if i >= conns.len() {
                 continue;
             }
+            // Per event: a large batch must not age the later timestamps.
+            now = ns_since(t0);
             let was = conns[i].state() == State::Done;
             let r = conns[i].on_event(ev, &ctx, &mut rec, reg, &mut scratch, now);
             settle(&mut conns, i, was, r, &mut rec, reg, &mut heap, &mut live);
         }
+        now = ns_since(t0);
     }
     rec.finish(ns_since(t0));
     Ok(rec)

@@ -562,6 +562,8 @@ impl Report {
         use std::fmt::Write as _;
         let h = &self.latency;
         let ms = |v: u64| v as f64 / 1e6;
+        // As HdrHistogram computes it: the power of two above 2 * 10^sigfig.
+        let sub_buckets = (2 * 10u64.pow(u32::from(h.sigfig()))).next_power_of_two();
         let mut s = String::new();
         let _ = writeln!(
             s,
@@ -610,7 +612,7 @@ impl Report {
             s,
             "#[Buckets = {:>12}, SubBuckets     = {:>12}]",
             h.buckets(),
-            h.distinct_values()
+            sub_buckets
         );
         s
     }

@@ -41,7 +41,8 @@ pub enum ErrorKind {
     Mismatch,
     /// A reply took longer than the timeout.
     ReplyTimeout,
-    /// The server closed an idle connection (nothing outstanding).
+    /// The server closed a connection the client was still using, with no
+    /// reply outstanding (e.g. between a reply and the next message).
     ClosedIdle,
     /// Any other I/O error.
     Other,
@@ -100,11 +101,13 @@ impl Errors {
         self.pairs().iter().map(|(_, n)| n).sum()
     }
 
-    /// Errors that mean the server answered wrongly, broke a reply off or
-    /// never sent it: mismatches, resets, EOF mid-reply and reply timeouts
-    /// (the client then exits with 1).
+    /// Errors that mean the server answered wrongly, broke a reply off,
+    /// never sent it, or dropped a connection the client was still using:
+    /// mismatches, resets, EOF mid-reply, reply timeouts and idle closes
+    /// (the client then exits with 1). The client closes every connection it
+    /// is done with itself, so any EOF it sees cut a connection short.
     pub fn verification_failures(&self) -> u64 {
-        self.mismatch + self.reset + self.eof_mid_reply + self.reply_timeout
+        self.mismatch + self.reset + self.eof_mid_reply + self.reply_timeout + self.closed_idle
     }
 
     /// (name, count) for every kind, in a fixed order.
