@@ -20,9 +20,13 @@ use crate::payload::Payloads;
 use crate::progress::Series;
 use crate::report::Report;
 use crate::stats::{thread_cpu_secs, Recorder, Tick};
+use crate::timer::Waker;
 
 /// How often each loop checks timeouts and sends its per-second tick.
 const TICK_NS: u64 = 100_000_000;
+
+/// The token of the thread's timer (connections use 0..conns).
+const WAKER: Token = Token(usize::MAX);
 
 /// Bytes read per `read` call.
 const SCRATCH: usize = 64 * 1024;
@@ -135,6 +139,7 @@ fn thread_main(
     let depth = cfg.effective_depth();
     let mut rec = Recorder::new(t, measure_start, Some(ticks));
     let mut poll = Poll::new()?;
+    let mut waker = Waker::new(poll.registry(), WAKER)?;
     let mut events = Events::with_capacity(1024);
 
     let mut conns = Vec::new();
@@ -224,8 +229,11 @@ fn thread_main(
         if let Some(d) = deadline.filter(|_| !ctx.stopping) {
             wake = wake.min(d);
         }
-        if let Some(Reverse((at, _))) = heap.peek() {
-            wake = wake.min(*at);
+        if let Some(&Reverse((at, _))) = heap.peek() {
+            if at < wake {
+                wake = at;
+                waker.arm(at, now)?;
+            }
         }
         if started < conns.len() {
             wake = wake.min(
@@ -240,6 +248,10 @@ fn thread_main(
         }
         let reg = poll.registry();
         for ev in events.iter() {
+            if ev.token() == WAKER {
+                waker.fired();
+                continue;
+            }
             let i = ev.token().0;
             if i >= conns.len() {
                 continue;

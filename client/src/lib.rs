@@ -30,6 +30,7 @@ pub mod payload;
 pub mod progress;
 pub mod report;
 pub mod stats;
+pub mod timer;
 
 pub use config::{parse_duration, Config};
 pub use engine::run;
