@@ -178,6 +178,10 @@ pub struct Recorder {
     measure_start_ns: u64,
     thread: usize,
     second: u64,
+    /// Where the current second ends (ns since the start of the run).
+    second_end_ns: u64,
+    /// Connections open at the last periodic tick.
+    conns_open: u64,
     sec_messages: u64,
     sec_bytes: u64,
     sec_errors: u64,
@@ -206,6 +210,8 @@ impl Recorder {
             measure_start_ns,
             thread,
             second: 0,
+            second_end_ns: second_phase(measure_start_ns) + NANOS_PER_SEC,
+            conns_open: 0,
             sec_messages: 0,
             sec_bytes: 0,
             sec_errors: 0,
@@ -223,6 +229,10 @@ impl Recorder {
     /// Records a completed message.
     #[inline]
     pub fn complete(&mut self, sched_ns: u64, sent_ns: u64, now_ns: u64, bytes: u64) {
+        if now_ns >= self.second_end_ns {
+            // Count the message in the second it completed in.
+            self.tick(now_ns, self.conns_open);
+        }
         let corrected = now_ns.saturating_sub(sched_ns);
         self.sec_messages += 1;
         self.sec_bytes += bytes;
@@ -254,6 +264,7 @@ impl Recorder {
     /// Sends the ticks of every second that ended before `now_ns`. Seconds
     /// are aligned on the start of measuring: see [`second_phase`].
     pub fn tick(&mut self, now_ns: u64, conns_open: u64) {
+        self.conns_open = conns_open;
         let now_sec = now_ns.saturating_sub(second_phase(self.measure_start_ns)) / NANOS_PER_SEC;
         while self.second < now_sec {
             self.flush_second(conns_open);
@@ -287,6 +298,7 @@ impl Recorder {
             last,
         };
         self.second += 1;
+        self.second_end_ns += NANOS_PER_SEC;
         if let Some(tx) = &self.ticks {
             // The main thread may have gone; the tick is then just dropped.
             let _ = tx.send(tick);
