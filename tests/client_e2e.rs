@@ -622,3 +622,45 @@ fn many_connections_on_two_threads() {
         (4000, 400, 2)
     );
 }
+
+#[test]
+fn a_flipped_byte_is_found_in_the_right_pipelined_message() {
+    let addr = faulty_server(flip_byte_1000).to_string();
+    let dir = TempDir::new("flip-pipelined");
+    let json = dir.file("r.json");
+    let o = client(&[
+        "--addr", &addr, "-c", "1", "-t", "1", "--size", "100", "--depth", "8", "-n", "50", "-d",
+        "20s", "--json", &json,
+    ]);
+    assert_eq!(o.status.code(), Some(1), "{}", describe(&o));
+    let (r, _) = read_report(&json);
+    // Byte 1000 is the first byte of message 10: one bad reply of 50.
+    assert_eq!((r.errors.mismatch, r.messages), (1, 50), "{}", describe(&o));
+}
+
+#[test]
+fn reconnect_at_a_fixed_rate() {
+    let server = Server::start("thread");
+    let dir = TempDir::new("reconnect-rate");
+    let json = dir.file("r.json");
+    let o = client(&[
+        "--addr",
+        &server.addr(),
+        "-c",
+        "2",
+        "-t",
+        "1",
+        "--reconnect",
+        "--rate",
+        "100",
+        "-d",
+        "1s",
+        "--json",
+        &json,
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", describe(&o));
+    let (r, _) = read_report(&json);
+    assert!((90..=100).contains(&r.messages), "{}", describe(&o));
+    assert_eq!(r.conns_established, r.messages + r.warmup_messages);
+    assert_eq!(r.target_rate, Some(100.0));
+}
