@@ -664,3 +664,28 @@ fn reconnect_at_a_fixed_rate() {
     assert_eq!(r.conns_established, r.messages + r.warmup_messages);
     assert_eq!(r.target_rate, Some(100.0));
 }
+
+#[test]
+fn json_to_stdout_moves_the_summary_to_stderr() {
+    let server = Server::start("thread");
+    let o = client(&[
+        "--addr",
+        &server.addr(),
+        "-c",
+        "2",
+        "-t",
+        "1",
+        "-n",
+        "100",
+        "--json",
+        "-",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", describe(&o));
+    let r = Report::from_json(&text(&o.stdout)).expect("stdout is the JSON report");
+    assert_eq!(r.messages, 100);
+    assert!(
+        text(&o.stderr).contains("messages     100"),
+        "{}",
+        describe(&o)
+    );
+}

@@ -54,7 +54,7 @@ struct MergeArgs {
 #[derive(Debug, Args)]
 struct RunArgs {
     /// Server address; repeat to spread connections over several servers.
-    #[arg(long = "addr", value_name = "HOST:PORT")]
+    #[arg(long = "addr", value_name = "HOST:PORT", value_parser = parse_addr)]
     addrs: Vec<SocketAddr>,
     /// Source address to bind (e.g. 127.0.0.2); repeat to rotate over several.
     #[arg(long = "source-ip", value_name = "IP")]
@@ -114,6 +114,15 @@ struct RunArgs {
     /// Progress line even when stderr is not a terminal.
     #[arg(long)]
     progress: bool,
+}
+
+/// `IP:PORT` or `HOST:PORT` (the first address the name resolves to).
+fn parse_addr(s: &str) -> Result<SocketAddr, String> {
+    use std::net::ToSocketAddrs;
+    s.to_socket_addrs()
+        .map_err(|e| format!("`{s}`: {e}"))?
+        .next()
+        .ok_or_else(|| format!("`{s}` resolves to no address"))
 }
 
 fn parse_payload(s: &str) -> Result<PayloadKind, String> {
