@@ -175,7 +175,9 @@ fn thread_main(
         let reg = poll.registry();
         if !ctx.stopping && deadline.is_some_and(|d| now >= d) {
             ctx.stopping = true;
-            drain_until = now + timeout_ns;
+            // Long enough for every outstanding message to reach its timeout
+            // (checked every tick) and be counted as such.
+            drain_until = now + timeout_ns + 2 * TICK_NS;
             live -= conns.len() - started; // never started: nothing to do
             conns.truncate(started);
             for i in 0..conns.len() {
