@@ -31,15 +31,11 @@ impl Server {
         let mut line = String::new();
         let mut out = BufReader::new(child.stdout.take().unwrap());
         out.read_line(&mut line).expect("read the listening line");
-        let addr = line
-            .split_whitespace()
-            .nth(2)
-            .and_then(|a| a.parse().ok())
-            .unwrap_or_else(|| {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("unexpected first line from server: {line:?}")
-            });
+        let addr = line.split_whitespace().nth(2).and_then(|a| a.parse().ok()).unwrap_or_else(|| {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("unexpected first line from server: {line:?}")
+        });
         Server { child, addr }
     }
 
@@ -60,8 +56,7 @@ struct TempDir(PathBuf);
 
 impl TempDir {
     fn new(name: &str) -> TempDir {
-        let p =
-            std::env::temp_dir().join(format!("switchyard-client-{name}-{}", std::process::id()));
+        let p = std::env::temp_dir().join(format!("switchyard-client-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&p);
         std::fs::create_dir_all(&p).unwrap();
         TempDir(p)
@@ -78,11 +73,7 @@ impl Drop for TempDir {
 }
 
 fn client(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_client"))
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .expect("run client")
+    Command::new(env!("CARGO_BIN_EXE_client")).args(args).stdin(Stdio::null()).output().expect("run client")
 }
 
 fn text(b: &[u8]) -> String {
@@ -90,12 +81,7 @@ fn text(b: &[u8]) -> String {
 }
 
 fn describe(o: &Output) -> String {
-    format!(
-        "status {:?}\n--- stdout\n{}--- stderr\n{}",
-        o.status,
-        text(&o.stdout),
-        text(&o.stderr)
-    )
+    format!("status {:?}\n--- stdout\n{}--- stderr\n{}", o.status, text(&o.stdout), text(&o.stderr))
 }
 
 fn read_report(path: &str) -> (Report, String) {
@@ -146,9 +132,7 @@ fn flip_byte_1000(data: &[u8], offset: u64) -> (Vec<u8>, bool) {
 fn close_mid_reply(data: &[u8], offset: u64) -> (Vec<u8>, bool) {
     let out = to_upper(data);
     if offset + data.len() as u64 > 640 {
-        let keep = (640u64.saturating_sub(offset) as usize)
-            .max(data.len() / 2)
-            .min(data.len() - 1);
+        let keep = (640u64.saturating_sub(offset) as usize).max(data.len() / 2).min(data.len() - 1);
         return (out[..keep].to_vec(), true);
     }
     (out, false)
@@ -192,22 +176,12 @@ fn closed_loop_verifies_every_reply_and_writes_json_and_hgrm() {
     assert!(r.client_cpu_secs > 0.0);
     assert_eq!(r.config.conns, 4);
     assert_eq!(r.config.payload, "text");
-    for key in [
-        "\"p99.9\"",
-        "\"client_cpu_secs_per_million_msgs\"",
-        "\"series\"",
-        "\"mismatch\": 0",
-        "\"latency\": \"",
-    ] {
+    for key in ["\"p99.9\"", "\"client_cpu_secs_per_million_msgs\"", "\"series\"", "\"mismatch\": 0", "\"latency\": \""]
+    {
         assert!(raw.contains(key), "{key} missing from {raw}");
     }
     let h = std::fs::read_to_string(&hgrm).unwrap();
-    assert!(
-        h.contains("Percentile")
-            && h.contains("#[Mean")
-            && h.contains("Total count    =         3000"),
-        "{h}"
-    );
+    assert!(h.contains("Percentile") && h.contains("#[Mean") && h.contains("Total count    =         3000"), "{h}");
 }
 
 #[test]
@@ -247,30 +221,12 @@ fn fixed_rate_reports_target_and_corrected_latency() {
     let server = Server::start("thread");
     let dir = TempDir::new("rate");
     let json = dir.file("r.json");
-    let o = client(&[
-        "--addr",
-        &server.addr(),
-        "-c",
-        "3",
-        "-t",
-        "1",
-        "--rate",
-        "300",
-        "-d",
-        "1s",
-        "--json",
-        &json,
-    ]);
+    let o = client(&["--addr", &server.addr(), "-c", "3", "-t", "1", "--rate", "300", "-d", "1s", "--json", &json]);
     assert_eq!(o.status.code(), Some(0), "{}", describe(&o));
     let (r, raw) = read_report(&json);
     // 300 msgs/s split 100/100/100 for one second: at most 300, at least a
     // few fewer if connecting took a moment.
-    assert!(
-        (280..=300).contains(&r.messages),
-        "{} messages\n{}",
-        r.messages,
-        describe(&o)
-    );
+    assert!((280..=300).contains(&r.messages), "{} messages\n{}", r.messages, describe(&o));
     assert_eq!(r.target_rate, Some(300.0));
     assert!(raw.contains("\"target\": 300.0"), "{raw}");
     assert_eq!(r.latency.len(), r.latency_uncorrected.len());
@@ -282,24 +238,9 @@ fn fixed_rate_reports_target_and_corrected_latency() {
 #[test]
 fn rate_below_conns_warns() {
     let server = Server::start("thread");
-    let o = client(&[
-        "--addr",
-        &server.addr(),
-        "-c",
-        "4",
-        "-t",
-        "1",
-        "--rate",
-        "2",
-        "-d",
-        "1s",
-    ]);
+    let o = client(&["--addr", &server.addr(), "-c", "4", "-t", "1", "--rate", "2", "-d", "1s"]);
     assert_eq!(o.status.code(), Some(0), "{}", describe(&o));
-    assert!(
-        text(&o.stderr).contains("below --conns"),
-        "{}",
-        describe(&o)
-    );
+    assert!(text(&o.stderr).contains("below --conns"), "{}", describe(&o));
 }
 
 #[test]
@@ -307,19 +248,7 @@ fn reconnect_opens_one_connection_per_message() {
     let server = Server::start("thread");
     let dir = TempDir::new("reconnect");
     let json = dir.file("r.json");
-    let o = client(&[
-        "--addr",
-        &server.addr(),
-        "-c",
-        "2",
-        "-t",
-        "1",
-        "--reconnect",
-        "-n",
-        "60",
-        "--json",
-        &json,
-    ]);
+    let o = client(&["--addr", &server.addr(), "-c", "2", "-t", "1", "--reconnect", "-n", "60", "--json", &json]);
     assert_eq!(o.status.code(), Some(0), "{}", describe(&o));
     let (r, _) = read_report(&json);
     assert_eq!(r.messages, 60);
@@ -332,20 +261,8 @@ fn warmup_is_left_out_of_the_statistics() {
     let server = Server::start("thread");
     let dir = TempDir::new("warmup");
     let json = dir.file("r.json");
-    let o = client(&[
-        "--addr",
-        &server.addr(),
-        "-c",
-        "2",
-        "-t",
-        "1",
-        "--warmup",
-        "300ms",
-        "-n",
-        "500",
-        "--json",
-        &json,
-    ]);
+    let o =
+        client(&["--addr", &server.addr(), "-c", "2", "-t", "1", "--warmup", "300ms", "-n", "500", "--json", &json]);
     assert_eq!(o.status.code(), Some(0), "{}", describe(&o));
     let (r, _) = read_report(&json);
     assert_eq!(r.messages, 500);
@@ -358,15 +275,9 @@ fn a_flipped_byte_is_a_mismatch_and_exit_1() {
     let addr = faulty_server(flip_byte_1000).to_string();
     let dir = TempDir::new("flip");
     let json = dir.file("r.json");
-    let o = client(&[
-        "--addr", &addr, "-c", "1", "-t", "1", "-n", "100", "-d", "20s", "--json", &json,
-    ]);
+    let o = client(&["--addr", &addr, "-c", "1", "-t", "1", "-n", "100", "-d", "20s", "--json", &json]);
     assert_eq!(o.status.code(), Some(1), "{}", describe(&o));
-    assert!(
-        text(&o.stderr).contains("not the uppercase"),
-        "{}",
-        describe(&o)
-    );
+    assert!(text(&o.stderr).contains("not the uppercase"), "{}", describe(&o));
     let (r, _) = read_report(&json);
     // Byte 1000 is in message 15 (64-byte messages): exactly one bad reply.
     assert_eq!(r.errors.mismatch, 1, "{}", describe(&o));
@@ -378,15 +289,9 @@ fn a_reply_cut_short_is_eof_mid_reply_and_exit_1() {
     let addr = faulty_server(close_mid_reply).to_string();
     let dir = TempDir::new("eof");
     let json = dir.file("r.json");
-    let o = client(&[
-        "--addr", &addr, "-c", "1", "-t", "1", "-n", "100", "-d", "20s", "--json", &json,
-    ]);
+    let o = client(&["--addr", &addr, "-c", "1", "-t", "1", "-n", "100", "-d", "20s", "--json", &json]);
     assert_eq!(o.status.code(), Some(1), "{}", describe(&o));
-    assert!(
-        text(&o.stderr).contains("in the middle of a reply"),
-        "{}",
-        describe(&o)
-    );
+    assert!(text(&o.stderr).contains("in the middle of a reply"), "{}", describe(&o));
     let (r, _) = read_report(&json);
     assert_eq!(r.errors.eof_mid_reply, 1, "{}", describe(&o));
     assert_eq!(r.errors.mismatch, 0);
@@ -395,20 +300,12 @@ fn a_reply_cut_short_is_eof_mid_reply_and_exit_1() {
 
 #[test]
 fn a_refused_connection_is_reported_not_a_panic() {
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let addr = format!("127.0.0.1:{port}"); // the listener is gone: connections are refused
     let o = client(&["--addr", &addr, "-c", "2", "-t", "1", "-n", "10"]);
     assert_eq!(o.status.code(), Some(1), "{}", describe(&o));
     let err = text(&o.stderr);
-    assert!(
-        err.contains("connection refused") && !err.contains("panicked"),
-        "{}",
-        describe(&o)
-    );
+    assert!(err.contains("connection refused") && !err.contains("panicked"), "{}", describe(&o));
     assert!(text(&o.stdout).contains("refused 2"), "{}", describe(&o));
 }
 
@@ -416,17 +313,7 @@ fn a_refused_connection_is_reported_not_a_panic() {
 fn a_server_that_dies_mid_run_gives_a_report() {
     let mut server = Server::start("thread");
     let mut c = Command::new(env!("CARGO_BIN_EXE_client"))
-        .args([
-            "--addr",
-            &server.addr(),
-            "-c",
-            "2",
-            "-t",
-            "1",
-            "-d",
-            "20s",
-            "--progress",
-        ])
+        .args(["--addr", &server.addr(), "-c", "2", "-t", "1", "-d", "20s", "--progress"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -443,10 +330,7 @@ fn a_server_that_dies_mid_run_gives_a_report() {
     let out = text(&o.stdout);
     assert_eq!(o.status.code(), Some(1), "{line}{rest}\n{out}");
     assert!(line.contains("conns"), "{line}");
-    assert!(
-        out.contains("messages") && !rest.contains("panicked"),
-        "{rest}\n{out}"
-    );
+    assert!(out.contains("messages") && !rest.contains("panicked"), "{rest}\n{out}");
     assert!(rest.contains("FAILED"), "{rest}");
 }
 
@@ -457,43 +341,18 @@ fn two_instances_at_once_merge_to_the_sums() {
     let (a, b, m) = (dir.file("a.json"), dir.file("b.json"), dir.file("m.json"));
     let spawn = |n: &str, json: &str| {
         Command::new(env!("CARGO_BIN_EXE_client"))
-            .args([
-                "--addr",
-                &server.addr(),
-                "-c",
-                "2",
-                "-t",
-                "1",
-                "-n",
-                n,
-                "-d",
-                "30s",
-                "--json",
-                json,
-            ])
+            .args(["--addr", &server.addr(), "-c", "2", "-t", "1", "-n", n, "-d", "30s", "--json", json])
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
             .unwrap()
     };
     let (ca, cb) = (spawn("1500", &a), spawn("2500", &b));
-    let (oa, ob) = (
-        ca.wait_with_output().unwrap(),
-        cb.wait_with_output().unwrap(),
-    );
-    assert!(
-        oa.status.success() && ob.status.success(),
-        "{}\n{}",
-        describe(&oa),
-        describe(&ob)
-    );
+    let (oa, ob) = (ca.wait_with_output().unwrap(), cb.wait_with_output().unwrap());
+    assert!(oa.status.success() && ob.status.success(), "{}\n{}", describe(&oa), describe(&ob));
     let o = client(&["merge", &a, &b, "--json", &m]);
     assert_eq!(o.status.code(), Some(0), "{}", describe(&o));
-    assert!(
-        text(&o.stdout).contains("2 instances merged"),
-        "{}",
-        describe(&o)
-    );
+    assert!(text(&o.stdout).contains("2 instances merged"), "{}", describe(&o));
     let (ra, _) = read_report(&a);
     let (rb, _) = read_report(&b);
     let (rm, _) = read_report(&m);
@@ -514,12 +373,7 @@ fn two_instances_at_once_merge_to_the_sums() {
 
 #[test]
 fn bad_arguments_exit_2() {
-    for args in [
-        &["--bogus"][..],
-        &["--size", "0", "-n", "1"],
-        &["--duration", "ten"],
-        &["merge"],
-    ] {
+    for args in [&["--bogus"][..], &["--size", "0", "-n", "1"], &["--duration", "ten"], &["merge"]] {
         let o = client(args);
         assert_eq!(o.status.code(), Some(2), "{args:?}: {}", describe(&o));
     }
@@ -552,10 +406,7 @@ fn several_servers_and_source_addresses() {
     let (r, _) = read_report(&json);
     assert_eq!(r.messages, 400);
     assert_eq!(r.config.addrs.len(), 2);
-    assert_eq!(
-        r.config.source_ips,
-        vec!["127.0.0.1".to_string(), "127.0.0.2".to_string()]
-    );
+    assert_eq!(r.config.source_ips, vec!["127.0.0.1".to_string(), "127.0.0.2".to_string()]);
 }
 
 #[test]
@@ -563,36 +414,15 @@ fn a_duration_run_has_a_per_second_series_that_adds_up() {
     let server = Server::start("thread");
     let dir = TempDir::new("series");
     let json = dir.file("r.json");
-    let o = client(&[
-        "--addr",
-        &server.addr(),
-        "-c",
-        "2",
-        "-t",
-        "1",
-        "-d",
-        "2s",
-        "--rate",
-        "500",
-        "--json",
-        &json,
-    ]);
+    let o = client(&["--addr", &server.addr(), "-c", "2", "-t", "1", "-d", "2s", "--rate", "500", "--json", &json]);
     assert_eq!(o.status.code(), Some(0), "{}", describe(&o));
     let (r, _) = read_report(&json);
-    assert!(
-        (1.99..2.01).contains(&r.elapsed.as_secs_f64()),
-        "{:?}",
-        r.elapsed
-    );
+    assert!((1.99..2.01).contains(&r.elapsed.as_secs_f64()), "{:?}", r.elapsed);
     assert!((2..=3).contains(&r.series.len()), "{:?}", r.series);
     assert_eq!(r.series.iter().map(|s| s.messages).sum::<u64>(), r.messages);
     assert!((r.series[0].t - 1.0).abs() < 1e-9, "{:?}", r.series);
     // 250 msgs/s on each connection: each whole second holds about 500.
-    assert!(
-        (480..=520).contains(&r.series[1].messages),
-        "{:?}",
-        r.series
-    );
+    assert!((480..=520).contains(&r.series[1].messages), "{:?}", r.series);
     assert!(r.series[1].p99_us.is_some());
 }
 
@@ -601,26 +431,10 @@ fn many_connections_on_two_threads() {
     let server = Server::start("thread");
     let dir = TempDir::new("many");
     let json = dir.file("r.json");
-    let o = client(&[
-        "--addr",
-        &server.addr(),
-        "-c",
-        "400",
-        "-t",
-        "2",
-        "-n",
-        "4000",
-        "-d",
-        "30s",
-        "--json",
-        &json,
-    ]);
+    let o = client(&["--addr", &server.addr(), "-c", "400", "-t", "2", "-n", "4000", "-d", "30s", "--json", &json]);
     assert_eq!(o.status.code(), Some(0), "{}", describe(&o));
     let (r, _) = read_report(&json);
-    assert_eq!(
-        (r.messages, r.conns_established, r.config.threads),
-        (4000, 400, 2)
-    );
+    assert_eq!((r.messages, r.conns_established, r.config.threads), (4000, 400, 2));
 }
 
 #[test]
@@ -629,8 +443,8 @@ fn a_flipped_byte_is_found_in_the_right_pipelined_message() {
     let dir = TempDir::new("flip-pipelined");
     let json = dir.file("r.json");
     let o = client(&[
-        "--addr", &addr, "-c", "1", "-t", "1", "--size", "100", "--depth", "8", "-n", "50", "-d",
-        "20s", "--json", &json,
+        "--addr", &addr, "-c", "1", "-t", "1", "--size", "100", "--depth", "8", "-n", "50", "-d", "20s", "--json",
+        &json,
     ]);
     assert_eq!(o.status.code(), Some(1), "{}", describe(&o));
     let (r, _) = read_report(&json);
@@ -668,24 +482,26 @@ fn reconnect_at_a_fixed_rate() {
 #[test]
 fn json_to_stdout_moves_the_summary_to_stderr() {
     let server = Server::start("thread");
-    let o = client(&[
-        "--addr",
-        &server.addr(),
-        "-c",
-        "2",
-        "-t",
-        "1",
-        "-n",
-        "100",
-        "--json",
-        "-",
-    ]);
+    let o = client(&["--addr", &server.addr(), "-c", "2", "-t", "1", "-n", "100", "--json", "-"]);
     assert_eq!(o.status.code(), Some(0), "{}", describe(&o));
     let r = Report::from_json(&text(&o.stdout)).expect("stdout is the JSON report");
     assert_eq!(r.messages, 100);
-    assert!(
-        text(&o.stderr).contains("messages     100"),
-        "{}",
-        describe(&o)
-    );
+    assert!(text(&o.stderr).contains("messages     100"), "{}", describe(&o));
+}
+
+/// Reads and never answers.
+fn black_hole(_: &[u8], _: u64) -> (Vec<u8>, bool) {
+    (Vec::new(), false)
+}
+
+#[test]
+fn a_reply_that_never_comes_is_a_reply_timeout_and_exit_1() {
+    let addr = faulty_server(black_hole).to_string();
+    let dir = TempDir::new("black-hole");
+    let json = dir.file("r.json");
+    let o = client(&["--addr", &addr, "-c", "2", "-t", "1", "-n", "10", "--timeout", "300ms", "--json", &json]);
+    assert_eq!(o.status.code(), Some(1), "{}", describe(&o));
+    assert!(text(&o.stderr).contains("within the timeout"), "{}", describe(&o));
+    let (r, _) = read_report(&json);
+    assert_eq!((r.errors.reply_timeout, r.messages), (2, 0), "{}", describe(&o));
 }
