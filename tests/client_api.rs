@@ -25,24 +25,10 @@ fn run_returns_a_report_that_round_trips_and_merges() {
         .spawn()
         .unwrap();
     let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
     let server = Server(child);
-    let addr = line
-        .split_whitespace()
-        .nth(2)
-        .expect("listening line")
-        .parse()
-        .unwrap();
-    let cfg = Config {
-        addrs: vec![addr],
-        threads: 2,
-        conns: 3,
-        depth: 2,
-        messages: Some(1000),
-        ..Config::default()
-    };
+    let addr = line.split_whitespace().nth(2).expect("listening line").parse().unwrap();
+    let cfg = Config { addrs: vec![addr], threads: 2, conns: 3, depth: 2, messages: Some(1000), ..Config::default() };
     let r = run(&cfg).unwrap();
     drop(server);
     assert_eq!(r.messages, 1000);
@@ -61,12 +47,6 @@ fn run_returns_a_report_that_round_trips_and_merges() {
 
 #[test]
 fn run_rejects_a_bad_config() {
-    let cfg = Config {
-        size: 0,
-        ..Config::default()
-    };
-    assert_eq!(
-        run(&cfg).unwrap_err().kind(),
-        std::io::ErrorKind::InvalidInput
-    );
+    let cfg = Config { size: 0, ..Config::default() };
+    assert_eq!(run(&cfg).unwrap_err().kind(), std::io::ErrorKind::InvalidInput);
 }

@@ -132,11 +132,7 @@ fn parse_payload(s: &str) -> Result<PayloadKind, String> {
 impl RunArgs {
     fn config(&self) -> Config {
         Config {
-            addrs: if self.addrs.is_empty() {
-                Config::default().addrs
-            } else {
-                self.addrs.clone()
-            },
+            addrs: if self.addrs.is_empty() { Config::default().addrs } else { self.addrs.clone() },
             source_ips: self.source_ips.clone(),
             threads: self.threads.unwrap_or_else(cpus),
             conns: self.conns,
@@ -178,14 +174,10 @@ fn finish(report: &Report, json: Option<&str>, hgrm: Option<&PathBuf>) -> anyhow
         print!("{summary}");
     }
     if let Some(dest) = json {
-        write_out(
-            dest,
-            &(serde_json::to_string_pretty(&report.to_json())? + "\n"),
-        )?;
+        write_out(dest, &(serde_json::to_string_pretty(&report.to_json())? + "\n"))?;
     }
     if let Some(path) = hgrm {
-        std::fs::write(path, report.hgrm())
-            .with_context(|| format!("cannot write {}", path.display()))?;
+        std::fs::write(path, report.hgrm()).with_context(|| format!("cannot write {}", path.display()))?;
     }
     if report.passed() {
         return Ok(ExitCode::SUCCESS);
@@ -193,28 +185,16 @@ fn finish(report: &Report, json: Option<&str>, hgrm: Option<&PathBuf>) -> anyhow
     let e = &report.errors;
     let mut why = Vec::new();
     if e.mismatch > 0 {
-        why.push(format!(
-            "{} replies were not the uppercase of what was sent",
-            e.mismatch
-        ));
+        why.push(format!("{} replies were not the uppercase of what was sent", e.mismatch));
     }
     if e.eof_mid_reply > 0 {
-        why.push(format!(
-            "connections closed by the server in the middle of a reply: {}",
-            e.eof_mid_reply
-        ));
+        why.push(format!("connections closed by the server in the middle of a reply: {}", e.eof_mid_reply));
     }
     if e.reply_timeout > 0 {
-        why.push(format!(
-            "{} replies did not arrive within the timeout",
-            e.reply_timeout
-        ));
+        why.push(format!("{} replies did not arrive within the timeout", e.reply_timeout));
     }
     if e.closed_idle > 0 {
-        why.push(format!(
-            "connections closed by the server while the client still used them: {}",
-            e.closed_idle
-        ));
+        why.push(format!("connections closed by the server while the client still used them: {}", e.closed_idle));
     }
     if e.reset > 0 {
         why.push(format!("connections reset: {}", e.reset));
@@ -266,12 +246,8 @@ fn run_test(args: RunArgs) -> anyhow::Result<ExitCode> {
 fn merge(args: MergeArgs) -> anyhow::Result<ExitCode> {
     let mut reports = Vec::new();
     for f in &args.files {
-        let text =
-            std::fs::read_to_string(f).with_context(|| format!("cannot read {}", f.display()))?;
-        reports.push(
-            Report::from_json(&text)
-                .with_context(|| format!("{} is not a client report", f.display()))?,
-        );
+        let text = std::fs::read_to_string(f).with_context(|| format!("cannot read {}", f.display()))?;
+        reports.push(Report::from_json(&text).with_context(|| format!("{} is not a client report", f.display()))?);
     }
     let mut merged = Report::merged(&reports);
     if let Some(p) = args.percentiles {

@@ -49,9 +49,7 @@ pub struct Config {
 
 /// The number of CPUs (at least 1).
 pub fn cpus() -> usize {
-    std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1)
+    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
 }
 
 /// Percentiles reported unless asked otherwise.
@@ -131,13 +129,9 @@ impl Config {
 /// Parses `10s`, `500ms`, `2m`, `1h`, `250us` or a plain number of seconds.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
-    let split = s
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(s.len());
+    let split = s.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
-    let v: f64 = num
-        .parse()
-        .map_err(|_| format!("`{s}` is not a duration (e.g. 10s, 500ms, 2m)"))?;
+    let v: f64 = num.parse().map_err(|_| format!("`{s}` is not a duration (e.g. 10s, 500ms, 2m)"))?;
     let secs = match unit.trim() {
         "" | "s" => v,
         "ms" => v / 1e3,
@@ -173,10 +167,7 @@ mod tests {
         let c = Config::default();
         c.validate().unwrap();
         assert_eq!(c.effective_duration(), Some(Duration::from_secs(10)));
-        let c = Config {
-            conns: 0,
-            ..Config::default()
-        };
+        let c = Config { conns: 0, ..Config::default() };
         assert!(c.validate().is_err());
     }
 }

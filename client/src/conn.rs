@@ -97,9 +97,9 @@ pub struct Conn {
 fn kind_of(e: &io::Error) -> ErrorKind {
     match e.kind() {
         io::ErrorKind::ConnectionRefused => ErrorKind::Refused,
-        io::ErrorKind::ConnectionReset
-        | io::ErrorKind::BrokenPipe
-        | io::ErrorKind::ConnectionAborted => ErrorKind::Reset,
+        io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionAborted => {
+            ErrorKind::Reset
+        }
         io::ErrorKind::TimedOut => ErrorKind::ConnectTimeout,
         _ => ErrorKind::Other,
     }
@@ -109,13 +109,7 @@ impl Conn {
     /// Connection number `id` (global over threads), registered as `token`,
     /// with `depth` messages in flight at most; closed loop with no message
     /// budget until [`Conn::paced`] says otherwise.
-    pub fn new(
-        id: u64,
-        token: Token,
-        addr: SocketAddr,
-        source: Option<IpAddr>,
-        depth: usize,
-    ) -> Conn {
+    pub fn new(id: u64, token: Token, addr: SocketAddr, source: Option<IpAddr>, depth: usize) -> Conn {
         Conn {
             id,
             token,
@@ -161,13 +155,7 @@ impl Conn {
 
     /// Starts the connection at `now`: connects (or, reconnecting, waits for
     /// the first message to be due). Returns a timer to arm, if any.
-    pub fn start(
-        &mut self,
-        ctx: &Ctx,
-        rec: &mut Recorder,
-        reg: &Registry,
-        now: u64,
-    ) -> Result<Option<u64>, ErrorKind> {
+    pub fn start(&mut self, ctx: &Ctx, rec: &mut Recorder, reg: &Registry, now: u64) -> Result<Option<u64>, ErrorKind> {
         if ctx.reconnect {
             self.started = true;
             self.pump(ctx, rec, reg, now)
@@ -177,20 +165,10 @@ impl Conn {
         }
     }
 
-    fn connect(
-        &mut self,
-        ctx: &Ctx,
-        rec: &mut Recorder,
-        reg: &Registry,
-        now: u64,
-    ) -> Result<(), ErrorKind> {
+    fn connect(&mut self, ctx: &Ctx, rec: &mut Recorder, reg: &Registry, now: u64) -> Result<(), ErrorKind> {
         rec.conns_attempted += 1;
-        let sock = Socket::new(
-            Domain::for_address(self.addr),
-            Type::STREAM,
-            Some(Protocol::TCP),
-        )
-        .map_err(|e| kind_of(&e))?;
+        let sock =
+            Socket::new(Domain::for_address(self.addr), Type::STREAM, Some(Protocol::TCP)).map_err(|e| kind_of(&e))?;
         let other = |_: io::Error| ErrorKind::Other;
         sock.set_nonblocking(true).map_err(other)?;
         if ctx.nodelay {
@@ -200,11 +178,7 @@ impl Conn {
             if ip.is_ipv4() {
                 // Choose the source port at connect time, by the whole 4-tuple,
                 // so that one source address serves more than ~28,000 connections.
-                let _ = nix::sys::socket::setsockopt(
-                    &sock,
-                    nix::sys::socket::sockopt::IpBindAddressNoPort,
-                    &true,
-                );
+                let _ = nix::sys::socket::setsockopt(&sock, nix::sys::socket::sockopt::IpBindAddressNoPort, &true);
             }
             sock.bind(&SocketAddr::new(ip, 0).into()).map_err(other)?;
         }
@@ -215,12 +189,7 @@ impl Conn {
             Err(e) => return Err(kind_of(&e)),
         }
         let mut stream = TcpStream::from_std(sock.into());
-        reg.register(
-            &mut stream,
-            self.token,
-            Interest::READABLE | Interest::WRITABLE,
-        )
-        .map_err(other)?;
+        reg.register(&mut stream, self.token, Interest::READABLE | Interest::WRITABLE).map_err(other)?;
         self.stream = Some(stream);
         self.state = State::Connecting(now);
         self.base = self.issued;
@@ -300,11 +269,7 @@ impl Conn {
             };
             match stream.read(scratch) {
                 Ok(0) => {
-                    return Err(if self.in_flight() > 0 {
-                        ErrorKind::EofMidReply
-                    } else {
-                        ErrorKind::ClosedIdle
-                    });
+                    return Err(if self.in_flight() > 0 { ErrorKind::EofMidReply } else { ErrorKind::ClosedIdle });
                 }
                 Ok(n) => {
                     self.verify(&scratch[..n], ctx, rec, reg, now)?;
@@ -340,10 +305,7 @@ impl Conn {
             let o = (self.rpos % size) as usize;
             let m = self.base + j;
             let msg = ctx.payloads.message(self.id, m);
-            let n = data
-                .len()
-                .min(msg.len() - o)
-                .min((self.wpos - self.rpos) as usize);
+            let n = data.len().min(msg.len() - o).min((self.wpos - self.rpos) as usize);
             if !is_upper_of(&msg[o..o + n], &data[..n]) {
                 self.bad = true;
             }
@@ -397,13 +359,7 @@ impl Conn {
     /// Issues every message that is due and writes what the socket takes;
     /// connects a reconnecting slot whose next message is due; finishes a
     /// connection with nothing left to do. Returns a timer to arm, if any.
-    pub fn pump(
-        &mut self,
-        ctx: &Ctx,
-        rec: &mut Recorder,
-        reg: &Registry,
-        now: u64,
-    ) -> Result<Option<u64>, ErrorKind> {
+    pub fn pump(&mut self, ctx: &Ctx, rec: &mut Recorder, reg: &Registry, now: u64) -> Result<Option<u64>, ErrorKind> {
         let mut timer = None;
         let mut more = true;
         match self.state {
@@ -496,9 +452,7 @@ impl Conn {
     /// The timeout this connection has run into at `now`, if any.
     pub fn check_timeout(&self, now: u64, timeout_ns: u64) -> Option<ErrorKind> {
         match self.state {
-            State::Connecting(started) if now.saturating_sub(started) > timeout_ns => {
-                Some(ErrorKind::ConnectTimeout)
-            }
+            State::Connecting(started) if now.saturating_sub(started) > timeout_ns => Some(ErrorKind::ConnectTimeout),
             State::Open if self.in_flight() > 0 => {
                 let oldest = self.slots[(self.completed % self.slots.len() as u64) as usize];
                 (now.saturating_sub(oldest.sent) > timeout_ns).then_some(ErrorKind::ReplyTimeout)

@@ -62,21 +62,11 @@ pub fn run(cfg: &Config) -> io::Result<Report> {
         }
         handles
             .into_iter()
-            .map(|h| {
-                h.join()
-                    .unwrap_or_else(|_| Err(io::Error::other("client thread panicked")))
-            })
+            .map(|h| h.join().unwrap_or_else(|_| Err(io::Error::other("client thread panicked"))))
             .collect::<io::Result<Vec<Recorder>>>()
     })?;
     let main_cpu = thread_cpu_secs() - cpu0;
-    Ok(Report::from_run(
-        cfg,
-        threads,
-        measure_start,
-        &recorders,
-        series.finish(),
-        main_cpu,
-    ))
+    Ok(Report::from_run(cfg, threads, measure_start, &recorders, series.finish(), main_cpu))
 }
 
 /// How long the connection ramp takes: the slowest thread's connections,
@@ -132,9 +122,7 @@ fn thread_main(
 ) -> io::Result<Recorder> {
     let ramp = ramp_ns(cfg, threads);
     let measure_start = ramp + cfg.warmup.as_nanos() as u64;
-    let deadline = cfg
-        .effective_duration()
-        .map(|d| measure_start + d.as_nanos() as u64);
+    let deadline = cfg.effective_duration().map(|d| measure_start + d.as_nanos() as u64);
     let timeout_ns = cfg.timeout.as_nanos() as u64;
     let depth = cfg.effective_depth();
     let mut rec = Recorder::new(t, measure_start, Some(ticks));
@@ -145,9 +133,7 @@ fn thread_main(
     let mut conns = Vec::new();
     for i in (t..cfg.conns).step_by(threads) {
         let budget = cfg.messages.map(|n| share(n, cfg.conns, i));
-        let schedule = cfg
-            .rate
-            .map(|r| Schedule::new(share(r, cfg.conns, i), i, cfg.conns));
+        let schedule = cfg.rate.map(|r| Schedule::new(share(r, cfg.conns, i), i, cfg.conns));
         if budget == Some(0) || schedule == Some(None) {
             continue; // nothing for this connection to do
         }
@@ -157,13 +143,7 @@ fn thread_main(
         conns.push(conn.paced(budget, schedule.flatten(), ramp));
     }
     let connect_rate = share(cfg.connect_rate, threads, t).max(1);
-    let mut ctx = Ctx {
-        payloads,
-        depth,
-        reconnect: cfg.reconnect,
-        nodelay: cfg.nodelay,
-        stopping: false,
-    };
+    let mut ctx = Ctx { payloads, depth, reconnect: cfg.reconnect, nodelay: cfg.nodelay, stopping: false };
     let mut heap = BinaryHeap::new();
     let mut scratch = vec![0u8; SCRATCH];
     let mut live = conns.len();
@@ -187,8 +167,7 @@ fn thread_main(
             }
         }
         // The ramp: at most `connect_rate` new connections per second.
-        let allowed =
-            (1 + u128::from(connect_rate) * u128::from(now) / u128::from(NANOS_PER_SEC)) as usize;
+        let allowed = (1 + u128::from(connect_rate) * u128::from(now) / u128::from(NANOS_PER_SEC)) as usize;
         while started < conns.len().min(allowed) {
             let i = started;
             started += 1;
@@ -238,9 +217,7 @@ fn thread_main(
             }
         }
         if started < conns.len() {
-            wake = wake.min(
-                (started as u128 * u128::from(NANOS_PER_SEC) / u128::from(connect_rate)) as u64,
-            );
+            wake = wake.min((started as u128 * u128::from(NANOS_PER_SEC) / u128::from(connect_rate)) as u64);
         }
         let wait = Duration::from_nanos(wake.saturating_sub(now));
         match poll.poll(&mut events, Some(wait)) {

@@ -55,10 +55,7 @@ impl Report {
         let first = self.series.is_empty() && self.instances == other.instances.max(1);
         for (i, o) in other.series.iter().enumerate() {
             if i >= self.series.len() {
-                self.series.push(SecondStat {
-                    t: o.t,
-                    ..SecondStat::default()
-                });
+                self.series.push(SecondStat { t: o.t, ..SecondStat::default() });
             }
             let s = &mut self.series[i];
             s.messages += o.messages;
@@ -113,13 +110,7 @@ mod tests {
         r.elapsed = Duration::from_secs(secs);
         r.client_cpu_secs = 0.5;
         r.errors.count(ErrorKind::Mismatch);
-        r.series = vec![SecondStat {
-            t: 1.0,
-            messages: 3,
-            max_us: 2.0,
-            p99_us: Some(1.0),
-            ..Default::default()
-        }];
+        r.series = vec![SecondStat { t: 1.0, messages: 3, max_us: 2.0, p99_us: Some(1.0), ..Default::default() }];
         r
     }
 
@@ -139,10 +130,7 @@ mod tests {
         // Added, not averaged: 97% of the values are 1 ms, so the median is 1 ms
         // (an average of the two medians would be about 0.5 ms).
         assert_eq!(m.latency.len(), 100);
-        assert_eq!(
-            m.latency.value_at_quantile(0.5),
-            m.latency.highest_equivalent(1_000_000)
-        );
+        assert_eq!(m.latency.value_at_quantile(0.5), m.latency.highest_equivalent(1_000_000));
         assert_eq!(m.latency.min(), 1000);
         assert_eq!(m.series.len(), 1);
         assert_eq!(m.series[0].messages, 6);
@@ -158,10 +146,7 @@ mod tests {
         let a = report(&[1000, 5000], 10.0, 1);
         let b = Report::from_json(&a.to_json().to_string()).unwrap();
         assert_eq!(b.latency, a.latency);
-        assert_eq!(
-            (b.messages, b.errors, b.elapsed),
-            (a.messages, a.errors, a.elapsed)
-        );
+        assert_eq!((b.messages, b.errors, b.elapsed), (a.messages, a.errors, a.elapsed));
         let m = Report::merged([&a, &b]);
         assert_eq!(m.latency.len(), 4);
         assert_eq!(m.latency.max(), a.latency.max());

@@ -69,21 +69,12 @@ mod tests {
                 let shares: Vec<u64> = (0..n).map(|i| share(total, n, i)).collect();
                 assert_eq!(shares.iter().sum::<u64>(), total, "total {total} over {n}");
                 let (min, max) = (shares.iter().min().unwrap(), shares.iter().max().unwrap());
-                assert!(
-                    max - min <= 1,
-                    "uneven split of {total} over {n}: {shares:?}"
-                );
+                assert!(max - min <= 1, "uneven split of {total} over {n}: {shares:?}");
             }
         }
-        assert_eq!(
-            (0..4).map(|i| share(10, 4, i)).collect::<Vec<_>>(),
-            vec![3, 3, 2, 2]
-        );
+        assert_eq!((0..4).map(|i| share(10, 4, i)).collect::<Vec<_>>(), vec![3, 3, 2, 2]);
         // Fewer than one per connection: some get nothing.
-        assert_eq!(
-            (0..5).map(|i| share(3, 5, i)).collect::<Vec<_>>(),
-            vec![1, 1, 1, 0, 0]
-        );
+        assert_eq!((0..5).map(|i| share(3, 5, i)).collect::<Vec<_>>(), vec![1, 1, 1, 0, 0]);
     }
 
     #[test]
@@ -102,18 +93,14 @@ mod tests {
         assert_eq!(s.at(3_000_000), 1_000_000 * NANOS_PER_SEC);
         // Within any one second, exactly `rate` messages are due.
         let s = Schedule::new(7, 0, 1).unwrap();
-        let in_second = (0..100)
-            .filter(|&k| s.at(k) >= 2 * NANOS_PER_SEC && s.at(k) < 3 * NANOS_PER_SEC)
-            .count();
+        let in_second = (0..100).filter(|&k| s.at(k) >= 2 * NANOS_PER_SEC && s.at(k) < 3 * NANOS_PER_SEC).count();
         assert_eq!(in_second, 7);
     }
 
     #[test]
     fn phases_spread_connections_within_one_interval() {
         let count = 4;
-        let phases: Vec<u64> = (0..count)
-            .map(|i| Schedule::new(10, i, count).unwrap().at(0))
-            .collect();
+        let phases: Vec<u64> = (0..count).map(|i| Schedule::new(10, i, count).unwrap().at(0)).collect();
         assert_eq!(phases, vec![0, 25_000_000, 50_000_000, 75_000_000]);
         for i in 0..count {
             let s = Schedule::new(10, i, count).unwrap();

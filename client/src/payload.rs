@@ -86,8 +86,7 @@ impl Payloads {
     /// The bytes of message `k` of connection `conn`.
     #[inline]
     pub fn message(&self, conn: u64, k: u64) -> &[u8] {
-        let off =
-            (conn.wrapping_mul(7919).wrapping_add(k.wrapping_mul(613)) % SLACK as u64) as usize;
+        let off = (conn.wrapping_mul(7919).wrapping_add(k.wrapping_mul(613)) % SLACK as u64) as usize;
         &self.buf[off..off + self.size]
     }
 }
@@ -109,9 +108,7 @@ mod tests {
         assert!(t.message(0, 0).iter().any(u8::is_ascii_lowercase));
         let b = Payloads::new(PayloadKind::Binary, 256);
         let mut seen = [false; 256];
-        b.message(1, 1)
-            .iter()
-            .for_each(|&x| seen[x as usize] = true);
+        b.message(1, 1).iter().for_each(|&x| seen[x as usize] = true);
         assert!(seen.iter().all(|&s| s));
         assert_eq!(Payloads::new(PayloadKind::Random, 0).message(5, 5), b"");
     }

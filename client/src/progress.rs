@@ -91,10 +91,7 @@ impl Series {
     fn settle(&mut self, all: bool) {
         while let Some(entry) = self.pending.first_entry() {
             let second = *entry.key();
-            let complete = self
-                .threads
-                .iter()
-                .all(|&(upto, stopped)| stopped || upto >= Some(second));
+            let complete = self.threads.iter().all(|&(upto, stopped)| stopped || upto >= Some(second));
             if !all && !complete {
                 break;
             }

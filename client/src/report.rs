@@ -189,9 +189,7 @@ fn decode(s: &str) -> io::Result<Histogram<u64>> {
     }
     let bytes = base64::engine::general_purpose::STANDARD
         .decode(s)
-        .map_err(|e| {
-            io::Error::new(io::ErrorKind::InvalidData, format!("histogram base64: {e}"))
-        })?;
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("histogram base64: {e}")))?;
     Deserializer::new()
         .deserialize(&mut io::Cursor::new(bytes))
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("histogram: {e:?}")))
@@ -210,10 +208,7 @@ fn latency_json(h: &Histogram<u64>, percentiles: &[f64]) -> LatencyJson {
         mean_us: h.mean() / 1e3,
         stdev_us: h.stdev() / 1e3,
         max_us: us(h.max()),
-        percentiles_us: percentiles
-            .iter()
-            .map(|&p| (pname(p), us(h.value_at_percentile(p))))
-            .collect(),
+        percentiles_us: percentiles.iter().map(|&p| (pname(p), us(h.value_at_percentile(p)))).collect(),
     }
 }
 
@@ -275,11 +270,7 @@ impl Report {
             add_histogram(&mut r.latency_uncorrected, &rec.latency_uncorrected);
             add_histogram(&mut r.connect_latency, &rec.connect);
             // A thread that ran out of work ended at its last reply.
-            end = end.max(if cfg.messages.is_some() {
-                rec.last_completion_ns.max(warmup)
-            } else {
-                rec.end_ns
-            });
+            end = end.max(if cfg.messages.is_some() { rec.last_completion_ns.max(warmup) } else { rec.end_ns });
         }
         if let Some(d) = cfg.effective_duration() {
             end = end.min(warmup + d.as_nanos() as u64);
@@ -329,8 +320,7 @@ impl Report {
 
     /// Whether a fixed-rate run fell more than 3% short of its target.
     pub fn rate_shortfall(&self) -> bool {
-        self.target_rate
-            .is_some_and(|t| self.msgs_per_sec < 0.97 * t)
+        self.target_rate.is_some_and(|t| self.msgs_per_sec < 0.97 * t)
     }
 
     /// Whether the run passed: some message completed, no reply was wrong,
@@ -382,13 +372,9 @@ impl Report {
     /// Reads a report back from the JSON of [`Report::to_json`]; the
     /// histograms are decoded, the percentiles recomputed from them.
     pub fn from_json(text: &str) -> io::Result<Report> {
-        let j: ReportJson = serde_json::from_str(text)
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+        let j: ReportJson = serde_json::from_str(text).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
         if j.tool != "switchyard-client" {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                "not a switchyard-client report",
-            ));
+            return Err(io::Error::new(io::ErrorKind::InvalidData, "not a switchyard-client report"));
         }
         Ok(Report {
             config: j.config,
@@ -409,11 +395,7 @@ impl Report {
             client_cpu_secs: j.client_cpu_secs,
             target_rate: j.rate.map(|r| r.target),
             series: j.series,
-            percentiles: if j.percentiles.is_empty() {
-                DEFAULT_PERCENTILES.to_vec()
-            } else {
-                j.percentiles
-            },
+            percentiles: if j.percentiles.is_empty() { DEFAULT_PERCENTILES.to_vec() } else { j.percentiles },
         })
     }
 
@@ -421,11 +403,7 @@ impl Report {
         self.percentiles
             .iter()
             .map(|&p| {
-                let name = if p >= 100.0 {
-                    "max".to_string()
-                } else {
-                    format!("p{p}")
-                };
+                let name = if p >= 100.0 { "max".to_string() } else { format!("p{p}") };
                 format!("{name} {}", fmt_ns(h.value_at_percentile(p) as f64))
             })
             .collect::<Vec<_>>()
@@ -443,11 +421,7 @@ impl Report {
             (false, Some(r)) => format!("fixed rate {r} msgs/s"),
             (false, None) => "closed loop".into(),
         };
-        let inst = if self.instances > 1 {
-            format!("{} instances merged, ", self.instances)
-        } else {
-            String::new()
-        };
+        let inst = if self.instances > 1 { format!("{} instances merged, ", self.instances) } else { String::new() };
         let _ = writeln!(
             s,
             "{inst}{} conns on {} threads, {} B {} messages, depth {}, {mode}, against {}",
@@ -459,11 +433,7 @@ impl Report {
             c.addrs.join(" ")
         );
         let warm = if c.warmup_secs > 0.0 {
-            format!(
-                " (after {:.2}s warm-up, {} messages)",
-                c.warmup_secs,
-                fmt_count(self.warmup_messages)
-            )
+            format!(" (after {:.2}s warm-up, {} messages)", c.warmup_secs, fmt_count(self.warmup_messages))
         } else {
             String::new()
         };
@@ -476,23 +446,11 @@ impl Report {
             self.mb_per_sec
         );
         if let Some(t) = self.target_rate {
-            let flag = if self.rate_shortfall() {
-                "  SHORTFALL: the target rate was not reached"
-            } else {
-                ""
-            };
-            let _ = writeln!(
-                s,
-                "  rate         target {t:.0} msgs/s, achieved {:.1} msgs/s{flag}",
-                self.msgs_per_sec
-            );
+            let flag = if self.rate_shortfall() { "  SHORTFALL: the target rate was not reached" } else { "" };
+            let _ = writeln!(s, "  rate         target {t:.0} msgs/s, achieved {:.1} msgs/s{flag}", self.msgs_per_sec);
         }
         let h = &self.latency;
-        let label = if self.target_rate.is_some() {
-            "latency (corrected)"
-        } else {
-            "latency"
-        };
+        let label = if self.target_rate.is_some() { "latency (corrected)" } else { "latency" };
         if h.is_empty() {
             let _ = writeln!(s, "  {label:<12} no replies");
         } else {
@@ -507,12 +465,7 @@ impl Report {
         }
         if self.target_rate.is_some() && !self.latency_uncorrected.is_empty() {
             let u = &self.latency_uncorrected;
-            let _ = writeln!(
-                s,
-                "  uncorrected  mean {}  stdev {}",
-                fmt_ns(u.mean()),
-                fmt_ns(u.stdev())
-            );
+            let _ = writeln!(s, "  uncorrected  mean {}  stdev {}", fmt_ns(u.mean()), fmt_ns(u.stdev()));
             let _ = writeln!(s, "               {}", self.percentile_line(u));
         }
         let k = &self.connect_latency;
@@ -525,33 +478,13 @@ impl Report {
             fmt_ns(k.value_at_quantile(0.99) as f64),
             fmt_ns(k.max() as f64)
         );
-        let errs: Vec<String> = self
-            .errors
-            .pairs()
-            .iter()
-            .filter(|(_, n)| *n > 0)
-            .map(|(k, n)| format!("{k} {}", fmt_count(*n)))
-            .collect();
-        let _ = writeln!(
-            s,
-            "  errors       {}",
-            if errs.is_empty() {
-                "none".into()
-            } else {
-                errs.join(", ")
-            }
-        );
+        let errs: Vec<String> =
+            self.errors.pairs().iter().filter(|(_, n)| *n > 0).map(|(k, n)| format!("{k} {}", fmt_count(*n))).collect();
+        let _ = writeln!(s, "  errors       {}", if errs.is_empty() { "none".into() } else { errs.join(", ") });
         if self.unfinished > 0 {
-            let _ = writeln!(
-                s,
-                "  unfinished   {} messages outstanding at the end",
-                fmt_count(self.unfinished)
-            );
+            let _ = writeln!(s, "  unfinished   {} messages outstanding at the end", fmt_count(self.unfinished));
         }
-        let per_m = self
-            .cpu_secs_per_million()
-            .map(|x| format!(", {x:.2}s per million messages"))
-            .unwrap_or_default();
+        let per_m = self.cpu_secs_per_million().map(|x| format!(", {x:.2}s per million messages")).unwrap_or_default();
         let _ = writeln!(s, "  client CPU   {:.2}s{per_m}", self.client_cpu_secs);
         s
     }
@@ -565,11 +498,7 @@ impl Report {
         // As HdrHistogram computes it: the power of two above 2 * 10^sigfig.
         let sub_buckets = (2 * 10u64.pow(u32::from(h.sigfig()))).next_power_of_two();
         let mut s = String::new();
-        let _ = writeln!(
-            s,
-            "{:>12} {:>14} {:>10} {:>14}\n",
-            "Value", "Percentile", "TotalCount", "1/(1-Percentile)"
-        );
+        let _ = writeln!(s, "{:>12} {:>14} {:>10} {:>14}\n", "Value", "Percentile", "TotalCount", "1/(1-Percentile)");
         let mut total = 0u64;
         if !h.is_empty() {
             for v in h.iter_quantiles(5) {
@@ -577,43 +506,15 @@ impl Report {
                 let q = v.quantile_iterated_to();
                 if q < 1.0 {
                     let inv = 1.0 / (1.0 - q);
-                    let _ = writeln!(
-                        s,
-                        "{:>12.3} {:>2.12} {:>10} {:>14.2}",
-                        ms(v.value_iterated_to()),
-                        q,
-                        total,
-                        inv
-                    );
+                    let _ = writeln!(s, "{:>12.3} {:>2.12} {:>10} {:>14.2}", ms(v.value_iterated_to()), q, total, inv);
                 } else {
-                    let _ = writeln!(
-                        s,
-                        "{:>12.3} {:>2.12} {:>10}",
-                        ms(v.value_iterated_to()),
-                        q,
-                        total
-                    );
+                    let _ = writeln!(s, "{:>12.3} {:>2.12} {:>10}", ms(v.value_iterated_to()), q, total);
                 }
             }
         }
-        let _ = writeln!(
-            s,
-            "#[Mean    = {:>12.3}, StdDeviation   = {:>12.3}]",
-            h.mean() / 1e6,
-            h.stdev() / 1e6
-        );
-        let _ = writeln!(
-            s,
-            "#[Max     = {:>12.3}, Total count    = {:>12}]",
-            ms(h.max()),
-            h.len()
-        );
-        let _ = writeln!(
-            s,
-            "#[Buckets = {:>12}, SubBuckets     = {:>12}]",
-            h.buckets(),
-            sub_buckets
-        );
+        let _ = writeln!(s, "#[Mean    = {:>12.3}, StdDeviation   = {:>12.3}]", h.mean() / 1e6, h.stdev() / 1e6);
+        let _ = writeln!(s, "#[Max     = {:>12.3}, Total count    = {:>12}]", ms(h.max()), h.len());
+        let _ = writeln!(s, "#[Buckets = {:>12}, SubBuckets     = {:>12}]", h.buckets(), sub_buckets);
         s
     }
 }

@@ -241,8 +241,7 @@ impl Recorder {
             self.messages += 1;
             self.bytes += bytes;
             self.latency.saturating_record(corrected);
-            self.latency_uncorrected
-                .saturating_record(now_ns.saturating_sub(sent_ns));
+            self.latency_uncorrected.saturating_record(now_ns.saturating_sub(sent_ns));
             self.last_completion_ns = now_ns;
         } else {
             self.warmup_messages += 1;
@@ -336,10 +335,7 @@ mod tests {
         assert_eq!((r.messages, r.warmup_messages, r.bytes), (1, 1, 64));
         assert_eq!(r.latency.len(), 1);
         assert_eq!(r.latency.max(), r.latency.highest_equivalent(1000));
-        assert_eq!(
-            r.latency_uncorrected.max(),
-            r.latency_uncorrected.highest_equivalent(500)
-        );
+        assert_eq!(r.latency_uncorrected.max(), r.latency_uncorrected.highest_equivalent(500));
     }
 
     #[test]
@@ -359,10 +355,7 @@ mod tests {
         b.count(ErrorKind::Mismatch);
         b.count(ErrorKind::EofMidReply);
         a.add(&b);
-        assert_eq!(
-            (a.mismatch, a.refused, a.eof_mid_reply, a.total()),
-            (2, 1, 1, 4)
-        );
+        assert_eq!((a.mismatch, a.refused, a.eof_mid_reply, a.total()), (2, 1, 1, 4));
         assert_eq!(a.verification_failures(), 3);
     }
 
@@ -373,10 +366,7 @@ mod tests {
         r.complete(0, 0, 10, 8);
         r.tick(3 * NANOS_PER_SEC + 5, 2);
         let ticks: Vec<Tick> = rx.try_iter().collect();
-        assert_eq!(
-            ticks.iter().map(|t| t.second).collect::<Vec<_>>(),
-            vec![0, 1, 2]
-        );
+        assert_eq!(ticks.iter().map(|t| t.second).collect::<Vec<_>>(), vec![0, 1, 2]);
         assert_eq!(ticks[0].messages, 1);
         assert_eq!(ticks[1].messages, 0);
     }

@@ -28,16 +28,9 @@ impl std::fmt::Debug for Waker {
 impl Waker {
     /// A timer registered with `registry` under `token`.
     pub fn new(registry: &Registry, token: Token) -> io::Result<Waker> {
-        let fd = TimerFd::new(
-            ClockId::CLOCK_MONOTONIC,
-            TimerFlags::TFD_NONBLOCK | TimerFlags::TFD_CLOEXEC,
-        )
-        .map_err(io::Error::from)?;
-        registry.register(
-            &mut SourceFd(&fd.as_fd().as_raw_fd()),
-            token,
-            Interest::READABLE,
-        )?;
+        let fd = TimerFd::new(ClockId::CLOCK_MONOTONIC, TimerFlags::TFD_NONBLOCK | TimerFlags::TFD_CLOEXEC)
+            .map_err(io::Error::from)?;
+        registry.register(&mut SourceFd(&fd.as_fd().as_raw_fd()), token, Interest::READABLE)?;
         Ok(Waker { fd, armed: None })
     }
 
@@ -50,10 +43,7 @@ impl Waker {
         // A zero expiry would disarm the timer: wake at least 1 ns from now.
         let delay = Duration::from_nanos(at.saturating_sub(now).max(1));
         self.fd
-            .set(
-                Expiration::OneShot(TimeSpec::from_duration(delay)),
-                TimerSetTimeFlags::empty(),
-            )
+            .set(Expiration::OneShot(TimeSpec::from_duration(delay)), TimerSetTimeFlags::empty())
             .map_err(io::Error::from)?;
         self.armed = Some(at);
         Ok(())
