@@ -100,10 +100,8 @@ modes! {
     fork:   Mode { name: "fork",   concurrent: true,  forks: true,  args: &[] },
     thread: Mode { name: "thread", concurrent: true,  forks: false, args: &[] },
     pool:   Mode { name: "pool",   concurrent: true,  forks: false, args: &[] },
-    // Not built yet (server/ is adding the event-loop modes): uncomment a
-    // line to run every test against that mode.
-    // event:         Mode { name: "event",   concurrent: true, forks: false, args: &[] },
-    // reactor:       Mode { name: "reactor", concurrent: true, forks: false, args: &["--threads", "2"] },
+    event:   Mode { name: "event",   concurrent: true,  forks: false, args: &[] },
+    reactor: Mode { name: "reactor", concurrent: true,  forks: false, args: &["--threads", "2"] },
     // The prefork flags below are a guess at the CLI to come; adjust them.
     // prefork_event: Mode { name: "prefork", concurrent: true, forks: true,  args: &["--workers", "2", "--worker", "event"] },
 }
@@ -123,12 +121,7 @@ mod cases {
 
     /// Panics with every collected failure, one per line.
     fn fail_if_any(failures: &[String]) {
-        assert!(
-            failures.is_empty(),
-            "{} failure(s):\n  - {}",
-            failures.len(),
-            failures.join("\n  - ")
-        );
+        assert!(failures.is_empty(), "{} failure(s):\n  - {}", failures.len(), failures.join("\n  - "));
     }
 
     pub fn echo_all_byte_values(mode: &Mode) {
@@ -137,15 +130,13 @@ mod cases {
         let ascending: Vec<u8> = (0..=255u8).collect();
         let descending: Vec<u8> = (0..=255u8).rev().collect();
         roundtrip(&mut s, &ascending).unwrap_or_else(|e| panic!("all 256 values, ascending: {e}"));
-        roundtrip(&mut s, &descending)
-            .unwrap_or_else(|e| panic!("all 256 values, descending: {e}"));
+        roundtrip(&mut s, &descending).unwrap_or_else(|e| panic!("all 256 values, descending: {e}"));
         close_cleanly(&mut s).unwrap();
     }
 
     pub fn stream_8_mib_while_reading(mode: &Mode) {
         let server = Server::start(mode, &[]);
-        stream_through(server.connect(), 0x8_0000, 8 << 20, 64 * 1024)
-            .unwrap_or_else(|e| panic!("8 MiB stream: {e}"));
+        stream_through(server.connect(), 0x8_0000, 8 << 20, 64 * 1024).unwrap_or_else(|e| panic!("8 MiB stream: {e}"));
     }
 
     pub fn one_byte_at_a_time(mode: &Mode) {
@@ -153,21 +144,11 @@ mod cases {
         let mut s = server.connect();
         for i in 0..200u32 {
             // Every letter both ways round, plus the bytes around them.
-            let b = if i % 2 == 0 {
-                b'a' + (i / 2 % 26) as u8
-            } else {
-                (i * 37 % 256) as u8
-            };
-            s.write_all(&[b])
-                .unwrap_or_else(|e| panic!("write byte {i}: {e}"));
+            let b = if i % 2 == 0 { b'a' + (i / 2 % 26) as u8 } else { (i * 37 % 256) as u8 };
+            s.write_all(&[b]).unwrap_or_else(|e| panic!("write byte {i}: {e}"));
             let mut got = [0u8; 1];
-            s.read_exact(&mut got)
-                .unwrap_or_else(|e| panic!("read reply to byte {i} ({b:#04x}): {e}"));
-            assert_eq!(
-                got[0],
-                b.to_ascii_uppercase(),
-                "reply to byte {i} ({b:#04x})"
-            );
+            s.read_exact(&mut got).unwrap_or_else(|e| panic!("read reply to byte {i} ({b:#04x}): {e}"));
+            assert_eq!(got[0], b.to_ascii_uppercase(), "reply to byte {i} ({b:#04x})");
         }
         close_cleanly(&mut s).unwrap();
     }
@@ -183,18 +164,11 @@ mod cases {
         s.shutdown(Shutdown::Write).unwrap();
         let got = read_to_eof(&mut s).unwrap();
         assert_eq!(got.len(), msg.len(), "bytes echoed before EOF");
-        assert!(
-            got == upper(&msg),
-            "echo after half-close differs from the uppercase of what was sent"
-        );
+        assert!(got == upper(&msg), "echo after half-close differs from the uppercase of what was sent");
         // A client that sends nothing and half-closes gets a bare EOF.
         let mut quiet = server.connect();
         quiet.shutdown(Shutdown::Write).unwrap();
-        assert_eq!(
-            read_to_eof(&mut quiet).unwrap(),
-            b"",
-            "reply to an empty half-closed stream"
-        );
+        assert_eq!(read_to_eof(&mut quiet).unwrap(), b"", "reply to an empty half-closed stream");
     }
 
     pub fn reset_client_does_not_disturb_the_next(mode: &Mode) {
@@ -273,11 +247,8 @@ mod cases {
                         barrier.wait();
                         let mut s = conn.map_err(|e| format!("client {i}: connect: {e}"))?;
                         for r in 0..ROUNDS {
-                            let msg = format!(
-                                "client {i:03} round {r}: the quick brown fox \u{e9}\u{ff}"
-                            );
-                            roundtrip(&mut s, msg.as_bytes())
-                                .map_err(|e| format!("client {i} round {r}: {e}"))?;
+                            let msg = format!("client {i:03} round {r}: the quick brown fox \u{e9}\u{ff}");
+                            roundtrip(&mut s, msg.as_bytes()).map_err(|e| format!("client {i} round {r}: {e}"))?;
                         }
                         close_cleanly(&mut s).map_err(|e| format!("client {i}: {e}"))
                     })
@@ -295,12 +266,7 @@ mod cases {
             failures.is_empty(),
             "{} of {CLIENTS} clients failed; first ones:\n  {}",
             failures.len(),
-            failures
-                .iter()
-                .take(5)
-                .cloned()
-                .collect::<Vec<_>>()
-                .join("\n  ")
+            failures.iter().take(5).cloned().collect::<Vec<_>>().join("\n  ")
         );
         server.assert_settled(&base);
     }
@@ -311,20 +277,16 @@ mod cases {
         // then goes quiet; both stay open while another client is served.
         let mut silent = server.connect();
         let mut quiet = server.connect();
-        roundtrip(&mut quiet, b"abc, then silence")
-            .unwrap_or_else(|e| panic!("second client (first is idle): {e}"));
+        roundtrip(&mut quiet, b"abc, then silence").unwrap_or_else(|e| panic!("second client (first is idle): {e}"));
         let mut busy = server.connect();
         for r in 0..20 {
-            roundtrip(&mut busy, format!("busy round {r}").as_bytes()).unwrap_or_else(|e| {
-                panic!("client served while two others are idle, round {r}: {e}")
-            });
+            roundtrip(&mut busy, format!("busy round {r}").as_bytes())
+                .unwrap_or_else(|e| panic!("client served while two others are idle, round {r}: {e}"));
         }
         close_cleanly(&mut busy).unwrap();
         // The idle ones were kept, not dropped.
-        roundtrip(&mut silent, b"late hello")
-            .unwrap_or_else(|e| panic!("idle client waking up: {e}"));
-        roundtrip(&mut quiet, b"back again")
-            .unwrap_or_else(|e| panic!("quiet client waking up: {e}"));
+        roundtrip(&mut silent, b"late hello").unwrap_or_else(|e| panic!("idle client waking up: {e}"));
+        roundtrip(&mut quiet, b"back again").unwrap_or_else(|e| panic!("quiet client waking up: {e}"));
         close_cleanly(&mut silent).unwrap();
         close_cleanly(&mut quiet).unwrap();
     }
@@ -398,13 +360,11 @@ mod cases {
                     let mut off = 0u64;
                     while !stop.load(Ordering::SeqCst) {
                         fill_pattern(seed, off, &mut buf);
-                        w.write_all(&buf)
-                            .map_err(|e| format!("client {i}: write at {off}: {e}"))?;
+                        w.write_all(&buf).map_err(|e| format!("client {i}: write at {off}: {e}"))?;
                         off += CHUNK as u64;
                         sent2.store(off, Ordering::SeqCst);
                     }
-                    w.shutdown(Shutdown::Write)
-                        .map_err(|e| format!("client {i}: shutdown(Write): {e}"))?;
+                    w.shutdown(Shutdown::Write).map_err(|e| format!("client {i}: shutdown(Write): {e}"))?;
                     Ok(off)
                 });
                 let reader = thread::spawn(move || -> Result<u64, String> {
@@ -414,51 +374,31 @@ mod cases {
                         match r.read(&mut buf) {
                             Ok(0) => return Ok(off),
                             Ok(k) => {
-                                check_pattern(seed, off, &buf[..k])
-                                    .map_err(|e| format!("client {i}: {e}"))?;
+                                check_pattern(seed, off, &buf[..k]).map_err(|e| format!("client {i}: {e}"))?;
                                 off += k as u64;
                                 received2.store(off, Ordering::SeqCst);
                             }
                             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                            Err(e) => {
-                                return Err(format!(
-                                    "client {i}: read after {off} echoed bytes: {e}"
-                                ))
-                            }
+                            Err(e) => return Err(format!("client {i}: read after {off} echoed bytes: {e}")),
                         }
                     }
                 });
-                Client {
-                    sent,
-                    received,
-                    writer,
-                    reader,
-                }
+                Client { sent, received, writer, reader }
             })
             .collect();
 
         let mut failures = Vec::new();
-        let streaming = poll_until(Duration::from_secs(10), || {
-            clients
-                .iter()
-                .all(|c| c.received.load(Ordering::SeqCst) >= BEFORE)
-        });
+        let streaming =
+            poll_until(Duration::from_secs(10), || clients.iter().all(|c| c.received.load(Ordering::SeqCst) >= BEFORE));
         if !streaming {
-            failures.push(format!(
-                "clients never got {BEFORE} bytes echoed before the signal"
-            ));
+            failures.push(format!("clients never got {BEFORE} bytes echoed before the signal"));
         }
-        let at_signal: Vec<u64> = clients
-            .iter()
-            .map(|c| c.sent.load(Ordering::SeqCst))
-            .collect();
+        let at_signal: Vec<u64> = clients.iter().map(|c| c.sent.load(Ordering::SeqCst)).collect();
         server.signal(sig);
         let signalled = Instant::now();
 
         // The listener closes at once, while the clients are still busy.
-        if !poll_every(Duration::from_millis(20), Duration::from_secs(5), || {
-            connection_refused(server.addr)
-        }) {
+        if !poll_every(Duration::from_millis(20), Duration::from_secs(5), || connection_refused(server.addr)) {
             failures.push(format!(
                 "new connections still accepted {:?} after {sig}, while clients were streaming",
                 signalled.elapsed()
@@ -466,53 +406,34 @@ mod cases {
         }
         // The clients go on streaming after the signal, and are served.
         let kept_going = poll_until(Duration::from_secs(5), || {
-            clients
-                .iter()
-                .zip(&at_signal)
-                .all(|(c, &s)| c.received.load(Ordering::SeqCst) >= s + AFTER)
+            clients.iter().zip(&at_signal).all(|(c, &s)| c.received.load(Ordering::SeqCst) >= s + AFTER)
         });
         if !kept_going {
             let progress: Vec<String> = clients
                 .iter()
                 .zip(&at_signal)
                 .map(|(c, s)| {
-                    format!(
-                        "sent {s}->{}, echoed {}",
-                        c.sent.load(Ordering::SeqCst),
-                        c.received.load(Ordering::SeqCst)
-                    )
+                    format!("sent {s}->{}, echoed {}", c.sent.load(Ordering::SeqCst), c.received.load(Ordering::SeqCst))
                 })
                 .collect();
-            failures.push(format!(
-                "after {sig}, clients were not echoed {AFTER} more bytes each: {progress:?}"
-            ));
+            failures.push(format!("after {sig}, clients were not echoed {AFTER} more bytes each: {progress:?}"));
         }
         stop.store(true, Ordering::SeqCst);
         for (i, c) in clients.into_iter().enumerate() {
-            let sent = c
-                .writer
-                .join()
-                .unwrap_or_else(|_| Err(format!("client {i}: writer panicked")));
-            let received = c
-                .reader
-                .join()
-                .unwrap_or_else(|_| Err(format!("client {i}: reader panicked")));
+            let sent = c.writer.join().unwrap_or_else(|_| Err(format!("client {i}: writer panicked")));
+            let received = c.reader.join().unwrap_or_else(|_| Err(format!("client {i}: reader panicked")));
             match (sent, received) {
                 (Ok(s), Ok(r)) if s == r => {}
-                (Ok(s), Ok(r)) => failures.push(format!(
-                    "client {i}: sent {s} bytes, got {r} back before EOF"
-                )),
+                (Ok(s), Ok(r)) => failures.push(format!("client {i}: sent {s} bytes, got {r} back before EOF")),
                 (s, r) => failures.extend(s.err().into_iter().chain(r.err())),
             }
         }
         match server.wait_exit(EXIT_TIMEOUT) {
             Some(status) if status.code() == Some(0) => {}
-            Some(status) => failures.push(format!(
-                "after {sig} and every client closed, the server exited with {status}"
-            )),
-            None => failures.push(format!(
-                "server still running {EXIT_TIMEOUT:?} after every client closed"
-            )),
+            Some(status) => {
+                failures.push(format!("after {sig} and every client closed, the server exited with {status}"))
+            }
+            None => failures.push(format!("server still running {EXIT_TIMEOUT:?} after every client closed")),
         }
         fail_if_any(&failures);
     }
@@ -525,21 +446,12 @@ mod cases {
         drop(s);
         server.signal(Signal::SIGTERM);
         assert!(
-            poll_every(Duration::from_millis(20), Duration::from_secs(5), || {
-                connection_refused(server.addr)
-            }),
+            poll_every(Duration::from_millis(20), Duration::from_secs(5), || { connection_refused(server.addr) }),
             "new connections still accepted 5 s after SIGTERM"
         );
         let status = server.wait_exit(EXIT_TIMEOUT);
-        assert!(
-            status.is_some(),
-            "server still running {EXIT_TIMEOUT:?} after SIGTERM with no client"
-        );
-        assert_eq!(
-            status.unwrap().code(),
-            Some(0),
-            "exit status after SIGTERM: {status:?}"
-        );
+        assert!(status.is_some(), "server still running {EXIT_TIMEOUT:?} after SIGTERM with no client");
+        assert_eq!(status.unwrap().code(), Some(0), "exit status after SIGTERM: {status:?}");
     }
 
     /// A client that never closes: after SIGTERM it is still served, and
@@ -556,8 +468,7 @@ mod cases {
             .unwrap_or_else(|e| panic!("client during the grace period: {e}"));
         // Unanswered bytes when the grace ends must still come back.
         s.write_all(b"last words").unwrap();
-        let rest = read_to_eof(&mut s)
-            .unwrap_or_else(|e| panic!("waiting for the grace period to end: {e}"));
+        let rest = read_to_eof(&mut s).unwrap_or_else(|e| panic!("waiting for the grace period to end: {e}"));
         let closed_after = signalled.elapsed();
         assert_eq!(
             String::from_utf8_lossy(&rest),
@@ -569,12 +480,11 @@ mod cases {
             "connection closed {closed_after:?} after SIGTERM, before --grace 1 ran out"
         );
         let status = server.wait_exit(EXIT_TIMEOUT);
-        assert!(status.is_some(), "server still running {EXIT_TIMEOUT:?} after the grace period closed its last connection");
-        assert_eq!(
-            status.unwrap().code(),
-            Some(0),
-            "exit status after a graceful stop whose grace ran out"
+        assert!(
+            status.is_some(),
+            "server still running {EXIT_TIMEOUT:?} after the grace period closed its last connection"
         );
+        assert_eq!(status.unwrap().code(), Some(0), "exit status after a graceful stop whose grace ran out");
     }
 
     /// A client stays connected; `signals` (a second SIGINT, or SIGQUIT)
@@ -601,11 +511,7 @@ mod cases {
                  its threads are in: {}",
                 server.where_blocked()
             );
-            assert_eq!(
-                nix_signal(&status.unwrap()),
-                None,
-                "try {t}: server died of a signal: {status:?}"
-            );
+            assert_eq!(nix_signal(&status.unwrap()), None, "try {t}: server died of a signal: {status:?}");
             s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
             let mut b = [0u8; 16];
             match s.read(&mut b) {
@@ -623,24 +529,14 @@ mod cases {
             roundtrip(c, format!("live connection {i}").as_bytes()).unwrap();
         }
         let children = server.live_children();
-        assert!(
-            !children.is_empty(),
-            "no child process found while 5 connections are served"
-        );
+        assert!(!children.is_empty(), "no child process found while 5 connections are served");
         server.signal(Signal::SIGKILL);
         let killed = Instant::now();
-        let status = server
-            .wait_exit(EXIT_TIMEOUT)
-            .expect("server survived SIGKILL");
-        assert_eq!(
-            nix_signal(&status),
-            Some(Signal::SIGKILL as i32),
-            "server status {status}"
-        );
-        let gone = poll_until(
-            Duration::from_secs(2).saturating_sub(killed.elapsed()),
-            || children.iter().all(|c| !still_alive(c)),
-        );
+        let status = server.wait_exit(EXIT_TIMEOUT).expect("server survived SIGKILL");
+        assert_eq!(nix_signal(&status), Some(Signal::SIGKILL as i32), "server status {status}");
+        let gone = poll_until(Duration::from_secs(2).saturating_sub(killed.elapsed()), || {
+            children.iter().all(|c| !still_alive(c))
+        });
         let alive: Vec<_> = children.iter().filter(|c| still_alive(c)).collect();
         // The guard cannot find orphans by parent pid: kill them here.
         for c in &alive {
@@ -659,9 +555,7 @@ mod cases {
             match c.read(&mut b) {
                 Ok(0) => {}
                 Err(e) if e.kind() == io::ErrorKind::ConnectionReset => {}
-                other => panic!(
-                    "connection {i} after its server died: expected EOF or reset, got {other:?}"
-                ),
+                other => panic!("connection {i} after its server died: expected EOF or reset, got {other:?}"),
             }
         }
     }
@@ -672,11 +566,7 @@ mod cases {
     }
 
     pub fn bad_flag_exits_2(mode: &Mode) {
-        for bad in [
-            &["--no-such-flag"][..],
-            &["--backlog", "lots"],
-            &["--max-conns", "0"],
-        ] {
+        for bad in [&["--no-such-flag"][..], &["--backlog", "lots"], &["--max-conns", "0"]] {
             let mut args = vec!["--mode", mode.name, "--listen", "127.0.0.1:0"];
             args.extend_from_slice(mode.args);
             args.extend_from_slice(bad);
@@ -689,11 +579,7 @@ mod cases {
                 done.status,
                 done.stderr
             );
-            assert!(
-                !done.stderr.trim().is_empty(),
-                "`server {}` exited 2 without a message",
-                args.join(" ")
-            );
+            assert!(!done.stderr.trim().is_empty(), "`server {}` exited 2 without a message", args.join(" "));
             assert!(
                 !done.stdout.contains("listening on"),
                 "`server {}` started listening: {}",
@@ -711,21 +597,8 @@ mod cases {
         let done = run_to_exit(&args);
         drop(taken);
         let want = format!("error: {addr} is already in use");
-        assert!(
-            done.stderr.lines().any(|l| l == want),
-            "stderr lacks the line {want:?}:\n{}",
-            done.stderr
-        );
-        assert_eq!(
-            done.status.code(),
-            Some(1),
-            "exit status with the port in use: {}",
-            done.status
-        );
-        assert!(
-            !done.stdout.contains("listening on"),
-            "server claims to listen: {}",
-            done.stdout
-        );
+        assert!(done.stderr.lines().any(|l| l == want), "stderr lacks the line {want:?}:\n{}", done.stderr);
+        assert_eq!(done.status.code(), Some(1), "exit status with the port in use: {}", done.status);
+        assert!(!done.stdout.contains("listening on"), "server claims to listen: {}", done.stdout);
     }
 }

@@ -37,12 +37,7 @@ pub fn upper_into(src: &[u8], dst: &mut [u8]) {
 /// Whether `reply` is exactly the uppercase of `sent`.
 #[inline]
 pub fn is_upper_of(sent: &[u8], reply: &[u8]) -> bool {
-    sent.len() == reply.len()
-        && sent
-            .iter()
-            .zip(reply)
-            .fold(0u8, |acc, (s, r)| acc | (upper_byte(*s) ^ r))
-            == 0
+    sent.len() == reply.len() && sent.iter().zip(reply).fold(0u8, |acc, (s, r)| acc | (upper_byte(*s) ^ r)) == 0
 }
 
 /// The uppercase of `src`, as a new vector.

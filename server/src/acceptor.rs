@@ -71,7 +71,10 @@ impl ExhaustionLog {
     pub fn note(&mut self, e: &io::Error) {
         let now = Instant::now();
         if self.last.is_none_or(|t| now - t >= Duration::from_secs(1)) {
-            log::warn!("accept: {e}; pausing accept for {ACCEPT_BACKOFF:?} ({} more since last report)", self.suppressed);
+            log::warn!(
+                "accept: {e}; pausing accept for {ACCEPT_BACKOFF:?} ({} more since last report)",
+                self.suppressed
+            );
             self.last = Some(now);
             self.suppressed = 0;
         } else {
@@ -177,6 +180,18 @@ impl Acceptor {
         if let Some(l) = self.listener.take() {
             let _ = self.poll.registry().deregister(&mut SourceFd(&l.as_raw_fd()));
         }
+    }
+
+    /// While a single-threaded strategy serves a connection itself: the
+    /// signal pipe to watch, and a closure that closes the listener when a
+    /// graceful stop begins.
+    pub fn split_for_serving(&mut self) -> (&Signals, impl FnMut() + '_) {
+        let (listener, poll) = (&mut self.listener, &self.poll);
+        (&self.signals, move || {
+            if let Some(l) = listener.take() {
+                let _ = poll.registry().deregister(&mut SourceFd(&l.as_raw_fd()));
+            }
+        })
     }
 
     /// In a forked child: closes the child's copies of the listener, the

@@ -8,9 +8,9 @@ use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use crate::{config, Config, Mode};
 use clap::Parser;
 use switchyard_common::{protocol::factory_of, UpperEcho};
-use crate::{config, Config, Mode};
 
 /// Uppercase echo over TCP, served by the concurrency strategy you choose.
 #[derive(Debug, Parser)]
@@ -88,7 +88,9 @@ impl Args {
 
 /// The whole `server` program.
 pub fn main() -> ExitCode {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).format_timestamp_millis().init();
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
+        .format_timestamp_millis()
+        .init();
     let args = Args::parse();
     let config = match args.into_config() {
         Ok(c) => c,

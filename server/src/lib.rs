@@ -25,6 +25,7 @@ pub mod shutdown;
 pub mod signals;
 pub mod strategy;
 pub mod sys;
+pub mod timer;
 pub mod tracker;
 
 use std::io;
@@ -46,7 +47,10 @@ pub fn serve(config: Config, factory: Factory, ready: impl FnOnce(SocketAddr)) -
         _ => &[],
     };
     let signals = Signals::install(extra)?;
-    let listener = listener::bind(config.listen, listener::BindOptions { backlog: config.backlog, reuseport: false })?;
+    let listener = listener::bind(
+        config.listen,
+        listener::BindOptions { backlog: config.backlog, reuseport: config.mode == Mode::Reactor },
+    )?;
     ready(listener.local_addr()?);
     let ctx = Context { shutdown: Shutdown::new(config.grace), config: Arc::new(config), factory };
     strategy::run(listener, signals, ctx)

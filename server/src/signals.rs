@@ -15,7 +15,7 @@
 //! children call [`Signals::reinstall_in_child`].
 
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 
 use mio::unix::SourceFd;
 use mio::{Interest, Registry, Token};
@@ -65,6 +65,11 @@ impl Signals {
         registry.register(&mut SourceFd(&self.read.as_raw_fd()), token, Interest::READABLE)
     }
 
+    /// The read end, to poll it directly.
+    pub fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.read.as_fd()
+    }
+
     /// Empties the pipe after a wake-up (the counts carry the information).
     pub fn drain(&self) {
         let mut buf = [0u8; 64];
@@ -80,4 +85,3 @@ impl Signals {
         sys::take_signal(sig)
     }
 }
-

@@ -2,24 +2,33 @@
 //! its output, repeat. On end-of-file the protocol gets `on_eof`, every
 //! pending byte is written, and the write side is shut.
 //!
-//! Time limits are socket timeouts: `--idle-timeout` is SO_RCVTIMEO and
-//! SO_SNDTIMEO (a silent peer or a peer that stops reading is dropped). A
-//! stop signal that interrupts a read (`EINTR`, in single-threaded processes:
-//! serial, a fork child, a prefork worker) or is seen between reads switches
-//! the read timeout to what is left of the grace period, so the connection
-//! keeps echoing until its peer closes or the grace ends. In multi-threaded
-//! strategies the acceptor ends the grace period with `shutdown(SHUT_RD)` on
-//! every live socket, which reads here as end-of-file.
+//! Two ways to learn about a stop while blocked in a read:
+//!
+//! - With a [`Watch`] (single-threaded processes: serial, a fork child, a
+//!   prefork serial worker): each read is preceded by `poll(2)` on the
+//!   socket *and* the signal self-pipe, with `--idle-timeout` or what is left
+//!   of the grace period as its timeout. A signal writes a byte to the pipe,
+//!   so it is never lost between a check and a blocking call.
+//! - Without one (thread, pool): reads block with SO_RCVTIMEO as the idle
+//!   timeout; the acceptor thread ends the grace period with
+//!   `shutdown(SHUT_RD)` on every live socket, which reads here as
+//!   end-of-file, so the driver flushes what it received and closes.
+//!
+//! Writes block with SO_SNDTIMEO as the idle timeout (a peer that stops
+//! reading is dropped); an immediate stop interrupts them.
 
 use std::io::{self, Write};
 use std::net::TcpStream;
+use std::os::fd::AsFd;
 use std::time::Duration;
 
 use bytes::BytesMut;
+use nix::poll::{PollFd, PollFlags, PollTimeout};
 use switchyard_common::{Protocol, Step};
 
 use super::Totals;
 use crate::shutdown::{Phase, Shutdown};
+use crate::signals::Signals;
 use crate::sys;
 
 /// Bytes read per read(2) call at most.
@@ -40,67 +49,132 @@ pub enum End {
     Stopped,
 }
 
-/// Serves one connection to its end.
-pub fn serve(stream: &TcpStream, proto: &mut dyn Protocol, shutdown: &Shutdown, idle: Option<Duration>) -> io::Result<(End, Totals)> {
-    let mut totals = Totals::default();
-    let end = run(stream, proto, shutdown, idle, &mut totals)?;
-    Ok((end, totals))
+/// What a single-threaded caller lets the driver watch besides the socket.
+pub struct Watch<'a> {
+    /// The process's signal pipe.
+    pub signals: &'a Signals,
+    /// Called once when a graceful stop begins (serial closes its listener).
+    pub on_drain: &'a mut dyn FnMut(),
 }
 
-fn run(stream: &TcpStream, proto: &mut dyn Protocol, shutdown: &Shutdown, idle: Option<Duration>, totals: &mut Totals) -> io::Result<End> {
-    if idle.is_some() {
+/// Serves one connection to its end.
+pub fn serve(
+    stream: &TcpStream,
+    proto: &mut dyn Protocol,
+    shutdown: &Shutdown,
+    idle: Option<Duration>,
+    mut watch: Option<Watch<'_>>,
+) -> io::Result<(End, Totals)> {
+    let mut totals = Totals::default();
+    if watch.is_none() {
         stream.set_read_timeout(idle)?;
-        stream.set_write_timeout(idle)?;
     }
+    stream.set_write_timeout(idle)?;
     let mut input = BytesMut::with_capacity(READ_CHUNK);
     let mut output = BytesMut::with_capacity(READ_CHUNK);
     let mut draining = false;
     loop {
-        if !draining {
-            match shutdown.absorb_signals() {
-                Phase::Running => {}
-                Phase::Immediate => return Ok(End::Stopped),
-                Phase::Draining => {
-                    draining = true;
+        match shutdown.absorb_signals() {
+            Phase::Running => {}
+            Phase::Immediate => return Ok((End::Stopped, totals)),
+            Phase::Draining if !draining => {
+                draining = true;
+                if let Some(w) = &mut watch {
+                    (w.on_drain)();
+                }
+                if watch.is_none() {
                     match shutdown.remaining() {
                         Some(left) if !left.is_zero() => stream.set_read_timeout(Some(left))?,
-                        _ => return Ok(End::Grace),
+                        _ => return Ok((End::Grace, totals)),
                     }
                 }
             }
-        } else if shutdown.absorb_signals() == Phase::Immediate {
-            return Ok(End::Stopped);
+            Phase::Draining => {}
+        }
+        if let Some(w) = &watch {
+            let limit = if draining { shutdown.remaining() } else { idle };
+            match wait_readable(stream, w.signals, limit)? {
+                Ready::Socket => {}
+                Ready::Signal => continue,
+                Ready::Timeout => return Ok((if draining { End::Grace } else { End::Idle }, totals)),
+            }
         }
         input.reserve(READ_CHUNK);
         match sys::read_into(stream, &mut input) {
             Ok(0) => {
                 proto.on_eof(&mut output);
-                write_out(stream, &mut output, totals)?;
+                write_out(stream, &mut output, &mut totals, shutdown)?;
                 let _ = stream.shutdown(std::net::Shutdown::Write);
-                return Ok(End::Eof);
+                return Ok((End::Eof, totals));
             }
             Ok(n) => {
                 totals.bytes_in += n as u64;
                 let step = proto.on_read(&mut input, &mut output);
-                write_out(stream, &mut output, totals)?;
+                write_out(stream, &mut output, &mut totals, shutdown)?;
                 if step == Step::Close {
-                    return Ok(End::Closed);
+                    return Ok((End::Closed, totals));
                 }
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
-                return Ok(if draining { End::Grace } else { End::Idle });
+                return Ok((if draining { End::Grace } else { End::Idle }, totals));
             }
             Err(e) => return Err(e),
         }
     }
 }
 
-fn write_out(mut stream: &TcpStream, output: &mut BytesMut, totals: &mut Totals) -> io::Result<()> {
-    if !output.is_empty() {
-        stream.write_all(output)?;
-        totals.bytes_out += output.len() as u64;
-        output.clear();
+enum Ready {
+    Socket,
+    Signal,
+    Timeout,
+}
+
+/// Waits until the socket is readable, a signal arrived, or `limit` passed.
+fn wait_readable(stream: &TcpStream, signals: &Signals, limit: Option<Duration>) -> io::Result<Ready> {
+    let timeout = match limit {
+        None => PollTimeout::NONE,
+        Some(d) if d.is_zero() => return Ok(Ready::Timeout),
+        // Round up so a 0.4 ms remainder does not become a busy 0 ms poll.
+        Some(d) => PollTimeout::try_from(d.as_millis().saturating_add(1).min(i32::MAX as u128) as i32)
+            .unwrap_or(PollTimeout::MAX),
+    };
+    let mut fds = [PollFd::new(stream.as_fd(), PollFlags::POLLIN), PollFd::new(signals.as_fd(), PollFlags::POLLIN)];
+    match nix::poll::poll(&mut fds, timeout) {
+        Ok(0) => Ok(Ready::Timeout),
+        Ok(_) => {
+            if fds[1].any().unwrap_or(false) {
+                signals.drain();
+                return Ok(Ready::Signal);
+            }
+            Ok(Ready::Socket)
+        }
+        Err(nix::errno::Errno::EINTR) => Ok(Ready::Signal),
+        Err(e) => Err(e.into()),
     }
+}
+
+/// Writes all of `output`; only an immediate stop interrupts it.
+fn write_out(
+    mut stream: &TcpStream,
+    output: &mut BytesMut,
+    totals: &mut Totals,
+    shutdown: &Shutdown,
+) -> io::Result<()> {
+    let mut sent = 0;
+    while sent < output.len() {
+        match stream.write(&output[sent..]) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => sent += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {
+                if shutdown.absorb_signals() == Phase::Immediate {
+                    return Err(io::Error::new(io::ErrorKind::Interrupted, "immediate stop"));
+                }
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    totals.bytes_out += sent as u64;
+    output.clear();
     Ok(())
 }

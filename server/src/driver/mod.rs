@@ -9,6 +9,7 @@
 //! [`Protocol`]: switchyard_common::Protocol
 
 pub mod blocking;
+pub mod nonblocking;
 
 /// Bytes a connection moved.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]

@@ -23,7 +23,7 @@ use nix::unistd::Pid;
 
 use crate::acceptor::Acceptor;
 use crate::context::Context;
-use crate::driver::blocking;
+use crate::driver::blocking::{self, Watch};
 use crate::shutdown::{Phase, Shutdown};
 use crate::signals::Signals;
 use crate::sys::{self, Forked};
@@ -64,7 +64,8 @@ pub fn run(listener: TcpListener, signals: Signals, ctx: Context) -> io::Result<
             children.signal_all(Signal::SIGKILL);
             killed = true;
         }
-        let timeout = if killed { Duration::from_millis(50) } else { kill_at.saturating_duration_since(Instant::now()) };
+        let timeout =
+            if killed { Duration::from_millis(50) } else { kill_at.saturating_duration_since(Instant::now()) };
         acceptor.wait(Some(timeout))?;
     }
 }
@@ -72,7 +73,7 @@ pub fn run(listener: TcpListener, signals: Signals, ctx: Context) -> io::Result<
 /// The child's whole life; the return value is its exit code.
 fn child(stream: TcpStream, signals: Signals, ctx: &Context, parent: Pid) -> i32 {
     sys::die_with_parent(Signal::SIGKILL, parent);
-    let _signals = match signals.reinstall_in_child(&[Signal::SIGCHLD]) {
+    let signals = match signals.reinstall_in_child(&[Signal::SIGCHLD]) {
         Ok(s) => s,
         Err(e) => {
             log::error!("child {}: signals: {e}", std::process::id());
@@ -82,7 +83,8 @@ fn child(stream: TcpStream, signals: Signals, ctx: &Context, parent: Pid) -> i32
     // A fresh stop event: the parent's state is not the child's.
     let shutdown = Shutdown::new(ctx.config.grace);
     let mut proto = (ctx.factory)();
-    super::log_end(blocking::serve(&stream, &mut *proto, &shutdown, ctx.config.idle_timeout));
+    let watch = Watch { signals: &signals, on_drain: &mut || {} };
+    super::log_end(blocking::serve(&stream, &mut *proto, &shutdown, ctx.config.idle_timeout, Some(watch)));
     0
 }
 

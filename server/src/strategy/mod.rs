@@ -7,6 +7,8 @@
 //! | `fork.rs` | a process per connection |
 //! | `thread.rs` | a thread per connection |
 //! | `pool.rs` | a fixed thread pool fed by a bounded queue |
+//! | `event.rs` | one thread, one event loop (mio), connections as state machines |
+//! | `reactor.rs` | one event loop per thread, each with its own SO_REUSEPORT listener |
 //!
 //! Every strategy takes a bound listener, the signal pipe and a
 //! [`Context`], serves until the shutdown event says stop, drains, and
@@ -23,8 +25,10 @@ use crate::shutdown::Phase;
 use crate::signals::Signals;
 use crate::tracker::Tracker;
 
+pub mod event;
 pub mod fork;
 pub mod pool;
+pub mod reactor;
 pub mod serial;
 pub mod thread;
 
@@ -35,6 +39,8 @@ pub fn run(listener: TcpListener, signals: Signals, ctx: Context) -> io::Result<
         Mode::Fork => fork::run(listener, signals, ctx),
         Mode::Thread => thread::run(listener, signals, ctx),
         Mode::Pool => pool::run(listener, signals, ctx),
+        Mode::Event => event::run(listener, signals, ctx),
+        Mode::Reactor => reactor::run(listener, signals, ctx),
         m => Err(io::Error::new(io::ErrorKind::Unsupported, format!("mode {m} is not built yet"))),
     }
 }
@@ -57,7 +63,10 @@ pub(crate) fn drain(acceptor: &mut Acceptor, tracker: &Tracker, ctx: &Context) -
         let now = Instant::now();
         let grace_over = ctx.shutdown.remaining().is_none_or(|d| d.is_zero());
         if (grace_over || ctx.shutdown.phase() == Phase::Immediate) && read_shut.is_none() {
-            log::info!("grace over: closing {} connection(s) after flushing", tracker.shutdown_all(std::net::Shutdown::Read));
+            log::info!(
+                "grace over: closing {} connection(s) after flushing",
+                tracker.shutdown_all(std::net::Shutdown::Read)
+            );
             read_shut = Some(now);
         }
         let flush_over = read_shut.is_some_and(|t| now >= t + FLUSH_GRACE);

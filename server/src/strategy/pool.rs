@@ -27,7 +27,7 @@ pub fn run(listener: TcpListener, signals: Signals, ctx: Context) -> io::Result<
         workers.push(sys::spawn_masked(format!("pool-{i}"), super::thread::STACK_SIZE, move || {
             for conn in rx.iter() {
                 let mut proto = (c.factory)();
-                super::log_end(blocking::serve(&conn, &mut *proto, &c.shutdown, c.config.idle_timeout));
+                super::log_end(blocking::serve(&conn, &mut *proto, &c.shutdown, c.config.idle_timeout, None));
             }
         })?);
     }

@@ -1,13 +1,15 @@
 //! Serial: the iterative server. Accept one client, serve it to its end,
 //! then accept the next; everyone else waits in the listen backlog. One
-//! thread; a stop signal interrupts its blocking read.
+//! thread: while it serves, the driver watches the signal pipe too, and a
+//! graceful stop closes the listener at once (the backlog is refused rather
+//! than left waiting).
 
 use std::io;
 use std::net::TcpListener;
 
 use crate::acceptor::Acceptor;
 use crate::context::Context;
-use crate::driver::blocking;
+use crate::driver::blocking::{self, Watch};
 use crate::signals::Signals;
 use crate::tracker::Tracker;
 
@@ -19,7 +21,9 @@ pub fn run(listener: TcpListener, signals: Signals, ctx: Context) -> io::Result<
         if let Some(stream) = acceptor.next(true)? {
             let conn = tracker.admit(stream);
             let mut proto = (ctx.factory)();
-            super::log_end(blocking::serve(&conn, &mut *proto, &ctx.shutdown, ctx.config.idle_timeout));
+            let (signals, mut close_listener) = acceptor.split_for_serving();
+            let watch = Watch { signals, on_drain: &mut close_listener };
+            super::log_end(blocking::serve(&conn, &mut *proto, &ctx.shutdown, ctx.config.idle_timeout, Some(watch)));
         }
     }
     super::drain(&mut acceptor, &tracker, &ctx)

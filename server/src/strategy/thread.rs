@@ -34,7 +34,7 @@ pub fn run(listener: TcpListener, signals: Signals, ctx: Context) -> io::Result<
         let c = ctx.clone();
         let spawned = sys::spawn_masked(format!("conn-{key}"), STACK_SIZE, move || {
             let mut proto = (c.factory)();
-            super::log_end(blocking::serve(&conn, &mut *proto, &c.shutdown, c.config.idle_timeout));
+            super::log_end(blocking::serve(&conn, &mut *proto, &c.shutdown, c.config.idle_timeout, None));
         });
         match spawned {
             Ok(handle) => tracker.attach(key, handle),
