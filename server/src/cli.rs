@@ -8,6 +8,7 @@ use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use crate::work::{with_work, Work};
 use crate::{config, Config, Mode};
 use clap::Parser;
 use switchyard_common::{protocol::factory_of, UpperEcho};
@@ -52,6 +53,9 @@ struct Args {
     /// Unsent bytes per connection above which the event loops stop reading it.
     #[arg(long, value_name = "BYTES", default_value_t = 256 * 1024)]
     max_buffer: usize,
+    /// Benchmarking aid: make handlers compute (cpu:N rounds per byte) or block (sleep:MS per read).
+    #[arg(long, value_name = "cpu:N|sleep:MS")]
+    work: Option<Work>,
 }
 
 fn parse_secs(s: &str) -> Result<Duration, String> {
@@ -92,6 +96,7 @@ pub fn main() -> ExitCode {
         .format_timestamp_millis()
         .init();
     let args = Args::parse();
+    let work = args.work;
     let config = match args.into_config() {
         Ok(c) => c,
         Err(e) => {
@@ -99,7 +104,7 @@ pub fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    match run(config) {
+    match run(config, work) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -108,9 +113,13 @@ pub fn main() -> ExitCode {
     }
 }
 
-fn run(config: Config) -> anyhow::Result<()> {
+fn run(config: Config, work: Option<Work>) -> anyhow::Result<()> {
     let mode = config.mode;
-    crate::serve(config, factory_of::<UpperEcho>(), |addr| {
+    let mut factory = factory_of::<UpperEcho>();
+    if let Some(w) = work {
+        factory = with_work(factory, w);
+    }
+    crate::serve(config, factory, |addr| {
         let mut out = std::io::stdout().lock();
         let _ = writeln!(out, "listening on {addr} mode={mode} pid={}", std::process::id());
         let _ = out.flush();

@@ -27,6 +27,7 @@ pub mod strategy;
 pub mod sys;
 pub mod timer;
 pub mod tracker;
+pub mod work;
 
 use std::io;
 use std::net::SocketAddr;
