@@ -1,0 +1,544 @@
+//! The harness's output: Markdown tables (stdout and `docs/BENCHMARKS.md`),
+//! `results.json`, and the plots (through `plot.rs`).
+
+use std::fmt::Write as _;
+use std::fs;
+use std::process::Command;
+
+use serde_json::{json, Value};
+
+use crate::{Results, Row, Sample, Section, BASELINES, WORKS};
+
+/// What the run ran on.
+#[derive(Clone, Debug, Default)]
+pub struct Machine {
+    pub cpu: String,
+    pub cores: usize,
+    pub mem_gib: f64,
+    pub kernel: String,
+    pub rustc: String,
+    pub load: String,
+}
+
+fn cmd(prog: &str, args: &[&str]) -> String {
+    Command::new(prog)
+        .args(args)
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default()
+}
+
+impl Machine {
+    pub fn describe() -> Machine {
+        let cpuinfo = fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+        let cpu = cpuinfo
+            .lines()
+            .find(|l| l.starts_with("model name"))
+            .and_then(|l| l.split(':').nth(1))
+            .map(|s| s.trim().to_string())
+            .unwrap_or_else(|| "unknown CPU".into());
+        let mem_kb: f64 = fs::read_to_string("/proc/meminfo")
+            .unwrap_or_default()
+            .lines()
+            .find(|l| l.starts_with("MemTotal:"))
+            .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+            .unwrap_or(0.0);
+        let load = fs::read_to_string("/proc/loadavg")
+            .unwrap_or_default()
+            .split_whitespace()
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(" ");
+        Machine {
+            cpu,
+            cores: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+            mem_gib: mem_kb / 1048576.0,
+            kernel: cmd("uname", &["-sr"]),
+            rustc: cmd("rustc", &["-V"]),
+            load,
+        }
+    }
+
+    fn markdown(&self) -> String {
+        format!(
+            "{}, {} cores (shared by client and server), {:.0} GiB RAM, {}, {}; load average at the start: {}",
+            self.cpu, self.cores, self.mem_gib, self.kernel, self.rustc, self.load
+        )
+    }
+}
+
+/// The time now, UTC, as `YYYY-MM-DD HH:MM UTC`.
+pub fn utc_now() -> String {
+    cmd("date", &["-u", "+%Y-%m-%d %H:%M UTC"])
+}
+
+fn size_name(size: usize) -> String {
+    match size {
+        s if s >= 1024 * 1024 && s % (1024 * 1024) == 0 => format!("{} MiB", s / 1024 / 1024),
+        s if s >= 1024 && s % 1024 == 0 => format!("{} KiB", s / 1024),
+        s => format!("{s} B"),
+    }
+}
+
+fn bytes(b: f64) -> String {
+    if b >= 1024.0 * 1024.0 {
+        format!("{:.1} MiB", b / 1048576.0)
+    } else if b >= 1024.0 {
+        format!("{:.0} KiB", b / 1024.0)
+    } else {
+        format!("{b:.0} B")
+    }
+}
+
+fn num(v: f64) -> String {
+    let n = v.round() as u64;
+    let s = n.to_string();
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+fn us(v: f64) -> String {
+    if v >= 100.0 {
+        format!("{v:.0}")
+    } else if v >= 10.0 {
+        format!("{v:.1}")
+    } else {
+        format!("{v:.2}")
+    }
+}
+
+/// `value` and its ratios to the baselines' values (none when missing).
+fn ratio(value: f64, shown: String, bases: &[Option<f64>]) -> String {
+    let r: Vec<String> = bases
+        .iter()
+        .map(|b| match b {
+            Some(b) if *b > 0.0 && value > 0.0 => format!("{:.2}×", value / b),
+            _ => "–".into(),
+        })
+        .collect();
+    format!("{shown} ({})", r.join(", "))
+}
+
+impl Results {
+    fn base(&self, section: &Section, conns: usize, size: usize, f: fn(&Sample) -> f64) -> Vec<Option<f64>> {
+        BASELINES
+            .iter()
+            .map(|b| {
+                self.find(b, section, conns, size)
+                    .filter(|r| r.na.is_none() && r.median.failure.is_none())
+                    .map(|r| f(&r.median))
+            })
+            .collect()
+    }
+
+    fn base_same_shape(&self, row: &Row, f: fn(&Sample) -> f64) -> Vec<Option<f64>> {
+        // Fixed-rate targets differ per mode; compare with the baseline's fixed-rate row at the same conns.
+        BASELINES
+            .iter()
+            .map(|b| {
+                self.rows
+                    .iter()
+                    .find(|r| {
+                        r.mode == *b
+                            && std::mem::discriminant(&r.section) == std::mem::discriminant(&row.section)
+                            && r.conns == row.conns
+                            && r.size == row.size
+                    })
+                    .filter(|r| r.median.failure.is_none())
+                    .map(|r| f(&r.median))
+            })
+            .collect()
+    }
+}
+
+fn failure_cell(row: &Row) -> Option<String> {
+    if let Some(na) = &row.na {
+        return Some(format!("n/a ({na})"));
+    }
+    row.median.failure.as_ref().map(|f| format!("**FAILED**: {f}"))
+}
+
+/// The results as Markdown (the body of docs/BENCHMARKS.md and of stdout).
+pub fn markdown(res: &Results) -> String {
+    let o = &res.opts;
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "Run: `{}`, {} at {}, {} repeat(s) of {:.1} s + {:.1} s warm-up per figure (medians), total {:.0} s.\n",
+        command_line(res),
+        if o.quick { "quick" } else { "full" },
+        res.started,
+        o.repeats,
+        o.duration.as_secs_f64(),
+        o.warmup.as_secs_f64(),
+        res.elapsed.as_secs_f64()
+    );
+    let _ = writeln!(s, "Machine: {}.\n", res.machine.markdown());
+    let _ = writeln!(
+        s,
+        "Ratios in parentheses are against the baselines ({}), in that order; `–` where the baseline has no figure. \
+         Server CPU is user + system time of the server's whole process tree (threads, live and reaped children) per \
+         echoed message, warm-up included; peak RSS is the largest VmRSS summed over the tree (shared pages counted \
+         once per process); client CPU is the in-process client's own threads. The client runs one event-loop \
+         thread on the same 2 cores.\n",
+        BASELINES.join(", ")
+    );
+    for (name, why) in &res.unavailable {
+        let _ = writeln!(s, "- `{name}`: not measured ({why})");
+    }
+    if !res.unavailable.is_empty() {
+        s.push('\n');
+    }
+
+    // Throughput pivots first: one glance per message size.
+    let closed: Vec<&Row> = res.rows.iter().filter(|r| r.section == Section::Closed).collect();
+    if !closed.is_empty() {
+        let _ = writeln!(s, "### Closed loop: throughput (msgs/s) by connections\n");
+        for &size in &o.sizes {
+            let conns: Vec<usize> =
+                o.conns.iter().copied().filter(|&c| closed.iter().any(|r| r.conns == c && r.size == size)).collect();
+            if conns.is_empty() {
+                continue;
+            }
+            let _ = writeln!(s, "{} messages:\n", size_name(size));
+            let _ = writeln!(
+                s,
+                "| mode | {} |",
+                conns.iter().map(|c| format!("{c} conns")).collect::<Vec<_>>().join(" | ")
+            );
+            let _ = writeln!(s, "|---|{}", "---:|".repeat(conns.len()));
+            for m in &res.modes {
+                let cells: Vec<String> = conns
+                    .iter()
+                    .map(|&c| match res.find(m.name, &Section::Closed, c, size) {
+                        None => "".into(),
+                        Some(r) if r.na.is_some() => "n/a".into(),
+                        Some(r) if r.median.failure.is_some() => "FAILED".into(),
+                        Some(r) => num(r.median.msgs_per_sec),
+                    })
+                    .collect();
+                let _ = writeln!(s, "| {} | {} |", m.name, cells.join(" | "));
+            }
+            s.push('\n');
+        }
+
+        let _ = writeln!(s, "### Closed loop: resources, throughput and latency\n");
+        let _ = writeln!(
+            s,
+            "| mode | conns | size | server CPU µs/msg | peak RSS | client CPU µs/msg | msgs/s | MB/s | p50 µs | p99 µs |"
+        );
+        let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+        for r in &closed {
+            let lead = format!("| {} | {} | {} |", r.mode, r.conns, size_name(r.size));
+            if let Some(f) = failure_cell(r) {
+                let _ = writeln!(s, "{lead} {f} | | | | | | |");
+                continue;
+            }
+            let m = &r.median;
+            let sec = &r.section;
+            let _ = writeln!(
+                s,
+                "{lead} {} | {} | {} | {} | {:.1} | {} | {} |",
+                ratio(
+                    m.server_cpu_us_per_msg,
+                    us(m.server_cpu_us_per_msg),
+                    &res.base(sec, r.conns, r.size, |x| x.server_cpu_us_per_msg)
+                ),
+                ratio(m.peak_rss, bytes(m.peak_rss), &res.base(sec, r.conns, r.size, |x| x.peak_rss)),
+                us(m.client_cpu_us_per_msg),
+                ratio(m.msgs_per_sec, num(m.msgs_per_sec), &res.base(sec, r.conns, r.size, |x| x.msgs_per_sec)),
+                m.mb_per_sec,
+                us(m.p50_us),
+                ratio(m.p99_us, us(m.p99_us), &res.base(sec, r.conns, r.size, |x| x.p99_us)),
+            );
+        }
+        s.push('\n');
+
+        // Issue 3: CPU per echoed message, event vs tokio current_thread, 64 B.
+        let conns: Vec<usize> = [10, 100, 1000]
+            .into_iter()
+            .filter(|&c| {
+                res.find("event", &Section::Closed, c, 64).is_some()
+                    && res.find("tokio-ct", &Section::Closed, c, 64).is_some()
+            })
+            .collect();
+        if !conns.is_empty() {
+            let _ =
+                writeln!(s, "### Server CPU per echoed message: event vs tokio current_thread (64 B, closed loop)\n");
+            let _ = writeln!(s, "| conns | event µs/msg | tokio-ct µs/msg | event / tokio-ct | c-epoll µs/msg |");
+            let _ = writeln!(s, "|---:|---:|---:|---:|---:|");
+            for c in conns {
+                let e =
+                    res.find("event", &Section::Closed, c, 64).map(|r| r.median.server_cpu_us_per_msg).unwrap_or(0.0);
+                let t = res
+                    .find("tokio-ct", &Section::Closed, c, 64)
+                    .map(|r| r.median.server_cpu_us_per_msg)
+                    .unwrap_or(0.0);
+                let cc = res
+                    .find("c-epoll", &Section::Closed, c, 64)
+                    .map(|r| us(r.median.server_cpu_us_per_msg))
+                    .unwrap_or_default();
+                let _ =
+                    writeln!(s, "| {c} | {} | {} | {:.2}× | {cc} |", us(e), us(t), if t > 0.0 { e / t } else { 0.0 });
+            }
+            s.push('\n');
+        }
+    }
+
+    let rate: Vec<&Row> = res.rows.iter().filter(|r| matches!(r.section, Section::Rate(_))).collect();
+    if !rate.is_empty() {
+        let _ = writeln!(
+            s,
+            "### Fixed rate at 50% of each mode's closed-loop peak (64 B; latency corrected for coordinated omission)\n"
+        );
+        let _ =
+            writeln!(s, "| mode | conns | target msgs/s | server CPU µs/msg | peak RSS | client CPU µs/msg | achieved msgs/s | p50 µs | p90 µs | p99 µs | p99.9 µs | max µs |");
+        let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+        for r in &rate {
+            let Section::Rate(target) = r.section else { continue };
+            let lead = format!("| {} | {} | {} |", r.mode, r.conns, num(target as f64));
+            if let Some(f) = failure_cell(r) {
+                let _ = writeln!(s, "{lead} {f} | | | | | | | | |");
+                continue;
+            }
+            let m = &r.median;
+            let _ = writeln!(
+                s,
+                "{lead} {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                ratio(
+                    m.server_cpu_us_per_msg,
+                    us(m.server_cpu_us_per_msg),
+                    &res.base_same_shape(r, |x| x.server_cpu_us_per_msg)
+                ),
+                ratio(m.peak_rss, bytes(m.peak_rss), &res.base_same_shape(r, |x| x.peak_rss)),
+                us(m.client_cpu_us_per_msg),
+                num(m.msgs_per_sec),
+                us(m.p50_us),
+                us(m.p90_us),
+                ratio(m.p99_us, us(m.p99_us), &res.base_same_shape(r, |x| x.p99_us)),
+                us(m.p999_us),
+                us(m.max_us),
+            );
+        }
+        s.push('\n');
+    }
+
+    let rec: Vec<&Row> = res.rows.iter().filter(|r| r.section == Section::Reconnect).collect();
+    if !rec.is_empty() {
+        let _ = writeln!(s, "### One connection per message (`--reconnect`, 64 B, closed loop)\n");
+        let _ = writeln!(
+            s,
+            "| mode | slots | server CPU µs/conn | peak RSS | client CPU µs/conn | connections/s | p50 µs | p99 µs |"
+        );
+        let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---:|---:|");
+        for r in &rec {
+            let lead = format!("| {} | {} |", r.mode, r.conns);
+            if let Some(f) = failure_cell(r) {
+                let _ = writeln!(s, "{lead} {f} | | | | | |");
+                continue;
+            }
+            let m = &r.median;
+            let _ = writeln!(
+                s,
+                "{lead} {} | {} | {} | {} | {} | {} |",
+                ratio(
+                    m.server_cpu_us_per_msg,
+                    us(m.server_cpu_us_per_msg),
+                    &res.base_same_shape(r, |x| x.server_cpu_us_per_msg)
+                ),
+                ratio(m.peak_rss, bytes(m.peak_rss), &res.base_same_shape(r, |x| x.peak_rss)),
+                us(m.client_cpu_us_per_msg),
+                ratio(m.msgs_per_sec, num(m.msgs_per_sec), &res.base_same_shape(r, |x| x.msgs_per_sec)),
+                us(m.p50_us),
+                us(m.p99_us),
+            );
+        }
+        s.push('\n');
+    }
+
+    let work: Vec<&Row> = res.rows.iter().filter(|r| matches!(r.section, Section::Work(_))).collect();
+    if !work.is_empty() {
+        let _ = writeln!(
+            s,
+            "### Workload profiles (4 KiB, closed loop): `--work {}` (CPU-bound, ~50 ns of compute per byte) and `--work {}` (IO-bound, 1 ms blocked per read)\n",
+            WORKS[0], WORKS[1]
+        );
+        let _ = writeln!(s, "The baselines have no `--work` flag; the ratio column compares each mode with event under the same work.\n");
+        let _ = writeln!(s, "| mode | conns | work | server CPU µs/msg | peak RSS | client CPU µs/msg | msgs/s (× event) | p50 µs | p99 µs |");
+        let _ = writeln!(s, "|---|---:|---|---:|---:|---:|---:|---:|---:|");
+        for r in &work {
+            let Section::Work(w) = &r.section else { continue };
+            let lead = format!("| {} | {} | `{w}` |", r.mode, r.conns);
+            if let Some(f) = failure_cell(r) {
+                let _ = writeln!(s, "{lead} {f} | | | | | |");
+                continue;
+            }
+            let m = &r.median;
+            let ev = res
+                .rows
+                .iter()
+                .find(|x| x.mode == "event" && x.section == r.section)
+                .filter(|x| x.median.failure.is_none())
+                .map(|x| x.median.msgs_per_sec);
+            let _ = writeln!(
+                s,
+                "{lead} {} | {} | {} | {} | {} | {} |",
+                us(m.server_cpu_us_per_msg),
+                bytes(m.peak_rss),
+                us(m.client_cpu_us_per_msg),
+                ratio(m.msgs_per_sec, num(m.msgs_per_sec), &[ev]),
+                us(m.p50_us),
+                us(m.p99_us),
+            );
+        }
+        s.push('\n');
+    }
+
+    if !res.idle.is_empty() {
+        let n = res.idle[0].conns;
+        let _ = writeln!(s, "### Memory per idle connection ({} connections, one round trip each)\n", num(n as f64));
+        let _ = writeln!(s, "| mode | RSS before | RSS after | bytes per connection |");
+        let _ = writeln!(s, "|---|---:|---:|---:|");
+        let base = |name: &str| res.idle.iter().find(|r| r.mode == name && r.failure.is_none()).map(|r| r.per_conn());
+        let bases: Vec<Option<f64>> = BASELINES.iter().map(|b| base(b)).collect();
+        for r in &res.idle {
+            match &r.failure {
+                Some(f) => {
+                    let _ = writeln!(s, "| {} | **FAILED**: {f} | | |", r.mode);
+                }
+                None => {
+                    let _ = writeln!(
+                        s,
+                        "| {} | {} | {} | {} |",
+                        r.mode,
+                        bytes(r.rss_before as f64),
+                        bytes(r.rss_after as f64),
+                        ratio(r.per_conn(), format!("{:.0}", r.per_conn()), &bases)
+                    );
+                }
+            }
+        }
+        if let Some(e) = base("event") {
+            let _ = writeln!(
+                s,
+                "\nTarget for event: under 256 B per idle connection — measured {e:.0} B: {}.",
+                if e < 256.0 { "met" } else { "**not met**" }
+            );
+        }
+        s.push('\n');
+    }
+    s
+}
+
+fn command_line(res: &Results) -> String {
+    let args = res.opts.args.join(" ");
+    if args.is_empty() {
+        "cargo bench --bench strategies".into()
+    } else {
+        format!("cargo bench --bench strategies -- {args}")
+    }
+}
+
+fn sample_json(s: &Sample) -> Value {
+    json!({
+        "msgs_per_sec": s.msgs_per_sec,
+        "mb_per_sec": s.mb_per_sec,
+        "messages_incl_warmup": s.messages_all,
+        "latency_us": {"p50": s.p50_us, "p90": s.p90_us, "p99": s.p99_us, "p99.9": s.p999_us, "max": s.max_us},
+        "server_cpu_us_per_msg": s.server_cpu_us_per_msg,
+        "client_cpu_us_per_msg": s.client_cpu_us_per_msg,
+        "peak_rss_bytes": s.peak_rss,
+        "errors": s.errors,
+        "failure": s.failure,
+    })
+}
+
+fn results_json(res: &Results) -> Value {
+    let rows: Vec<Value> = res
+        .rows
+        .iter()
+        .map(|r| {
+            let (section, rate, work) = match &r.section {
+                Section::Closed => ("closed_loop", None, None),
+                Section::Rate(x) => ("fixed_rate", Some(*x), None),
+                Section::Reconnect => ("reconnect", None, None),
+                Section::Work(w) => ("work", None, Some(w.clone())),
+            };
+            json!({
+                "mode": r.mode, "section": section, "conns": r.conns, "size": r.size,
+                "target_rate": rate, "work": work, "na": r.na,
+                "median": if r.na.is_none() { sample_json(&r.median) } else { Value::Null },
+                "repeats": r.samples.iter().map(sample_json).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    let idle: Vec<Value> = res
+        .idle
+        .iter()
+        .map(|r| {
+            json!({"mode": r.mode, "conns": r.conns, "rss_before": r.rss_before, "rss_after": r.rss_after,
+                   "bytes_per_conn": r.per_conn(), "failure": r.failure})
+        })
+        .collect();
+    let m = &res.machine;
+    json!({
+        "started": res.started,
+        "elapsed_secs": res.elapsed.as_secs_f64(),
+        "quick": res.opts.quick,
+        "repeats": res.opts.repeats,
+        "duration_secs": res.opts.duration.as_secs_f64(),
+        "warmup_secs": res.opts.warmup.as_secs_f64(),
+        "machine": {"cpu": m.cpu, "cores": m.cores, "mem_gib": m.mem_gib, "kernel": m.kernel, "rustc": m.rustc, "load": m.load},
+        "modes": res.modes.iter().map(|m| m.name).collect::<Vec<_>>(),
+        "unavailable": res.unavailable.iter().map(|(n, w)| json!({"mode": n, "why": w})).collect::<Vec<_>>(),
+        "rows": rows,
+        "idle": idle,
+    })
+}
+
+/// Writes stdout, results.json, the plots, and (with `--write-docs`) docs/.
+pub fn write_all(res: &Results) -> Result<(), String> {
+    let md = markdown(res);
+    println!("{md}");
+    let out = &res.opts.out;
+    let json_path = out.join("results.json");
+    let text = serde_json::to_string_pretty(&results_json(res)).map_err(|e| e.to_string())?;
+    fs::write(&json_path, text).map_err(|e| format!("{}: {e}", json_path.display()))?;
+    let plots = crate::plot::all(res, out)?;
+    eprintln!("wrote {} and {} plots in {}", json_path.display(), plots.len(), out.display());
+    if res.opts.write_docs {
+        let root = crate::workspace_root();
+        let docs = root.join("docs");
+        let bench = docs.join("bench");
+        fs::create_dir_all(&bench).map_err(|e| e.to_string())?;
+        for p in &plots {
+            let name = p.file_name().expect("plot file name");
+            fs::copy(p, bench.join(name)).map_err(|e| format!("{}: {e}", p.display()))?;
+        }
+        let template = root.join("benches/strategies/BENCHMARKS.template.md");
+        let t = fs::read_to_string(&template).map_err(|e| format!("{}: {e}", template.display()))?;
+        let figures: String = plots
+            .iter()
+            .filter_map(|p| p.file_name()?.to_str().map(str::to_string))
+            .map(|n| format!("![{n}](bench/{n})\n\n"))
+            .collect();
+        let doc = t
+            .replace("{{MACHINE}}", &res.machine.markdown())
+            .replace("{{STARTED}}", &res.started)
+            .replace("{{COMMAND}}", &command_line(res))
+            .replace("{{ELAPSED}}", &format!("{:.0}", res.elapsed.as_secs_f64()))
+            .replace("{{FIGURES}}", &figures)
+            .replace("{{RESULTS}}", &md);
+        let path = docs.join("BENCHMARKS.md");
+        fs::write(&path, doc).map_err(|e| format!("{}: {e}", path.display()))?;
+        eprintln!("wrote {} and {}", path.display(), bench.display());
+    }
+    Ok(())
+}

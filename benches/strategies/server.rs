@@ -1,0 +1,117 @@
+//! A server under test, in its own process group: started on port 0, ready
+//! when it prints `listening on ADDR ... pid=P`, and SIGKILLed with its whole
+//! process group (fork and prefork children included) when dropped, also when
+//! the harness panics.
+
+use std::fs::File;
+use std::io::{self, BufRead, BufReader};
+use std::net::SocketAddr;
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
+use std::thread;
+use std::time::Duration;
+
+use nix::sys::signal::{killpg, Signal};
+use nix::unistd::Pid;
+
+/// How long a server may take to print its `listening on` line.
+const START_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A running server.
+pub struct Server {
+    child: Child,
+    /// The address it listens on.
+    pub addr: SocketAddr,
+    /// The pid it printed (the master process).
+    pub pid: u32,
+}
+
+impl Server {
+    /// Starts `program args...` with stderr appended to `log`, and waits for its start-up line.
+    pub fn start(program: &Path, args: &[String], log: &Path) -> io::Result<Server> {
+        let log = File::options().create(true).append(true).open(log)?;
+        let mut child = Command::new(program)
+            .args(args)
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .process_group(0)
+            .spawn()
+            .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", program.display())))?;
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (tx, rx) = mpsc::channel();
+        thread::spawn(move || {
+            let mut lines = BufReader::new(stdout).lines();
+            let first = lines.next();
+            let _ = tx.send(first);
+            for _ in lines {} // keep the pipe drained
+        });
+        let mut server = Server { child, addr: SocketAddr::from(([127, 0, 0, 1], 0)), pid: 0 };
+        let line = match rx.recv_timeout(START_TIMEOUT) {
+            Ok(Some(Ok(line))) => line,
+            Ok(_) => return Err(io::Error::other(format!("{} exited before listening", program.display()))),
+            Err(_) => return Err(io::Error::other(format!("{} did not start within 10 s", program.display()))),
+        };
+        let bad = || io::Error::other(format!("unexpected start-up line: {line}"));
+        let addr = line.strip_prefix("listening on ").and_then(|r| r.split_whitespace().next()).ok_or_else(bad)?;
+        server.addr = addr.parse().map_err(|_| bad())?;
+        let pid = line.rsplit("pid=").next().ok_or_else(bad)?;
+        server.pid = pid.trim().parse().map_err(|_| bad())?;
+        Ok(server)
+    }
+
+    /// Whether the server is still running.
+    pub fn alive(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// A handle that kills the server's process group (for watchdogs).
+    pub fn killer(&self) -> Killer {
+        Killer { pgid: self.child.id(), disarmed: Arc::new(AtomicBool::new(false)) }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = killpg(Pid::from_raw(self.child.id() as i32), Signal::SIGKILL);
+        let _ = self.child.wait();
+    }
+}
+
+/// Kills a server's process group from another thread unless disarmed first.
+#[derive(Clone)]
+pub struct Killer {
+    pgid: u32,
+    disarmed: Arc<AtomicBool>,
+}
+
+impl Killer {
+    /// Kills the group after `after` unless [`Killer::disarm`] is called before.
+    pub fn arm(&self, after: Duration) {
+        let k = self.clone();
+        thread::spawn(move || {
+            let step = Duration::from_millis(50);
+            let mut waited = Duration::ZERO;
+            while waited < after {
+                if k.disarmed.load(Ordering::Relaxed) {
+                    return;
+                }
+                thread::sleep(step);
+                waited += step;
+            }
+            if !k.disarmed.load(Ordering::Relaxed) {
+                eprintln!("watchdog: run overran by far; killing the server (pgid {})", k.pgid);
+                let _ = killpg(Pid::from_raw(k.pgid as i32), Signal::SIGKILL);
+            }
+        });
+    }
+
+    /// Stops the watchdog.
+    pub fn disarm(&self) {
+        self.disarmed.store(true, Ordering::Relaxed);
+    }
+}
