@@ -85,10 +85,7 @@ pub fn check_pattern(seed: u64, offset: u64, got: &[u8]) -> Result<(), String> {
     for (k, &b) in got.iter().enumerate() {
         let want = pattern(seed, offset + k as u64).to_ascii_uppercase();
         if b != want {
-            return Err(format!(
-                "echo byte {} is {b:#04x}, expected {want:#04x}",
-                offset + k as u64
-            ));
+            return Err(format!("echo byte {} is {b:#04x}, expected {want:#04x}", offset + k as u64));
         }
     }
     Ok(())
@@ -159,11 +156,9 @@ pub fn try_connect(addr: SocketAddr) -> io::Result<TcpStream> {
 /// Writes `msg` and reads back exactly as many bytes, which must be its
 /// uppercase.
 pub fn roundtrip(s: &mut TcpStream, msg: &[u8]) -> Result<(), String> {
-    s.write_all(msg)
-        .map_err(|e| format!("write {} bytes: {e}", msg.len()))?;
+    s.write_all(msg).map_err(|e| format!("write {} bytes: {e}", msg.len()))?;
     let mut got = vec![0u8; msg.len()];
-    s.read_exact(&mut got)
-        .map_err(|e| format!("read {} echoed bytes: {e}", msg.len()))?;
+    s.read_exact(&mut got).map_err(|e| format!("read {} echoed bytes: {e}", msg.len()))?;
     let want = upper(msg);
     if got != want {
         return Err(describe_mismatch(&want, &got));
@@ -174,11 +169,7 @@ pub fn roundtrip(s: &mut TcpStream, msg: &[u8]) -> Result<(), String> {
 /// A short account of how `got` differs from `want`: lengths, the first
 /// differing offset, and a few bytes of each from there.
 pub fn describe_mismatch(want: &[u8], got: &[u8]) -> String {
-    let at = want
-        .iter()
-        .zip(got)
-        .position(|(a, b)| a != b)
-        .unwrap_or(want.len().min(got.len()));
+    let at = want.iter().zip(got).position(|(a, b)| a != b).unwrap_or(want.len().min(got.len()));
     let show = |b: &[u8]| {
         let end = (at + 32).min(b.len());
         format!("{:?}", String::from_utf8_lossy(&b[at..end]))
@@ -195,15 +186,13 @@ pub fn describe_mismatch(want: &[u8], got: &[u8]) -> String {
 /// Reads until end-of-file (within the socket's read timeout).
 pub fn read_to_eof(s: &mut TcpStream) -> Result<Vec<u8>, String> {
     let mut out = Vec::new();
-    s.read_to_end(&mut out)
-        .map_err(|e| format!("read to EOF (after {} bytes): {e}", out.len()))?;
+    s.read_to_end(&mut out).map_err(|e| format!("read to EOF (after {} bytes): {e}", out.len()))?;
     Ok(out)
 }
 
 /// Shuts the write side and expects end-of-file with nothing more to read.
 pub fn close_cleanly(s: &mut TcpStream) -> Result<(), String> {
-    s.shutdown(Shutdown::Write)
-        .map_err(|e| format!("shutdown(Write): {e}"))?;
+    s.shutdown(Shutdown::Write).map_err(|e| format!("shutdown(Write): {e}"))?;
     let rest = read_to_eof(s)?;
     if !rest.is_empty() {
         return Err(format!(
@@ -218,9 +207,7 @@ pub fn close_cleanly(s: &mut TcpStream) -> Result<(), String> {
 /// A connection that ends with a RST instead of a FIN: SO_LINGER 0, then
 /// close.
 pub fn reset(s: TcpStream) {
-    socket2::SockRef::from(&s)
-        .set_linger(Some(Duration::ZERO))
-        .expect("SO_LINGER 0");
+    socket2::SockRef::from(&s).set_linger(Some(Duration::ZERO)).expect("SO_LINGER 0");
     drop(s);
 }
 
@@ -254,12 +241,10 @@ pub fn stream_through(s: TcpStream, seed: u64, total: u64, max_chunk: usize) -> 
                 rng ^= rng << 17;
                 let len = (1 + (rng % max_chunk as u64)).min(total - off) as usize;
                 fill_pattern(seed, off, &mut buf[..len]);
-                w.write_all(&buf[..len])
-                    .map_err(|e| format!("write at offset {off}: {e}"))?;
+                w.write_all(&buf[..len]).map_err(|e| format!("write at offset {off}: {e}"))?;
                 off += len as u64;
             }
-            w.shutdown(Shutdown::Write)
-                .map_err(|e| format!("shutdown(Write): {e}"))
+            w.shutdown(Shutdown::Write).map_err(|e| format!("shutdown(Write): {e}"))
         })
         .map_err(|e| format!("spawn writer: {e}"))?;
     let mut r = s;
@@ -270,10 +255,7 @@ pub fn stream_through(s: TcpStream, seed: u64, total: u64, max_chunk: usize) -> 
             Ok(0) => break Ok(()),
             Ok(n) => {
                 if off + n as u64 > total {
-                    break Err(format!(
-                        "got {} bytes back, sent only {total}",
-                        off + n as u64
-                    ));
+                    break Err(format!("got {} bytes back, sent only {total}", off + n as u64));
                 }
                 if let Err(e) = check_pattern(seed, off, &buf[..n]) {
                     break Err(e);
@@ -288,9 +270,7 @@ pub fn stream_through(s: TcpStream, seed: u64, total: u64, max_chunk: usize) -> 
         // Unblock the writer if it waits for room the server will not make.
         let _ = r.shutdown(Shutdown::Both);
     }
-    let write_result = writer
-        .join()
-        .map_err(|_| "writer thread panicked".to_string())?;
+    let write_result = writer.join().map_err(|_| "writer thread panicked".to_string())?;
     read_result?;
     write_result?;
     if off != total {
@@ -342,9 +322,7 @@ pub fn all_procs() -> Vec<ProcStat> {
     let Ok(dir) = std::fs::read_dir("/proc") else {
         return Vec::new();
     };
-    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
-        .filter_map(proc_stat)
-        .collect()
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok()).filter_map(proc_stat).collect()
 }
 
 /// Processes whose parent is in `parents`, recursively (not including the
@@ -381,9 +359,7 @@ pub fn fds(pid: i32) -> Vec<(i32, String)> {
         .filter_map(|e| {
             let e = e.ok()?;
             let fd = e.file_name().to_str()?.parse().ok()?;
-            let target = std::fs::read_link(e.path())
-                .map(|t| t.to_string_lossy().into_owned())
-                .unwrap_or_default();
+            let target = std::fs::read_link(e.path()).map(|t| t.to_string_lossy().into_owned()).unwrap_or_default();
             Some((fd, target))
         })
         .collect();
@@ -391,11 +367,32 @@ pub fn fds(pid: i32) -> Vec<(i32, String)> {
     out
 }
 
+/// Resident set size of `pid` in KiB (`VmRSS` of `/proc/PID/status`);
+/// `None` when the process is gone.
+pub fn vm_rss_kib(pid: i32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find_map(|l| l.strip_prefix("VmRSS:"))?;
+    line.trim().strip_suffix("kB")?.trim().parse().ok()
+}
+
+/// CPU time `pid` has used so far, every thread, user plus system
+/// (`utime + stime` of `/proc/PID/stat`); `None` when the process is gone.
+pub fn cpu_time(pid: i32) -> Option<Duration> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let f: Vec<&str> = text[text.rfind(')')? + 1..].split_whitespace().collect();
+    // Fields 14 and 15 of the whole line; the fields here start at field 3.
+    let ticks: u64 = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+    // SAFETY: sysconf only reads a configuration value.
+    let hz = match unsafe { libc::sysconf(libc::_SC_CLK_TCK) } {
+        n if n > 0 => n as u64,
+        _ => 100,
+    };
+    Some(Duration::from_nanos(ticks.saturating_mul(1_000_000_000) / hz))
+}
+
 /// Number of threads of `pid`.
 pub fn thread_count(pid: i32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/task"))
-        .map(|d| d.count())
-        .unwrap_or(0)
+    std::fs::read_dir(format!("/proc/{pid}/task")).map(|d| d.count()).unwrap_or(0)
 }
 
 /// The `flags:` field of `/proc/PID/fdinfo/FD` (octal), if the fd is open.
@@ -407,11 +404,7 @@ pub fn fd_flags(pid: i32, fd: i32) -> Option<u32> {
 
 /// Inode of a `socket:[N]` link target.
 pub fn socket_inode(target: &str) -> Option<u64> {
-    target
-        .strip_prefix("socket:[")?
-        .strip_suffix(']')?
-        .parse()
-        .ok()
+    target.strip_prefix("socket:[")?.strip_suffix(']')?.parse().ok()
 }
 
 /// Inodes of the TCP sockets in LISTEN state (this network namespace).
@@ -468,15 +461,31 @@ impl Server {
     pub fn start(mode: &Mode, extra: &[&str]) -> Server {
         raise_nofile();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_server"));
-        cmd.args(["--mode", mode.name, "--listen", "127.0.0.1:0"])
+        cmd.args(["--mode", mode.name, "--listen", "127.0.0.1:0"]).args(mode.args).args(extra);
+        Server::launch(mode, cmd)
+    }
+
+    /// [`Server::start`] with the server's RLIMIT_NOFILE (soft and hard) set
+    /// to `nofile`: a shell sets the limit and `exec`s the server, so the
+    /// process (and its pid) is the server's, and this test process keeps
+    /// its own limit.
+    pub fn start_with_nofile(mode: &Mode, extra: &[&str], nofile: u64) -> Server {
+        raise_nofile();
+        let mut cmd = Command::new("/bin/sh");
+        cmd.arg("-c")
+            .arg(format!("ulimit -n {nofile} && exec \"$0\" \"$@\""))
+            .arg(env!("CARGO_BIN_EXE_server"))
+            .args(["--mode", mode.name, "--listen", "127.0.0.1:0"])
             .args(mode.args)
-            .args(extra)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let mut child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawn {:?}: {e}", cmd));
+            .args(extra);
+        Server::launch(mode, cmd)
+    }
+
+    /// Spawns `cmd` (which must end up as the server process itself) and
+    /// waits (bounded) for its `listening on` line.
+    fn launch(mode: &Mode, mut cmd: Command) -> Server {
+        cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {:?}: {e}", cmd));
         let pid = child.id() as i32;
         let log = Arc::new(Mutex::new(Vec::new()));
         spawn_log_drain(child.stderr.take().expect("stderr piped"), log.clone());
@@ -494,14 +503,8 @@ impl Server {
             })
             .expect("spawn stdout reader");
         // From here on the guard owns the process: a failed start kills it.
-        let mut server = Server {
-            mode: *mode,
-            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
-            pid,
-            child,
-            status: None,
-            log,
-        };
+        let mut server =
+            Server { mode: *mode, addr: SocketAddr::from(([127, 0, 0, 1], 0)), pid, child, status: None, log };
         let line = match rx.recv_timeout(START_TIMEOUT) {
             Ok(Ok(line)) => line,
             Ok(Err(e)) => panic!("reading the server's stdout: {e}"),
@@ -526,19 +529,14 @@ impl Server {
 
     /// Sends `sig` to the server process.
     pub fn signal(&self, sig: Signal) {
-        assert!(
-            self.status.is_none(),
-            "signal {sig} to a server that already exited"
-        );
-        kill(Pid::from_raw(self.pid), sig)
-            .unwrap_or_else(|e| panic!("kill({}, {sig}): {e}", self.pid));
+        assert!(self.status.is_none(), "signal {sig} to a server that already exited");
+        kill(Pid::from_raw(self.pid), sig).unwrap_or_else(|e| panic!("kill({}, {sig}): {e}", self.pid));
     }
 
     /// Whether `sig`, sent to the whole process, is still pending (not yet
     /// delivered to any thread), from `ShdPnd` in `/proc/PID/status`.
     pub fn signal_pending(&self, sig: Signal) -> bool {
-        let status =
-            std::fs::read_to_string(format!("/proc/{}/status", self.pid)).unwrap_or_default();
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid)).unwrap_or_default();
         let mask = status
             .lines()
             .find_map(|l| l.strip_prefix("ShdPnd:"))
@@ -568,16 +566,11 @@ impl Server {
                 continue;
             };
             for task in tasks.flatten() {
-                let read =
-                    |f: &str| std::fs::read_to_string(task.path().join(f)).unwrap_or_default();
+                let read = |f: &str| std::fs::read_to_string(task.path().join(f)).unwrap_or_default();
                 let syscall = read("syscall");
                 let nr = syscall.split_whitespace().next().unwrap_or("?").to_string();
                 let name = syscall_name(&nr);
-                out.push(format!(
-                    "{pid}/{}: {name} ({})",
-                    task.file_name().to_string_lossy(),
-                    read("wchan")
-                ));
+                out.push(format!("{pid}/{}: {name} ({})", task.file_name().to_string_lossy(), read("wchan")));
             }
         }
         out.join(", ")
@@ -605,18 +598,12 @@ impl Server {
 
     /// Live descendants of the server (fork children, prefork workers).
     pub fn live_children(&self) -> Vec<ProcStat> {
-        descendants(self.pid)
-            .into_iter()
-            .filter(|p| !p.is_dead())
-            .collect()
+        descendants(self.pid).into_iter().filter(|p| !p.is_dead()).collect()
     }
 
     /// Zombie descendants of the server: exited, never reaped.
     pub fn zombies(&self) -> Vec<ProcStat> {
-        descendants(self.pid)
-            .into_iter()
-            .filter(ProcStat::is_dead)
-            .collect()
+        descendants(self.pid).into_iter().filter(ProcStat::is_dead).collect()
     }
 
     /// Connection sockets (TCP sockets not in LISTEN state, or any other
@@ -642,13 +629,10 @@ impl Server {
     /// tree and no zombie, and records what the settled server looks like.
     pub fn baseline(&self) -> Baseline {
         let mut s = self.connect();
-        roundtrip(&mut s, b"warm-up: hello, server")
-            .unwrap_or_else(|e| panic!("warm-up round trip: {e}"));
+        roundtrip(&mut s, b"warm-up: hello, server").unwrap_or_else(|e| panic!("warm-up round trip: {e}"));
         close_cleanly(&mut s).unwrap_or_else(|e| panic!("warm-up close: {e}"));
         drop(s);
-        let settled = poll_until(SETTLE_TIMEOUT, || {
-            self.connection_sockets().is_empty() && self.zombies().is_empty()
-        });
+        let settled = poll_until(SETTLE_TIMEOUT, || self.connection_sockets().is_empty() && self.zombies().is_empty());
         assert!(
             settled,
             "server never settled after one closed connection: connection sockets {:?}, zombies {:?}",
@@ -656,12 +640,7 @@ impl Server {
             self.zombies()
         );
         let fd_list = fds(self.pid);
-        Baseline {
-            fds: fd_list.len(),
-            fd_list,
-            threads: thread_count(self.pid),
-            children: self.live_children(),
-        }
+        Baseline { fds: fd_list.len(), fd_list, threads: thread_count(self.pid), children: self.live_children() }
     }
 
     /// After every client closed: waits (bounded by [`SETTLE_TIMEOUT`]) until
@@ -669,13 +648,9 @@ impl Server {
     /// baseline, no connection socket, no more threads than at the baseline,
     /// and exactly the baseline's number of open fds; then asserts each.
     pub fn assert_settled(&self, base: &Baseline) {
-        let known: HashSet<(i32, u64)> =
-            base.children.iter().map(|p| (p.pid, p.starttime)).collect();
+        let known: HashSet<(i32, u64)> = base.children.iter().map(|p| (p.pid, p.starttime)).collect();
         let extra_children = || -> Vec<ProcStat> {
-            self.live_children()
-                .into_iter()
-                .filter(|p| !known.contains(&(p.pid, p.starttime)))
-                .collect()
+            self.live_children().into_iter().filter(|p| !known.contains(&(p.pid, p.starttime))).collect()
         };
         let ok = poll_until(SETTLE_TIMEOUT, || {
             self.zombies().is_empty()
@@ -694,23 +669,11 @@ impl Server {
             zombies.len()
         );
         let extra = extra_children();
-        assert!(
-            extra.is_empty(),
-            "{} children still alive after every client closed: {extra:?}",
-            extra.len()
-        );
+        assert!(extra.is_empty(), "{} children still alive after every client closed: {extra:?}", extra.len());
         let conns = self.connection_sockets();
-        assert!(
-            conns.is_empty(),
-            "{} connection sockets still open after every client closed: {conns:?}",
-            conns.len()
-        );
+        assert!(conns.is_empty(), "{} connection sockets still open after every client closed: {conns:?}", conns.len());
         let threads = thread_count(self.pid);
-        assert!(
-            threads <= base.threads,
-            "server has {threads} threads, {} at the baseline",
-            base.threads
-        );
+        assert!(threads <= base.threads, "server has {threads} threads, {} at the baseline", base.threads);
         let now = fds(self.pid);
         assert_eq!(
             now.len(),
@@ -748,19 +711,11 @@ impl Drop for Server {
 /// every part.
 fn parse_listening_line(line: &str, mode: &str, pid: i32) -> SocketAddr {
     let bad = |why: &str| -> ! { panic!("bad start-up line {line:?}: {why}") };
-    let Some(body) = line.strip_suffix('\n') else {
-        bad("no newline (missing, or not flushed)")
-    };
-    let Some(rest) = body.strip_prefix("listening on ") else {
-        bad("does not start with `listening on `")
-    };
+    let Some(body) = line.strip_suffix('\n') else { bad("no newline (missing, or not flushed)") };
+    let Some(rest) = body.strip_prefix("listening on ") else { bad("does not start with `listening on `") };
     let parts: Vec<&str> = rest.split(' ').collect();
-    let [addr, m, p] = parts[..] else {
-        bad("expected `ADDR mode=MODE pid=PID`")
-    };
-    let addr: SocketAddr = addr
-        .parse()
-        .unwrap_or_else(|_| bad("address does not parse"));
+    let [addr, m, p] = parts[..] else { bad("expected `ADDR mode=MODE pid=PID`") };
+    let addr: SocketAddr = addr.parse().unwrap_or_else(|_| bad("address does not parse"));
     if addr.ip() != std::net::Ipv4Addr::LOCALHOST || addr.port() == 0 {
         bad("expected 127.0.0.1 and a real port");
     }
@@ -820,15 +775,10 @@ pub fn run_to_exit(args: &[&str]) -> Finished {
     let out = Arc::new(Mutex::new(Vec::new()));
     let err = Arc::new(Mutex::new(Vec::new()));
     let (done_tx, done_rx) = mpsc::channel();
-    spawn_collect(
-        child.stdout.take().expect("stdout"),
-        out.clone(),
-        done_tx.clone(),
-    );
+    spawn_collect(child.stdout.take().expect("stdout"), out.clone(), done_tx.clone());
     spawn_collect(child.stderr.take().expect("stderr"), err.clone(), done_tx);
-    let text = |b: &Arc<Mutex<Vec<u8>>>| {
-        String::from_utf8_lossy(&b.lock().unwrap_or_else(|e| e.into_inner())).into_owned()
-    };
+    let text =
+        |b: &Arc<Mutex<Vec<u8>>>| String::from_utf8_lossy(&b.lock().unwrap_or_else(|e| e.into_inner())).into_owned();
     let mut status = None;
     poll_until(EXIT_TIMEOUT, || {
         status = child.try_wait().expect("try_wait");
@@ -837,41 +787,24 @@ pub fn run_to_exit(args: &[&str]) -> Finished {
     let Some(status) = status else {
         let _ = child.kill();
         let _ = child.wait();
-        panic!(
-            "`server {}` still running after {EXIT_TIMEOUT:?}; stderr:\n{}",
-            args.join(" "),
-            text(&err)
-        );
+        panic!("`server {}` still running after {EXIT_TIMEOUT:?}; stderr:\n{}", args.join(" "), text(&err));
     };
     // The pipes reach EOF now that the process is gone (bounded anyway, in
     // case something it started still holds them).
     for _ in 0..2 {
         if done_rx.recv_timeout(SETTLE_TIMEOUT).is_err() {
-            panic!(
-                "`server {}` exited ({status}) but its stdout/stderr stayed open",
-                args.join(" ")
-            );
+            panic!("`server {}` exited ({status}) but its stdout/stderr stayed open", args.join(" "));
         }
     }
-    Finished {
-        status,
-        stdout: text(&out),
-        stderr: text(&err),
-    }
+    Finished { status, stdout: text(&out), stderr: text(&err) }
 }
 
 /// Copies a pipe into `into` until EOF, then reports on `done`.
-fn spawn_collect(
-    mut pipe: impl Read + Send + 'static,
-    into: Arc<Mutex<Vec<u8>>>,
-    done: mpsc::Sender<()>,
-) {
+fn spawn_collect(mut pipe: impl Read + Send + 'static, into: Arc<Mutex<Vec<u8>>>, done: mpsc::Sender<()>) {
     thread::spawn(move || {
         let mut buf = [0u8; 4096];
         while let Ok(n @ 1..) = pipe.read(&mut buf) {
-            into.lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .extend_from_slice(&buf[..n]);
+            into.lock().unwrap_or_else(|e| e.into_inner()).extend_from_slice(&buf[..n]);
         }
         let _ = done.send(());
     });

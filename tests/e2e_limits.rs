@@ -1,0 +1,779 @@
+//! End-to-end tests of the server's limits: thousands of connections,
+//! clients that never read, idle timeouts, fd exhaustion, `--max-conns`.
+//!
+//! Every test starts its own `server` process on `127.0.0.1:0` (see
+//! `support`). Tests that measure CPU time or load the machine (2,000
+//! connections, fd exhaustion) hold [`HEAVY`] exclusively; the others share
+//! it, so a CPU measurement never runs next to another test of this file.
+//!
+//! `cargo test --test e2e_limits -- --nocapture` also prints the measured
+//! figures (RSS growth, CPU time under EMFILE, idle close timings).
+
+mod support;
+
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Barrier, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use support::*;
+
+const SERIAL: Mode = Mode { name: "serial", concurrent: false, forks: false, args: &[] };
+const FORK: Mode = Mode { name: "fork", concurrent: true, forks: true, args: &[] };
+const THREAD: Mode = Mode { name: "thread", concurrent: true, forks: false, args: &[] };
+const POOL: Mode = Mode { name: "pool", concurrent: true, forks: false, args: &[] };
+const EVENT: Mode = Mode { name: "event", concurrent: true, forks: false, args: &[] };
+const REACTOR: Mode = Mode { name: "reactor", concurrent: true, forks: false, args: &["--threads", "2"] };
+
+/// Held exclusively by the tests that measure CPU time or load the machine,
+/// shared by the others.
+static HEAVY: RwLock<()> = RwLock::new(());
+
+fn exclusive() -> RwLockWriteGuard<'static, ()> {
+    HEAVY.write().unwrap_or_else(|e| e.into_inner())
+}
+
+fn shared() -> RwLockReadGuard<'static, ()> {
+    HEAVY.read().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Panics with every collected failure, one per line.
+fn fail_if_any(failures: &[String]) {
+    assert!(failures.is_empty(), "{} failure(s):\n  - {}", failures.len(), failures.join("\n  - "));
+}
+
+/// Whether the peer of `s` has closed or reset the connection, looked at
+/// without reading: POLLRDHUP (a FIN arrived), POLLHUP or POLLERR (a RST).
+fn peer_gone(s: &TcpStream) -> bool {
+    let mut pfd = libc::pollfd { fd: s.as_raw_fd(), events: libc::POLLRDHUP, revents: 0 };
+    // SAFETY: one valid pollfd, zero timeout.
+    let n = unsafe { libc::poll(&mut pfd, 1, 0) };
+    n > 0 && pfd.revents & (libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR) != 0
+}
+
+/// Bytes waiting unread in the receive queue of `s` (FIONREAD).
+fn unread(s: &TcpStream) -> usize {
+    let mut n: libc::c_int = 0;
+    // SAFETY: FIONREAD writes one int.
+    let r = unsafe { libc::ioctl(s.as_raw_fd(), libc::FIONREAD, &mut n) };
+    if r < 0 {
+        0
+    } else {
+        n as usize
+    }
+}
+
+/// Bytes the owner of the TCP socket `local` -> `remote` has written into
+/// it and read from it so far, from `ss -ti` (the kernel's own counters,
+/// seen from outside the process): written = bytes_acked + Send-Q, read =
+/// bytes_received - Recv-Q.
+fn socket_traffic(local: SocketAddr, remote: SocketAddr) -> Result<(u64, u64), String> {
+    let out = std::process::Command::new("ss")
+        .args(["-tinH", "state", "established", "src", &local.to_string(), "dst", &remote.to_string()])
+        .output()
+        .map_err(|e| format!("running `ss` (iproute2): {e}"))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut words = text.split_whitespace();
+    let recv_q: u64 = words.next().and_then(|w| w.parse().ok()).ok_or_else(|| format!("`ss` said {text:?}"))?;
+    let send_q: u64 = words.next().and_then(|w| w.parse().ok()).ok_or_else(|| format!("`ss` said {text:?}"))?;
+    // Counters still at zero are left out.
+    let counter = |name: &str| -> u64 {
+        text.split_whitespace().find_map(|w| w.strip_prefix(name)?.strip_prefix(':')?.parse().ok()).unwrap_or(0)
+    };
+    Ok((counter("bytes_acked") + send_q, counter("bytes_received").saturating_sub(recv_q)))
+}
+
+/// Reads once (within the socket's read timeout) and says whether that
+/// read saw the end of the connection: EOF or a reset.
+fn read_sees_close(s: &mut TcpStream) -> Result<(), String> {
+    let mut b = [0u8; 256];
+    match s.read(&mut b) {
+        Ok(0) => Ok(()),
+        Err(e) if matches!(e.kind(), io::ErrorKind::ConnectionReset | io::ErrorKind::ConnectionAborted) => Ok(()),
+        Ok(n) => Err(format!("expected EOF or reset, read {n} bytes {:?}", String::from_utf8_lossy(&b[..n]))),
+        Err(e) => Err(format!("expected EOF or reset, got {e}")),
+    }
+}
+
+fn mib(bytes: u64) -> f64 {
+    bytes as f64 / (1 << 20) as f64
+}
+
+// ----- 1. 2,000 concurrent connections ----------------------------------------
+
+#[test]
+fn event_2000_connections_10_rounds() {
+    many_connections(&EVENT)
+}
+
+#[test]
+fn reactor_2000_connections_10_rounds() {
+    many_connections(&REACTOR)
+}
+
+/// 8 client threads × 250 blocking sockets: every socket connects, all
+/// 2,000 are open at once, then each thread runs 10 rounds (a message on
+/// every one of its sockets, then every reply, checked), and only when the
+/// server holds all 2,000 connections do the clients close.
+fn many_connections(mode: &Mode) {
+    const THREADS: usize = 8;
+    const PER_THREAD: usize = 250;
+    const ROUNDS: usize = 10;
+    const TOTAL: usize = THREADS * PER_THREAD;
+    let _heavy = exclusive();
+    raise_nofile();
+    let server = Server::start(mode, &[]);
+    let base = server.baseline();
+    let addr = server.addr;
+    let started = Instant::now();
+    // Every thread reaches every barrier, failed or not, so nobody waits
+    // forever; the verdict comes after the joins.
+    let connected = Arc::new(Barrier::new(THREADS + 1));
+    let served = Arc::new(Barrier::new(THREADS + 1));
+    let counted = Arc::new(Barrier::new(THREADS + 1));
+    let clients: Vec<_> = (0..THREADS)
+        .map(|t| {
+            let (connected, served, counted) = (connected.clone(), served.clone(), counted.clone());
+            thread::Builder::new()
+                .name(format!("clients-{t}"))
+                .spawn(move || -> Result<(), String> {
+                    let mut socks = Vec::with_capacity(PER_THREAD);
+                    let mut err = None;
+                    for j in 0..PER_THREAD {
+                        match try_connect(addr) {
+                            Ok(s) => socks.push(s),
+                            Err(e) => {
+                                err = Some(format!("thread {t}: connect {j}: {e}"));
+                                break;
+                            }
+                        }
+                    }
+                    connected.wait();
+                    if err.is_none() {
+                        err = rounds(t, &mut socks, ROUNDS).err();
+                    }
+                    served.wait();
+                    counted.wait();
+                    if err.is_none() {
+                        for (j, s) in socks.iter_mut().enumerate() {
+                            if let Err(e) = close_cleanly(s) {
+                                err = Some(format!("thread {t} socket {j}: close: {e}"));
+                                break;
+                            }
+                        }
+                    }
+                    err.map_or(Ok(()), Err)
+                })
+                .expect("spawn client thread")
+        })
+        .collect();
+    let mut failures = Vec::new();
+    connected.wait();
+    let connect_time = started.elapsed();
+    served.wait();
+    let rounds_time = started.elapsed() - connect_time;
+    // Every client has its replies and none has closed: the server must
+    // hold all the connections now.
+    let mut held = 0;
+    let all_held = poll_every(Duration::from_millis(50), Duration::from_secs(5), || {
+        held = server.connection_sockets().len();
+        held >= TOTAL
+    });
+    if !all_held {
+        failures.push(format!("the server holds {held} connections while {TOTAL} clients are open"));
+    }
+    counted.wait();
+    for c in clients {
+        match c.join() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => failures.push(e),
+            Err(_) => failures.push("client thread panicked".into()),
+        }
+    }
+    println!(
+        "{}: {TOTAL} connections open at once in {connect_time:?}, {ROUNDS} rounds each in {rounds_time:?}, \
+         server held {held}",
+        mode.name
+    );
+    fail_if_any(&failures);
+    server.assert_settled(&base);
+}
+
+/// `rounds` times: a message on every socket, then every reply.
+fn rounds(t: usize, socks: &mut [TcpStream], rounds: usize) -> Result<(), String> {
+    let msg = |j: usize, r: usize| {
+        let mut m = format!("t{t} s{j:03} r{r}: the quick brown fox \u{e9}\u{ff} ").into_bytes();
+        m.extend((0..16u64).map(|i| pattern((t * 1000 + j) as u64, (r * 16) as u64 + i)));
+        m
+    };
+    for r in 0..rounds {
+        for (j, s) in socks.iter_mut().enumerate() {
+            s.write_all(&msg(j, r)).map_err(|e| format!("thread {t} socket {j} round {r}: write: {e}"))?;
+        }
+        for (j, s) in socks.iter_mut().enumerate() {
+            let want = upper(&msg(j, r));
+            let mut got = vec![0u8; want.len()];
+            s.read_exact(&mut got).map_err(|e| format!("thread {t} socket {j} round {r}: read reply: {e}"))?;
+            if got != want {
+                return Err(format!("thread {t} socket {j} round {r}: {}", describe_mismatch(&want, &got)));
+            }
+        }
+    }
+    Ok(())
+}
+
+// ----- 2. a client that never reads --------------------------------------------
+
+#[test]
+fn event_non_reading_client_is_held_back() {
+    non_reading_client(&EVENT)
+}
+
+#[test]
+fn reactor_non_reading_client_is_held_back() {
+    non_reading_client(&REACTOR)
+}
+
+/// A client writes up to 100 MiB and reads nothing. The server must stop
+/// reading it (the writer gets stuck well before 100 MiB) without holding
+/// its echo in memory (RSS grows by at most 8 MiB), while another client's
+/// round trips keep succeeding. Then the stuck client reads: it gets back
+/// exactly the uppercase of every byte it managed to send, then EOF.
+fn non_reading_client(mode: &Mode) {
+    const TOTAL: u64 = 100 << 20;
+    const CHUNK: usize = 64 * 1024;
+    const MAX_GROWTH_KIB: u64 = 8 * 1024;
+    /// A write that makes no progress this long means the writer is stuck.
+    const STUCK: Duration = Duration::from_secs(2);
+    const SEED: u64 = 0x00ff_5eed;
+    let _shared = shared();
+    let server = Server::start(mode, &[]);
+    let base = server.baseline();
+    let rss_base = vm_rss_kib(server.pid).expect("server RSS");
+
+    let stuck = server.connect();
+    stuck.set_write_timeout(Some(STUCK)).unwrap();
+    let written = Arc::new(AtomicU64::new(0));
+    let mut w = stuck.try_clone().unwrap();
+    let written2 = written.clone();
+    let writer = thread::spawn(move || -> Result<(u64, bool), String> {
+        let mut buf = vec![0u8; CHUNK];
+        let mut off = 0u64;
+        while off < TOTAL {
+            let len = CHUNK.min((TOTAL - off) as usize);
+            fill_pattern(SEED, off, &mut buf[..len]);
+            match w.write(&buf[..len]) {
+                Ok(0) => return Err(format!("write returned 0 at offset {off}")),
+                Ok(n) => {
+                    off += n as u64;
+                    written2.store(off, Ordering::SeqCst);
+                }
+                Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
+                    return Ok((off, true))
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(format!("write at offset {off}: {e}")),
+            }
+        }
+        Ok((off, false))
+    });
+
+    let mut failures = Vec::new();
+    let mut other = server.connect();
+    let mut rss_peak = rss_base;
+    let mut round = 0u64;
+    let mut after_writer = 0;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    // Round trips (and RSS samples) all along, and 20 more once the writer
+    // is stuck.
+    while after_writer < 20 {
+        if Instant::now() >= deadline {
+            failures.push(format!(
+                "writer still going after 60 s ({:.1} MiB written)",
+                mib(written.load(Ordering::SeqCst))
+            ));
+            break;
+        }
+        if writer.is_finished() {
+            after_writer += 1;
+        }
+        let msg: Vec<u8> = (0..1024).map(|i| pattern(round, i)).collect();
+        if let Err(e) = roundtrip(&mut other, &msg) {
+            failures.push(format!(
+                "other client, round {round} ({:.1} MiB written by the non-reader): {e}",
+                mib(written.load(Ordering::SeqCst))
+            ));
+            break;
+        }
+        round += 1;
+        if let Some(rss) = vm_rss_kib(server.pid) {
+            rss_peak = rss_peak.max(rss);
+        }
+        // Pace: a round trip every 20 ms.
+        thread::sleep(Duration::from_millis(20));
+    }
+    if !writer.is_finished() {
+        // Unblock a writer we stopped waiting for.
+        let _ = stuck.shutdown(Shutdown::Both);
+    }
+    let (sent, blocked) = match writer.join() {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => {
+            failures.push(format!("non-reading client: {e}"));
+            (written.load(Ordering::SeqCst), false)
+        }
+        Err(_) => panic!("writer thread panicked"),
+    };
+    let growth = rss_peak.saturating_sub(rss_base);
+    println!(
+        "{}: non-reader pushed {:.1} MiB before it stuck, {round} round trips of another client meanwhile, \
+         server RSS {rss_base} KiB -> peak {rss_peak} KiB (+{growth} KiB)",
+        mode.name,
+        mib(sent)
+    );
+    if !blocked || sent >= TOTAL {
+        failures.push(format!(
+            "the non-reading client wrote {:.1} MiB without being held back (no backpressure)",
+            mib(sent)
+        ));
+    }
+    if growth > MAX_GROWTH_KIB {
+        failures.push(format!(
+            "server RSS grew by {growth} KiB (from {rss_base} to {rss_peak}) while a client did not read; \
+             at most {MAX_GROWTH_KIB} KiB allowed"
+        ));
+    }
+    fail_if_any(&failures);
+
+    // The stuck client now reads: everything it sent comes back, then EOF.
+    let mut r = stuck;
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut got = 0u64;
+    while got < sent {
+        let want = buf.len().min((sent - got) as usize);
+        match r.read(&mut buf[..want]) {
+            Ok(0) => panic!("EOF after {got} echoed bytes of {sent}"),
+            Ok(n) => {
+                check_pattern(SEED, got, &buf[..n]).unwrap_or_else(|e| panic!("non-reader's echo: {e}"));
+                got += n as u64;
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => panic!("reading the echo after {got} of {sent} bytes: {e}"),
+        }
+    }
+    close_cleanly(&mut r).unwrap_or_else(|e| panic!("non-reader, after reading its {sent} bytes: {e}"));
+    close_cleanly(&mut other).unwrap();
+    server.assert_settled(&base);
+}
+
+// ----- 3. idle timeout -----------------------------------------------------------
+
+#[test]
+fn serial_idle_timeout() {
+    idle_timeout(&SERIAL)
+}
+
+#[test]
+fn fork_idle_timeout() {
+    idle_timeout(&FORK)
+}
+
+#[test]
+fn thread_idle_timeout() {
+    idle_timeout(&THREAD)
+}
+
+#[test]
+fn pool_idle_timeout() {
+    idle_timeout(&POOL)
+}
+
+#[test]
+fn event_idle_timeout() {
+    idle_timeout(&EVENT)
+}
+
+#[test]
+fn reactor_idle_timeout() {
+    idle_timeout(&REACTOR)
+}
+
+/// The earliest and latest an idle connection may be closed, after its
+/// last traffic, with `--idle-timeout 1`.
+const IDLE_EARLIEST: Duration = Duration::from_millis(900);
+const IDLE_LATEST: Duration = Duration::from_millis(2000);
+
+/// Waits (read timeout 5 s) for the server to close `s`, idle since `since`;
+/// checks that it happens within [IDLE_EARLIEST, IDLE_LATEST].
+fn expect_idle_close(what: &str, s: &mut TcpStream, since: Instant) -> Result<Duration, String> {
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let r = read_sees_close(s);
+    let after = since.elapsed();
+    r.map_err(|e| format!("{what}, {after:?} after its last traffic: {e}"))?;
+    if !(IDLE_EARLIEST..=IDLE_LATEST).contains(&after) {
+        return Err(format!(
+            "{what} closed {after:?} after its last traffic; with --idle-timeout 1 expected between \
+             {IDLE_EARLIEST:?} and {IDLE_LATEST:?}"
+        ));
+    }
+    Ok(after)
+}
+
+/// `--idle-timeout 1`: a client silent after one round trip is closed
+/// 1-2 s later. Concurrent modes also: a client that never sends a byte
+/// is closed the same way, while an active client (a round trip every
+/// 200 ms for 2.5 s) stays open all along, and is closed in turn once it
+/// falls silent. Serial: the waiting client is served once the silent one
+/// is dropped.
+fn idle_timeout(mode: &Mode) {
+    const ACTIVE_FOR: Duration = Duration::from_millis(2500);
+    const PACE: Duration = Duration::from_millis(200);
+    let _shared = shared();
+    let server = Server::start(mode, &["--idle-timeout", "1"]);
+    let mut failures = Vec::new();
+    let mut timings = Vec::new();
+
+    let active = mode.concurrent.then(|| {
+        let mut s = server.connect();
+        thread::spawn(move || -> Result<Duration, String> {
+            let start = Instant::now();
+            let mut r = 0;
+            let last = loop {
+                roundtrip(&mut s, format!("active round {r}, still here").as_bytes())
+                    .map_err(|e| format!("active client, round {r}, {:?} after start: {e}", start.elapsed()))?;
+                let done = Instant::now();
+                r += 1;
+                if done - start >= ACTIVE_FOR {
+                    break done;
+                }
+                thread::sleep(PACE);
+            };
+            expect_idle_close("active client, once silent", &mut s, last)
+        })
+    });
+    let mute = mode.concurrent.then(|| (server.connect(), Instant::now()));
+
+    let mut quiet = server.connect();
+    roundtrip(&mut quiet, b"one round trip, then silence").unwrap();
+    let quiet_since = Instant::now();
+    // Serial: a client waiting in the backlog, its request already sent.
+    let waiting = (!mode.concurrent).then(|| {
+        let mut w = server.connect();
+        w.write_all(b"waiting for my turn").unwrap();
+        w
+    });
+    match expect_idle_close("client silent after a round trip", &mut quiet, quiet_since) {
+        Ok(d) => timings.push(format!("quiet {d:?}")),
+        Err(e) => failures.push(e),
+    }
+    if let Some((mut s, since)) = mute {
+        match expect_idle_close("client that never sent a byte", &mut s, since) {
+            Ok(d) => timings.push(format!("mute {d:?}")),
+            Err(e) => failures.push(e),
+        }
+    }
+    if let Some(a) = active {
+        match a.join() {
+            Ok(Ok(d)) => timings.push(format!("active, once silent {d:?}")),
+            Ok(Err(e)) => failures.push(e),
+            Err(_) => failures.push("active client thread panicked".into()),
+        }
+    }
+    if let Some(mut w) = waiting {
+        let mut got = [0u8; 19];
+        match w.read_exact(&mut got) {
+            Ok(()) if &got == b"WAITING FOR MY TURN" => {}
+            Ok(()) => failures.push(format!("waiting client got {:?}", String::from_utf8_lossy(&got))),
+            Err(e) => failures.push(format!("waiting client not served after the silent one was dropped: {e}")),
+        }
+    }
+    println!("{}: idle closes after last traffic: {}", mode.name, timings.join(", "));
+    fail_if_any(&failures);
+}
+
+// ----- 3b. a slow reader and the idle timeout --------------------------------------
+
+#[test]
+fn event_slow_reader_closed_by_idle_timeout() {
+    slow_reader(&EVENT)
+}
+
+#[test]
+fn reactor_slow_reader_closed_by_idle_timeout() {
+    slow_reader(&REACTOR)
+}
+
+/// `--idle-timeout 1`: a client sends 10 MiB and reads nothing. Once the
+/// server can write no more to it, the server closes it within 2 s of its
+/// last write, and not before ~1 s (the server's own socket counters, read
+/// with `ss`, tell when it last wrote).
+fn slow_reader(mode: &Mode) {
+    const TOTAL: u64 = 10 << 20;
+    const CHUNK: usize = 64 * 1024;
+    let _shared = shared();
+    let server = Server::start(mode, &["--idle-timeout", "1"]);
+    let s = server.connect();
+    s.set_write_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut w = s.try_clone().unwrap();
+    let writer = thread::spawn(move || -> u64 {
+        let mut buf = vec![0u8; CHUNK];
+        let mut off = 0u64;
+        while off < TOTAL {
+            let len = CHUNK.min((TOTAL - off) as usize);
+            fill_pattern(3, off, &mut buf[..len]);
+            match w.write(&buf[..len]) {
+                Ok(n @ 1..) => off += n as u64,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                // Stuck (timeout) or closed by the server: either way done.
+                _ => break,
+            }
+        }
+        off
+    });
+    // What the server has written to and read from this connection, from
+    // the kernel's counters of its socket, watched until it closes it.
+    let (client, server_side) = (s.local_addr().unwrap(), s.peer_addr().unwrap());
+    let start = Instant::now();
+    let (mut written, mut read) = (0, 0);
+    let mut last_write = start;
+    let closed = loop {
+        let now = Instant::now();
+        if peer_gone(&s) {
+            break Ok(now);
+        }
+        match socket_traffic(server_side, client) {
+            Ok((w, r)) => {
+                if w > written {
+                    (written, last_write) = (w, now);
+                }
+                read = read.max(r);
+            }
+            // Gone from the table between the two looks: closed.
+            Err(_) if peer_gone(&s) => break Ok(Instant::now()),
+            Err(e) => break Err(e),
+        }
+        if now - start > Duration::from_secs(30) {
+            break Err("still connected 30 s after it started".into());
+        }
+        thread::sleep(Duration::from_millis(10));
+    };
+    let queued = unread(&s);
+    // A reset also ends a writer still blocked; a shutdown ends one we
+    // stopped waiting for.
+    let _ = s.shutdown(Shutdown::Both);
+    let sent = writer.join().expect("writer thread");
+    let closed = closed.unwrap_or_else(|e| {
+        panic!(
+            "slow reader: {e} ({:.1} MiB sent; the server read {:.1} MiB and wrote {:.1} MiB, last {:?} ago)",
+            mib(sent),
+            mib(read),
+            mib(written),
+            last_write.elapsed()
+        )
+    });
+    let after_write = closed - last_write;
+    println!(
+        "{}: slow reader sent {:.1} MiB; the server read {:.1} MiB and wrote {:.1} MiB ({:.1} MiB unread by the \
+         client), then closed it {after_write:?} after its last write",
+        mode.name,
+        mib(sent),
+        mib(read),
+        mib(written),
+        mib(queued as u64)
+    );
+    assert!(written > 0, "the server wrote nothing to the slow reader before closing it");
+    assert!(
+        after_write <= IDLE_LATEST,
+        "slow reader closed {after_write:?} after the server's last write progress; expected within {IDLE_LATEST:?}"
+    );
+    // The server may read a little after its last write (filling its
+    // output buffer), which is progress too, never less.
+    assert!(
+        after_write >= IDLE_EARLIEST,
+        "slow reader closed only {after_write:?} after the server's last write (--idle-timeout 1)"
+    );
+}
+
+// ----- 4. fd exhaustion ------------------------------------------------------------
+
+#[test]
+fn event_emfile_does_not_spin() {
+    fd_exhaustion(&EVENT)
+}
+
+#[test]
+fn reactor_emfile_does_not_spin() {
+    fd_exhaustion(&REACTOR)
+}
+
+#[test]
+fn thread_emfile_does_not_spin() {
+    fd_exhaustion(&THREAD)
+}
+
+/// The server runs with RLIMIT_NOFILE 64 and gets 200 connections (kept
+/// open, never a byte): it runs out of fds, and while it is out it must not
+/// spin (under 0.3 s of CPU in 3 s). Once the clients are gone, a fresh
+/// client is served again.
+fn fd_exhaustion(mode: &Mode) {
+    const NOFILE: u64 = 64;
+    const CLIENTS: usize = 200;
+    const WINDOW: Duration = Duration::from_secs(3);
+    const MAX_CPU: Duration = Duration::from_millis(300);
+    let _heavy = exclusive();
+    let mut server = Server::start_with_nofile(mode, &[], NOFILE);
+    let addr: socket2::SockAddr = server.addr.into();
+    let mut clients = Vec::with_capacity(CLIENTS);
+    for i in 0..CLIENTS {
+        let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+        s.set_nonblocking(true).expect("non-blocking");
+        match s.connect(&addr) {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
+            Err(e) => panic!("connect {i}: {e}"),
+        }
+        clients.push(s);
+    }
+    // The server has run out of fds: it holds all it may, or said so.
+    let exhausted = poll_every(Duration::from_millis(20), Duration::from_secs(10), || {
+        fds(server.pid).len() as u64 >= NOFILE || server.log().contains("os error 24")
+    });
+    assert!(
+        exhausted,
+        "server never ran out of fds with RLIMIT_NOFILE {NOFILE} and {CLIENTS} clients: it has {} fds open",
+        fds(server.pid).len()
+    );
+    let cpu0 = cpu_time(server.pid).expect("server CPU time");
+    let t0 = Instant::now();
+    // Measuring, not synchronising: the window over which CPU use is taken.
+    thread::sleep(WINDOW);
+    let cpu = cpu_time(server.pid).expect("server CPU time") - cpu0;
+    let window = t0.elapsed();
+    let open_fds = fds(server.pid).len();
+    println!(
+        "{}: out of fds ({open_fds} open, limit {NOFILE}), CPU {cpu:?} in {window:?} with {CLIENTS} clients waiting",
+        mode.name
+    );
+    assert!(
+        cpu < MAX_CPU,
+        "server used {cpu:?} CPU in {window:?} while out of fds (limit {MAX_CPU:?}): it spins; threads in: {}",
+        server.where_blocked()
+    );
+    if !server.is_running() {
+        panic!("server died while out of fds: {:?}", server.wait_exit(Duration::ZERO));
+    }
+
+    drop(clients);
+    // A fresh client is served again, once the server has worked through
+    // the closed connections.
+    let mut last_err = String::new();
+    let mut tries = 0;
+    let served = poll_every(Duration::from_millis(100), Duration::from_secs(15), || {
+        tries += 1;
+        let attempt = || -> Result<(), String> {
+            let mut s = TcpStream::connect_timeout(&server.addr, Duration::from_secs(2)).map_err(|e| e.to_string())?;
+            s.set_read_timeout(Some(Duration::from_secs(2))).map_err(|e| e.to_string())?;
+            s.set_write_timeout(Some(Duration::from_secs(2))).map_err(|e| e.to_string())?;
+            roundtrip(&mut s, b"fresh client after fd exhaustion")?;
+            close_cleanly(&mut s)
+        };
+        match attempt() {
+            Ok(()) => true,
+            Err(e) => {
+                last_err = e;
+                false
+            }
+        }
+    });
+    assert!(served, "no fresh client served within 15 s after the clients left ({tries} tries); last: {last_err}");
+    println!("{}: fresh client served after {tries} tries", mode.name);
+}
+
+// ----- 5. --max-conns ----------------------------------------------------------------
+
+#[test]
+fn event_max_conns_10() {
+    max_conns(&EVENT)
+}
+
+#[test]
+fn thread_max_conns_10() {
+    max_conns(&THREAD)
+}
+
+/// `--max-conns` caps open connections per process (cli.rs), so a reactor
+/// with two loops must hold 10 at most, not 10 per loop.
+#[test]
+fn reactor_max_conns_10() {
+    max_conns(&REACTOR)
+}
+
+/// `--max-conns 10`: 10 clients are served; 6 more connect (the backlog
+/// takes them) and send a request, but get no echo while the 10 are open,
+/// and the server holds 10 connections, not more; once one of the 10
+/// closes, one waiting client is served, and the server holds 10 again.
+/// (Several waiting clients, so that a reactor spreading them over its
+/// loops cannot pass by luck.)
+fn max_conns(mode: &Mode) {
+    const CAP: usize = 10;
+    const WAITING: usize = 6;
+    let _shared = shared();
+    let server = Server::start(mode, &["--max-conns", "10"]);
+    let mut open: Vec<TcpStream> = (0..CAP).map(|_| server.connect()).collect();
+    for (i, s) in open.iter_mut().enumerate() {
+        roundtrip(s, format!("connection {i} of {CAP}").as_bytes()).unwrap_or_else(|e| panic!("connection {i}: {e}"));
+    }
+    let request = |k: usize| format!("waiting client {k}").into_bytes();
+    let mut waiting: Vec<TcpStream> = (0..WAITING)
+        .map(|k| {
+            let mut s = server.connect();
+            s.write_all(&request(k)).unwrap();
+            s
+        })
+        .collect();
+    // A window in which an echo would show up: none may.
+    let echoed = |w: &[TcpStream]| -> Vec<usize> { (0..w.len()).filter(|&k| unread(&w[k]) > 0).collect() };
+    let early = poll_until(Duration::from_secs(1), || !echoed(&waiting).is_empty());
+    let held = server.connection_sockets().len();
+    assert!(
+        !early && held == CAP,
+        "with --max-conns {CAP} and {CAP} clients open, waiting clients {:?} were served; the server holds {held} \
+         connections",
+        echoed(&waiting)
+    );
+
+    let mut first = open.remove(0);
+    let closed = Instant::now();
+    close_cleanly(&mut first).unwrap();
+    drop(first);
+    assert!(
+        poll_until(Duration::from_secs(5), || !echoed(&waiting).is_empty()),
+        "no waiting client served within 5 s after one of the {CAP} closed; the server holds {} connections",
+        server.connection_sockets().len()
+    );
+    let waited = closed.elapsed();
+    let served = echoed(&waiting);
+    let k = served[0];
+    let mut s = waiting.remove(k);
+    let want = upper(&request(k));
+    let mut got = vec![0u8; want.len()];
+    s.read_exact(&mut got).unwrap_or_else(|e| panic!("waiting client {k}, once served: {e}"));
+    assert_eq!(got, want, "echo to waiting client {k}");
+    println!("{}: a waiting client was served {waited:?} after one of the {CAP} closed", mode.name);
+    // One in, one out: still at the cap.
+    let again = poll_until(Duration::from_millis(500), || !echoed(&waiting).is_empty());
+    let held = server.connection_sockets().len();
+    assert!(
+        served.len() == 1 && !again && held == CAP,
+        "after one of {CAP} closed, waiting clients {served:?} and then {:?} were served; the server holds {held} \
+         connections",
+        echoed(&waiting)
+    );
+    roundtrip(&mut s, b"and again").unwrap();
+    for (i, c) in open.iter_mut().enumerate() {
+        roundtrip(c, b"still served").unwrap_or_else(|e| panic!("connection {}: {e}", i + 1));
+    }
+}
