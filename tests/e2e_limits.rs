@@ -69,13 +69,20 @@ fn unread(s: &TcpStream) -> usize {
 /// Bytes the owner of the TCP socket `local` -> `remote` has written into
 /// it and read from it so far, from `ss -ti` (the kernel's own counters,
 /// seen from outside the process): written = bytes_acked + Send-Q, read =
-/// bytes_received - Recv-Q.
-fn socket_traffic(local: SocketAddr, remote: SocketAddr) -> Result<(u64, u64), String> {
+/// bytes_received - Recv-Q. `None` once the socket has left the
+/// ESTABLISHED state (its owner closed or shut it down).
+fn socket_traffic(local: SocketAddr, remote: SocketAddr) -> Result<Option<(u64, u64)>, String> {
     let out = std::process::Command::new("ss")
         .args(["-tinH", "state", "established", "src", &local.to_string(), "dst", &remote.to_string()])
         .output()
         .map_err(|e| format!("running `ss` (iproute2): {e}"))?;
+    if !out.status.success() {
+        return Err(format!("`ss` failed: {}", String::from_utf8_lossy(&out.stderr)));
+    }
     let text = String::from_utf8_lossy(&out.stdout);
+    if text.trim().is_empty() {
+        return Ok(None);
+    }
     let mut words = text.split_whitespace();
     let recv_q: u64 = words.next().and_then(|w| w.parse().ok()).ok_or_else(|| format!("`ss` said {text:?}"))?;
     let send_q: u64 = words.next().and_then(|w| w.parse().ok()).ok_or_else(|| format!("`ss` said {text:?}"))?;
@@ -83,7 +90,7 @@ fn socket_traffic(local: SocketAddr, remote: SocketAddr) -> Result<(u64, u64), S
     let counter = |name: &str| -> u64 {
         text.split_whitespace().find_map(|w| w.strip_prefix(name)?.strip_prefix(':')?.parse().ok()).unwrap_or(0)
     };
-    Ok((counter("bytes_acked") + send_q, counter("bytes_received").saturating_sub(recv_q)))
+    Ok(Some((counter("bytes_acked") + send_q, counter("bytes_received").saturating_sub(recv_q))))
 }
 
 /// Reads once (within the socket's read timeout) and says whether that
@@ -545,14 +552,15 @@ fn slow_reader(mode: &Mode) {
             break Ok(now);
         }
         match socket_traffic(server_side, client) {
-            Ok((w, r)) => {
+            Ok(Some((w, r))) => {
                 if w > written {
                     (written, last_write) = (w, now);
                 }
                 read = read.max(r);
             }
-            // Gone from the table between the two looks: closed.
-            Err(_) if peer_gone(&s) => break Ok(Instant::now()),
+            // The server closed its socket (a FIN may wait behind unsent
+            // data the client does not read).
+            Ok(None) => break Ok(now),
             Err(e) => break Err(e),
         }
         if now - start > Duration::from_secs(30) {
