@@ -102,8 +102,12 @@ modes! {
     pool:   Mode { name: "pool",   concurrent: true,  forks: false, args: &[] },
     event:   Mode { name: "event",   concurrent: true,  forks: false, args: &[] },
     reactor: Mode { name: "reactor", concurrent: true,  forks: false, args: &["--threads", "2"] },
-    // The prefork flags below are a guess at the CLI to come; adjust them.
-    // prefork_event: Mode { name: "prefork", concurrent: true, forks: true,  args: &["--workers", "2", "--worker", "event"] },
+    prefork_event:  Mode { name: "prefork", concurrent: true,  forks: true,  args: &["--workers", "2", "--worker", "event"] },
+    // Serial workers serve one client each: at most --workers at once.
+    prefork_serial: Mode { name: "prefork", concurrent: false, forks: true,  args: &["--workers", "6", "--worker", "serial"] },
+    prefork_thread: Mode { name: "prefork", concurrent: true,  forks: true,  args: &["--workers", "2", "--worker", "thread"] },
+    prefork_pool:   Mode { name: "prefork", concurrent: true,  forks: true,  args: &["--workers", "2", "--worker", "pool"] },
+    prefork_reuseport: Mode { name: "prefork", concurrent: true, forks: true, args: &["--workers", "2", "--worker", "event", "--reuseport"] },
 }
 
 /// The test bodies, shared by every mode.

@@ -14,15 +14,21 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mio::unix::SourceFd;
-use mio::{Events, Interest, Poll, Token, Waker};
+use mio::{Events, Poll, Token, Waker};
 
+use crate::context::Context;
 use crate::listener;
+use crate::scoreboard::Slot;
 use crate::shutdown::{Phase, Shutdown};
 use crate::signals::Signals;
 
 const LISTENER: Token = Token(0);
 const SIGNALS: Token = Token(1);
 const WAKER: Token = Token(2);
+
+/// The longest a loop sleeps without a heartbeat (prefork's
+/// `--worker-timeout` watches it).
+pub const HEARTBEAT: Duration = Duration::from_secs(1);
 
 /// How long accepting pauses after the process ran out of fds or memory.
 pub const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
@@ -93,16 +99,17 @@ pub struct Acceptor {
     waker: Arc<Waker>,
     shutdown: Shutdown,
     nodelay: bool,
+    slot: &'static Slot,
     backoff_until: Option<Instant>,
     exhausted: ExhaustionLog,
 }
 
 impl Acceptor {
     /// Takes over `listener` (made non-blocking) and the signal pipe.
-    pub fn new(listener: TcpListener, signals: Signals, shutdown: Shutdown, nodelay: bool) -> io::Result<Acceptor> {
+    pub fn new(listener: TcpListener, signals: Signals, ctx: &Context) -> io::Result<Acceptor> {
         let poll = Poll::new()?;
         listener.set_nonblocking(true)?;
-        poll.registry().register(&mut SourceFd(&listener.as_raw_fd()), LISTENER, Interest::READABLE)?;
+        crate::sys::register_listener(&poll, &listener, LISTENER)?;
         signals.register(poll.registry(), SIGNALS)?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
         Ok(Acceptor {
@@ -111,8 +118,9 @@ impl Acceptor {
             listener: Some(listener),
             signals,
             waker,
-            shutdown,
-            nodelay,
+            shutdown: ctx.shutdown.clone(),
+            nodelay: ctx.config.nodelay,
+            slot: ctx.slot,
             backoff_until: None,
             exhausted: ExhaustionLog::default(),
         })
@@ -141,10 +149,12 @@ impl Acceptor {
                     Err(e) => match classify(&e) {
                         AcceptError::Empty => {}
                         AcceptError::Skip => {
+                            self.slot.accept_errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                             log::debug!("accept: {e} (skipped)");
                             return Ok(None);
                         }
                         AcceptError::Exhausted => {
+                            self.slot.accept_errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                             self.exhausted.note(&e);
                             self.backoff_until = Some(Instant::now() + ACCEPT_BACKOFF);
                         }
@@ -158,9 +168,13 @@ impl Acceptor {
         Ok(None)
     }
 
-    /// Sleeps until a signal, a wake-up, a new connection, or `timeout`.
+    /// Sleeps until a signal, a wake-up, a new connection, or `timeout`
+    /// (at most [`HEARTBEAT`]: every wake-up is a heartbeat).
     pub fn wait(&mut self, timeout: Option<Duration>) -> io::Result<()> {
-        match self.poll.poll(&mut self.events, timeout) {
+        let timeout = Some(timeout.map_or(HEARTBEAT, |t| t.min(HEARTBEAT)));
+        let polled = self.poll.poll(&mut self.events, timeout);
+        self.slot.beat();
+        match polled {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => return Err(e),

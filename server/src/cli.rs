@@ -53,9 +53,54 @@ struct Args {
     /// Unsent bytes per connection above which the event loops stop reading it.
     #[arg(long, value_name = "BYTES", default_value_t = 256 * 1024)]
     max_buffer: usize,
+    /// Worker processes (prefork; default: number of CPUs).
+    #[arg(long)]
+    workers: Option<usize>,
+    /// What each prefork worker runs.
+    #[arg(long, value_enum, default_value_t = WorkerMode::Event)]
+    worker: WorkerMode,
+    /// Prefork: one SO_REUSEPORT socket per worker (kept by the master) instead of one shared listener.
+    #[arg(long)]
+    reuseport: bool,
+    /// Prefork: replace a worker that has not sent a heartbeat for this many seconds.
+    #[arg(long, value_name = "SECS", value_parser = parse_secs)]
+    worker_timeout: Option<Duration>,
+    /// Prefork: recycle a worker after this many connections.
+    #[arg(long, value_name = "N")]
+    max_requests: Option<u64>,
+    /// Prefork: add up to this many connections to --max-requests per worker, so restarts spread out.
+    #[arg(long, value_name = "J", default_value_t = 0)]
+    max_requests_jitter: u64,
+    /// Serve Prometheus metrics (GET /metrics) on this address.
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<SocketAddr>,
     /// Benchmarking aid: make handlers compute (cpu:N rounds per byte) or block (sleep:MS per read).
     #[arg(long, value_name = "cpu:N|sleep:MS")]
     work: Option<Work>,
+}
+
+/// What a prefork worker runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum WorkerMode {
+    /// One client at a time per worker (Apache prefork, gunicorn sync).
+    Serial,
+    /// A thread per connection in each worker (Apache worker MPM).
+    Thread,
+    /// A thread pool in each worker.
+    Pool,
+    /// An event loop in each worker (nginx).
+    Event,
+}
+
+impl From<WorkerMode> for Mode {
+    fn from(w: WorkerMode) -> Mode {
+        match w {
+            WorkerMode::Serial => Mode::Serial,
+            WorkerMode::Thread => Mode::Thread,
+            WorkerMode::Pool => Mode::Pool,
+            WorkerMode::Event => Mode::Event,
+        }
+    }
 }
 
 fn parse_secs(s: &str) -> Result<Duration, String> {
@@ -86,6 +131,17 @@ impl Args {
         c.grace = self.grace;
         c.nodelay = !self.no_nodelay || self.nodelay;
         c.max_buffer = self.max_buffer.max(1024);
+        if let Some(w) = self.workers {
+            anyhow::ensure!(w > 0, "--workers must be at least 1");
+            c.workers = w;
+        }
+        c.worker = self.worker.into();
+        c.reuseport = self.reuseport;
+        c.worker_timeout = self.worker_timeout.filter(|d| !d.is_zero());
+        anyhow::ensure!(self.max_requests != Some(0), "--max-requests must be at least 1");
+        c.max_requests = self.max_requests;
+        c.max_requests_jitter = self.max_requests_jitter;
+        c.metrics = self.metrics;
         Ok(c)
     }
 }

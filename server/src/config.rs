@@ -70,6 +70,20 @@ pub struct Config {
     /// Unsent output per connection above which the event loops stop
     /// reading it (backpressure).
     pub max_buffer: usize,
+    /// Worker processes (prefork).
+    pub workers: usize,
+    /// The strategy each prefork worker runs.
+    pub worker: Mode,
+    /// One SO_REUSEPORT socket per prefork worker instead of a shared one.
+    pub reuseport: bool,
+    /// Replace a prefork worker silent for this long.
+    pub worker_timeout: Option<Duration>,
+    /// Recycle a prefork worker after this many connections...
+    pub max_requests: Option<u64>,
+    /// ...plus up to this many more (spreads the restarts).
+    pub max_requests_jitter: u64,
+    /// Serve Prometheus metrics here.
+    pub metrics: Option<SocketAddr>,
 }
 
 /// The number of CPUs this process may run on.
@@ -95,6 +109,13 @@ impl Config {
             grace: Duration::from_secs(30),
             nodelay: true,
             max_buffer: 256 * 1024,
+            workers: cpus(),
+            worker: Mode::Event,
+            reuseport: false,
+            worker_timeout: None,
+            max_requests: None,
+            max_requests_jitter: 0,
+            metrics: None,
         }
     }
 }

@@ -1,11 +1,16 @@
 //! What every strategy is handed besides its listener and signals: the
-//! configuration, the protocol factory and the shutdown event.
+//! configuration, the protocol factory, the shutdown event, and the
+//! scoreboard slot its counters go to.
 
+use std::io;
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
 use switchyard_common::Factory;
 
 use crate::config::Config;
+use crate::driver::Totals;
+use crate::scoreboard::Slot;
 use crate::shutdown::Shutdown;
 
 /// Shared, cheap to clone.
@@ -17,6 +22,51 @@ pub struct Context {
     pub factory: Factory,
     /// The process's stop event.
     pub shutdown: Shutdown,
+    /// This process's counters (a scoreboard slot in prefork workers).
+    pub slot: &'static Slot,
+    /// Stop accepting after this many connections (prefork --max-requests).
+    pub max_requests: Option<u64>,
+}
+
+impl Context {
+    /// Counts an accepted connection; after `max_requests` of them the
+    /// process starts a graceful stop (its master replaces it).
+    #[inline]
+    pub fn accepted(&self) {
+        self.slot.active.fetch_add(1, Relaxed);
+        let n = self.slot.accepted.fetch_add(1, Relaxed) + 1;
+        if self.max_requests.is_some_and(|m| n >= m) && self.shutdown.drain() {
+            log::info!("served {n} connections (--max-requests): recycling");
+        }
+    }
+
+    /// Counts a finished connection.
+    #[inline]
+    pub fn closed(&self, t: Totals) {
+        self.slot.active.fetch_sub(1, Relaxed);
+        self.slot.bytes_in.fetch_add(t.bytes_in, Relaxed);
+        self.slot.bytes_out.fetch_add(t.bytes_out, Relaxed);
+    }
+
+    /// Counts a failed accept.
+    pub fn accept_failed(&self) {
+        self.slot.accept_errors.fetch_add(1, Relaxed);
+    }
+
+    /// Counts and logs how a blocking connection ended (peer faults below
+    /// error level).
+    pub fn finished(&self, result: io::Result<(crate::driver::blocking::End, Totals)>) {
+        match result {
+            Ok((end, t)) => {
+                log::trace!("connection ended: {end:?}, {} bytes in, {} out", t.bytes_in, t.bytes_out);
+                self.closed(t);
+            }
+            Err(e) => {
+                log::debug!("connection failed: {e}");
+                self.closed(Totals::default());
+            }
+        }
+    }
 }
 
 impl std::fmt::Debug for Context {

@@ -21,6 +21,8 @@ pub mod config;
 pub mod context;
 pub mod driver;
 pub mod listener;
+pub mod metrics;
+pub mod scoreboard;
 pub mod shutdown;
 pub mod signals;
 pub mod strategy;
@@ -44,15 +46,28 @@ use switchyard_common::Factory;
 /// installed before binding, so a SIGTERM right after `ready` is honoured.
 pub fn serve(config: Config, factory: Factory, ready: impl FnOnce(SocketAddr)) -> io::Result<()> {
     let extra: &[Signal] = match config.mode {
-        Mode::Fork | Mode::Prefork => &[Signal::SIGCHLD],
+        Mode::Fork => &[Signal::SIGCHLD],
+        Mode::Prefork => &[Signal::SIGCHLD, Signal::SIGHUP, Signal::SIGTTIN, Signal::SIGTTOU],
         _ => &[],
     };
     let signals = Signals::install(extra)?;
     let listener = listener::bind(
         config.listen,
-        listener::BindOptions { backlog: config.backlog, reuseport: config.mode == Mode::Reactor },
+        listener::BindOptions {
+            backlog: config.backlog,
+            reuseport: config.mode == Mode::Reactor || (config.mode == Mode::Prefork && config.reuseport),
+        },
     )?;
     ready(listener.local_addr()?);
-    let ctx = Context { shutdown: Shutdown::new(config.grace), config: Arc::new(config), factory };
+    // Fork children add their counters to the parent's slot: it must be
+    // shared memory there; elsewhere one process owns it.
+    let slot = match config.mode {
+        Mode::Fork => scoreboard::Scoreboard::new(1)?.slots().first().expect("one slot"),
+        _ => scoreboard::Slot::leaked(),
+    };
+    slot.claim(std::process::id());
+    slot.set_state(scoreboard::State::Running);
+    let ctx =
+        Context { shutdown: Shutdown::new(config.grace), config: Arc::new(config), factory, slot, max_requests: None };
     strategy::run(listener, signals, ctx)
 }

@@ -50,14 +50,16 @@ impl Signals {
         Ok(Signals { read })
     }
 
-    /// In a freshly forked child: drop the parent's pipe, forget signals
-    /// counted before the fork, restore the default for `parent_only`
-    /// signals (e.g. SIGCHLD), and make a pipe of the child's own.
-    pub fn reinstall_in_child(self, parent_only: &[Signal]) -> io::Result<Signals> {
+    /// In a freshly forked child (signals still blocked by `sys::fork`):
+    /// drop the parent's pipe, forget signals counted before the fork,
+    /// restore the default for `parent_only` signals (e.g. SIGCHLD), make a
+    /// pipe of the child's own, and only then let signals in.
+    pub fn reinstall_in_child(self, parent_only: &[Signal], blocked: sys::BlockedSignals) -> io::Result<Signals> {
         drop(self);
         sys::clear_signals();
-        sys::default_handlers(parent_only)?;
-        Signals::install(&[])
+        let installed = sys::default_handlers(parent_only).and_then(|()| Signals::install(&[]));
+        blocked.release();
+        installed
     }
 
     /// Registers the read end in a poll.

@@ -1,6 +1,7 @@
 //! Every `unsafe` block of the server lives here, each with its `SAFETY:`
 //! argument: fork, `_exit`, the parent-death signal, signal handlers and
-//! masks, and reading into a buffer's spare capacity.
+//! masks, the shared scoreboard mapping, and reading into a buffer's spare
+//! capacity.
 //!
 //! Callers: `strategy::fork` and `strategy::prefork` (fork), `signals`
 //! (handlers), the drivers (`read_into`), strategies that spawn threads
@@ -11,16 +12,31 @@ use std::os::fd::{AsFd, AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicI32, AtomicU32, Ordering};
 
 use bytes::BytesMut;
+
+use crate::scoreboard::Slot;
 use nix::sys::signal::{self, SaFlags, SigAction, SigHandler, SigSet, SigmaskHow, Signal};
 use nix::unistd::Pid;
 
 /// The result of [`fork`], as seen by each side.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug)]
 pub enum Forked {
     /// We are the parent; this is the child.
     Parent(Pid),
-    /// We are the child.
-    Child,
+    /// We are the child; every signal is blocked until the child has set up
+    /// its own handling and releases them.
+    Child(BlockedSignals),
+}
+
+/// Signals held back in a new child (they stay pending, none is lost).
+#[derive(Debug)]
+#[must_use = "release the signals once the child handles them"]
+pub struct BlockedSignals(SigSet);
+
+impl BlockedSignals {
+    /// Restores the signal mask: pending signals are delivered now.
+    pub fn release(self) {
+        let _ = signal::pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&self.0), None);
+    }
 }
 
 /// Number of threads in this process, from `/proc/self/task`.
@@ -28,19 +44,32 @@ pub fn thread_count() -> io::Result<usize> {
     Ok(std::fs::read_dir("/proc/self/task")?.count())
 }
 
-/// Forks this process. Refuses (with an error) when the process has more
-/// than one thread, because the child of a multi-threaded process may only
-/// call async-signal-safe functions and Switchyard's children run normal
-/// code (allocate, log).
+/// Forks this process, with every signal blocked across the fork: a signal
+/// sent to the new child before it has its own handling stays pending
+/// instead of landing in the parent's bookkeeping (the child releases it
+/// with [`BlockedSignals::release`]).
+///
+/// Callers must be single-threaded (`ensure_single_threaded` at startup):
+/// the child of a multi-threaded process may only call async-signal-safe
+/// functions, and Switchyard's children run normal code (allocate, log).
 pub fn fork() -> io::Result<Forked> {
     debug_assert_eq!(thread_count().ok(), Some(1), "fork from a multi-threaded process");
+    let mut old = SigSet::empty();
+    signal::pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&SigSet::all()), Some(&mut old)).map_err(io::Error::from)?;
     // SAFETY: the process has exactly one thread (checked by every caller at
-    // startup with `ensure_single_threaded`, and in debug builds above), so
-    // no lock can be held by another thread across the fork and the child
-    // may run arbitrary code.
-    match unsafe { nix::unistd::fork() }.map_err(io::Error::from)? {
-        nix::unistd::ForkResult::Parent { child } => Ok(Forked::Parent(child)),
-        nix::unistd::ForkResult::Child => Ok(Forked::Child),
+    // startup, and in debug builds above), so no lock can be held by another
+    // thread across the fork and the child may run arbitrary code.
+    let forked = unsafe { nix::unistd::fork() };
+    match forked {
+        Ok(nix::unistd::ForkResult::Child) => Ok(Forked::Child(BlockedSignals(old))),
+        Ok(nix::unistd::ForkResult::Parent { child }) => {
+            let _ = signal::pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&old), None);
+            Ok(Forked::Parent(child))
+        }
+        Err(e) => {
+            let _ = signal::pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&old), None);
+            Err(e.into())
+        }
     }
 }
 
@@ -88,6 +117,44 @@ pub fn read_into<S: AsFd>(sock: &S, buf: &mut BytesMut) -> io::Result<usize> {
     // initialised bytes within the allocation.
     unsafe { buf.set_len(buf.len() + n) };
     Ok(n)
+}
+
+/// Maps `n` zeroed [`Slot`]s in memory shared with every process forked
+/// afterwards (`MAP_SHARED | MAP_ANONYMOUS`). Never unmapped: the slots live
+/// as long as the process.
+pub fn map_shared_slots(n: usize) -> io::Result<&'static [Slot]> {
+    use nix::sys::mman::{mmap_anonymous, MapFlags, ProtFlags};
+    let len = std::num::NonZeroUsize::new(n.max(1) * std::mem::size_of::<Slot>()).expect("non-zero");
+    // SAFETY: a fresh anonymous mapping aliases nothing; we pass no address
+    // hint and no fd.
+    let ptr = unsafe { mmap_anonymous(None, len, ProtFlags::PROT_READ | ProtFlags::PROT_WRITE, MapFlags::MAP_SHARED) }
+        .map_err(io::Error::from)?;
+    // SAFETY: the mapping is page-aligned (enough for `Slot`'s atomics), is
+    // `len` bytes long, zero-filled by the kernel (an all-zero `Slot` is a
+    // valid value: only atomic integers), never unmapped (so `'static`), and
+    // only ever accessed through atomics, which are sound to share between
+    // processes on Linux.
+    Ok(unsafe { std::slice::from_raw_parts(ptr.as_ptr().cast::<Slot>(), n.max(1)) })
+}
+
+/// Registers a listening socket in `poll` for readability, edge-triggered,
+/// with `EPOLLEXCLUSIVE`: when several processes (prefork workers) wait on
+/// one shared listener, the kernel wakes one of them per connection instead
+/// of all (no thundering herd). mio has no flag for it; the event carries
+/// `token` exactly as mio's own registrations do, so mio reads it as usual,
+/// and mio's `deregister` removes it.
+pub fn register_listener<L: AsRawFd>(poll: &mio::Poll, listener: &L, token: mio::Token) -> io::Result<()> {
+    let mut ev = libc::epoll_event {
+        events: (libc::EPOLLIN | libc::EPOLLET | libc::EPOLLEXCLUSIVE) as u32,
+        u64: token.0 as u64,
+    };
+    // SAFETY: both fds are open (borrowed from live owners) and `ev` is a
+    // valid, initialised epoll_event that the kernel only reads.
+    let r = unsafe { libc::epoll_ctl(poll.as_raw_fd(), libc::EPOLL_CTL_ADD, listener.as_raw_fd(), &mut ev) };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 // ----- signals -------------------------------------------------------------

@@ -26,7 +26,7 @@ use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Token, Waker};
 use slab::Slab;
 
-use crate::acceptor::{classify, AcceptError, ExhaustionLog, ACCEPT_BACKOFF};
+use crate::acceptor::{classify, AcceptError, ExhaustionLog, ACCEPT_BACKOFF, HEARTBEAT};
 use crate::context::Context;
 use crate::driver::nonblocking::{Conn, Scratch, Status};
 use crate::shutdown::Phase;
@@ -109,8 +109,8 @@ impl EventLoop {
     pub fn new(id: usize, listener: std::net::TcpListener, signals: Option<Signals>, ctx: Context) -> io::Result<Self> {
         let poll = Poll::new()?;
         listener.set_nonblocking(true)?;
-        let mut listener = TcpListener::from_std(listener);
-        poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
+        let listener = TcpListener::from_std(listener);
+        crate::sys::register_listener(&poll, &listener, LISTENER)?;
         if let Some(s) = &signals {
             s.register(poll.registry(), SIGNALS)?;
         }
@@ -151,8 +151,10 @@ impl EventLoop {
             if self.check_phase() {
                 return Ok(self.stats);
             }
-            let timeout = self.timeout();
-            match self.poll.poll(&mut events, timeout) {
+            let timeout = Some(self.timeout().map_or(HEARTBEAT, |t| t.min(HEARTBEAT)));
+            let polled = self.poll.poll(&mut events, timeout);
+            self.ctx.slot.beat();
+            match polled {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(e),
@@ -310,12 +312,17 @@ impl EventLoop {
                         q.touch(&mut self.conns, key, self.now_ms);
                     }
                     self.stats.accepted += 1;
+                    self.ctx.accepted();
                     self.stats.peak = self.stats.peak.max(self.conns.len());
                 }
                 Err(e) => match classify(&e) {
                     AcceptError::Empty => return,
-                    AcceptError::Skip => log::debug!("accept: {e} (skipped)"),
+                    AcceptError::Skip => {
+                        self.ctx.accept_failed();
+                        log::debug!("accept: {e} (skipped)");
+                    }
                     AcceptError::Exhausted => {
+                        self.ctx.accept_failed();
                         self.exhausted.note(&e);
                         self.backoff_until = Some(Instant::now() + ACCEPT_BACKOFF);
                         return;
@@ -349,6 +356,7 @@ impl EventLoop {
         }
         let e = self.conns.remove(key);
         let t = e.conn.totals();
+        self.ctx.closed(t);
         log::trace!("connection {key} closed: {} bytes in, {} out", t.bytes_in, t.bytes_out);
         if self.accept_paused && self.conns.len() < self.ctx.config.max_conns {
             self.accept_paused = false;

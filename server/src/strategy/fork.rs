@@ -32,20 +32,21 @@ use crate::sys::{self, Forked};
 pub fn run(listener: TcpListener, signals: Signals, ctx: Context) -> io::Result<()> {
     sys::ensure_single_threaded("fork mode")?;
     let parent = nix::unistd::getpid();
-    let mut acceptor = Acceptor::new(listener, signals, ctx.shutdown.clone(), ctx.config.nodelay)?;
+    let mut acceptor = Acceptor::new(listener, signals, &ctx)?;
     let mut children = Children::default();
     while ctx.shutdown.is_running() {
         children.reap();
         let room = children.len() < ctx.config.max_children;
         let Some(stream) = acceptor.next(room)? else { continue };
+        ctx.accepted();
         match sys::fork() {
             Ok(Forked::Parent(pid)) => {
                 children.live.insert(pid);
                 drop(stream);
             }
-            Ok(Forked::Child) => {
+            Ok(Forked::Child(blocked)) => {
                 let signals = acceptor.into_child();
-                sys::exit_now(child(stream, signals, &ctx, parent));
+                sys::exit_now(child(stream, signals, blocked, &ctx, parent));
             }
             Err(e) => log::warn!("fork: {e}; closing the connection"),
         }
@@ -71,9 +72,9 @@ pub fn run(listener: TcpListener, signals: Signals, ctx: Context) -> io::Result<
 }
 
 /// The child's whole life; the return value is its exit code.
-fn child(stream: TcpStream, signals: Signals, ctx: &Context, parent: Pid) -> i32 {
+fn child(stream: TcpStream, signals: Signals, blocked: sys::BlockedSignals, ctx: &Context, parent: Pid) -> i32 {
     sys::die_with_parent(Signal::SIGKILL, parent);
-    let signals = match signals.reinstall_in_child(&[Signal::SIGCHLD]) {
+    let signals = match signals.reinstall_in_child(&[Signal::SIGCHLD], blocked) {
         Ok(s) => s,
         Err(e) => {
             log::error!("child {}: signals: {e}", std::process::id());
@@ -84,7 +85,7 @@ fn child(stream: TcpStream, signals: Signals, ctx: &Context, parent: Pid) -> i32
     let shutdown = Shutdown::new(ctx.config.grace);
     let mut proto = (ctx.factory)();
     let watch = Watch { signals: &signals, on_drain: &mut || {} };
-    super::log_end(blocking::serve(&stream, &mut *proto, &shutdown, ctx.config.idle_timeout, Some(watch)));
+    ctx.finished(blocking::serve(&stream, &mut *proto, &shutdown, ctx.config.idle_timeout, Some(watch)));
     0
 }
 

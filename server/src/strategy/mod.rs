@@ -9,6 +9,7 @@
 //! | `pool.rs` | a fixed thread pool fed by a bounded queue |
 //! | `event.rs` | one thread, one event loop (mio), connections as state machines |
 //! | `reactor.rs` | one event loop per thread, each with its own SO_REUSEPORT listener |
+//! | `prefork.rs` | a master that forks worker processes, each running one of the above |
 //!
 //! Every strategy takes a bound listener, the signal pipe and a
 //! [`Context`], serves until the shutdown event says stop, drains, and
@@ -28,6 +29,7 @@ use crate::tracker::Tracker;
 pub mod event;
 pub mod fork;
 pub mod pool;
+pub mod prefork;
 pub mod reactor;
 pub mod serial;
 pub mod thread;
@@ -41,7 +43,7 @@ pub fn run(listener: TcpListener, signals: Signals, ctx: Context) -> io::Result<
         Mode::Pool => pool::run(listener, signals, ctx),
         Mode::Event => event::run(listener, signals, ctx),
         Mode::Reactor => reactor::run(listener, signals, ctx),
-        m => Err(io::Error::new(io::ErrorKind::Unsupported, format!("mode {m} is not built yet"))),
+        Mode::Prefork => prefork::run(listener, signals, ctx),
     }
 }
 
@@ -85,12 +87,4 @@ pub(crate) fn drain(acceptor: &mut Acceptor, tracker: &Tracker, ctx: &Context) -
         let _ = t.join();
     }
     Ok(())
-}
-
-/// Logs how a connection ended, below error level for peer faults.
-pub(crate) fn log_end(result: io::Result<(crate::driver::blocking::End, crate::driver::Totals)>) {
-    match result {
-        Ok((end, t)) => log::trace!("connection ended: {end:?}, {} bytes in, {} out", t.bytes_in, t.bytes_out),
-        Err(e) => log::debug!("connection failed: {e}"),
-    }
 }

@@ -16,7 +16,7 @@ use crate::tracker::{Tracked, Tracker};
 
 /// Runs the thread-pool strategy until the server stops.
 pub fn run(listener: TcpListener, signals: Signals, ctx: Context) -> io::Result<()> {
-    let mut acceptor = Acceptor::new(listener, signals, ctx.shutdown.clone(), ctx.config.nodelay)?;
+    let mut acceptor = Acceptor::new(listener, signals, &ctx)?;
     let threads = ctx.config.threads.max(1);
     let tracker = Tracker::new(threads + ctx.config.queue, acceptor.waker());
     let (tx, rx) = crossbeam_channel::unbounded::<Tracked>();
@@ -27,7 +27,7 @@ pub fn run(listener: TcpListener, signals: Signals, ctx: Context) -> io::Result<
         workers.push(sys::spawn_masked(format!("pool-{i}"), super::thread::STACK_SIZE, move || {
             for conn in rx.iter() {
                 let mut proto = (c.factory)();
-                super::log_end(blocking::serve(&conn, &mut *proto, &c.shutdown, c.config.idle_timeout, None));
+                c.finished(blocking::serve(&conn, &mut *proto, &c.shutdown, c.config.idle_timeout, None));
             }
         })?);
     }
@@ -39,6 +39,7 @@ pub fn run(listener: TcpListener, signals: Signals, ctx: Context) -> io::Result<
         let next = acceptor.next(room);
         tracker.want_wake(false);
         if let Some(stream) = next? {
+            ctx.accepted();
             // Workers only stop when `tx` is dropped, so the send succeeds.
             let _ = tx.send(tracker.admit(stream));
         }

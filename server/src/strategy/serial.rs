@@ -15,15 +15,16 @@ use crate::tracker::Tracker;
 
 /// Runs the serial strategy until the server stops.
 pub fn run(listener: TcpListener, signals: Signals, ctx: Context) -> io::Result<()> {
-    let mut acceptor = Acceptor::new(listener, signals, ctx.shutdown.clone(), ctx.config.nodelay)?;
+    let mut acceptor = Acceptor::new(listener, signals, &ctx)?;
     let tracker = Tracker::new(1, acceptor.waker());
     while ctx.shutdown.is_running() {
         if let Some(stream) = acceptor.next(true)? {
+            ctx.accepted();
             let conn = tracker.admit(stream);
             let mut proto = (ctx.factory)();
             let (signals, mut close_listener) = acceptor.split_for_serving();
             let watch = Watch { signals, on_drain: &mut close_listener };
-            super::log_end(blocking::serve(&conn, &mut *proto, &ctx.shutdown, ctx.config.idle_timeout, Some(watch)));
+            ctx.finished(blocking::serve(&conn, &mut *proto, &ctx.shutdown, ctx.config.idle_timeout, Some(watch)));
         }
     }
     super::drain(&mut acceptor, &tracker, &ctx)

@@ -19,7 +19,7 @@ pub const STACK_SIZE: usize = 256 * 1024;
 
 /// Runs the thread-per-connection strategy until the server stops.
 pub fn run(listener: TcpListener, signals: Signals, ctx: Context) -> io::Result<()> {
-    let mut acceptor = Acceptor::new(listener, signals, ctx.shutdown.clone(), ctx.config.nodelay)?;
+    let mut acceptor = Acceptor::new(listener, signals, &ctx)?;
     let tracker = Tracker::new(ctx.config.max_conns, acceptor.waker());
     while ctx.shutdown.is_running() {
         let room = tracker.has_room() || {
@@ -29,12 +29,13 @@ pub fn run(listener: TcpListener, signals: Signals, ctx: Context) -> io::Result<
         let next = acceptor.next(room);
         tracker.want_wake(false);
         let Some(stream) = next? else { continue };
+        ctx.accepted();
         let conn = tracker.admit(stream);
         let key = conn.key();
         let c = ctx.clone();
         let spawned = sys::spawn_masked(format!("conn-{key}"), STACK_SIZE, move || {
             let mut proto = (c.factory)();
-            super::log_end(blocking::serve(&conn, &mut *proto, &c.shutdown, c.config.idle_timeout, None));
+            c.finished(blocking::serve(&conn, &mut *proto, &c.shutdown, c.config.idle_timeout, None));
         });
         match spawned {
             Ok(handle) => tracker.attach(key, handle),

@@ -1,0 +1,253 @@
+//! `--metrics ADDR`: the scoreboard as Prometheus text over HTTP
+//! (`GET /metrics`), served from inside the owner's own poll loop (the
+//! prefork master, which never runs threads) by a tiny non-blocking HTTP/1.0
+//! responder: read the request head, answer, close.
+//!
+//! Names (every counter also per worker, labelled `pid`):
+//! `switchyard_connections_accepted_total`, `switchyard_connections_active`,
+//! `switchyard_bytes_received_total`, `switchyard_bytes_sent_total`,
+//! `switchyard_accept_errors_total`, `switchyard_worker_*` (same, per
+//! worker), `switchyard_worker_heartbeat_age_seconds`, `switchyard_workers`,
+//! `switchyard_worker_spawns_total`, `switchyard_worker_deaths_total`,
+//! `switchyard_uptime_seconds`.
+
+use std::fmt::Write as _;
+use std::io::{self, Read, Write};
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
+
+use mio::event::Event;
+use mio::net::{TcpListener, TcpStream};
+use mio::{Interest, Registry, Token};
+use slab::Slab;
+
+use crate::scoreboard::Slot;
+
+/// Requests in flight at most; more wait in the backlog.
+const MAX_CLIENTS: usize = 16;
+/// Request heads longer than this are refused.
+const MAX_HEAD: usize = 8 * 1024;
+
+/// Counters of workers that have exited, so totals never go down.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Retired {
+    /// Connections accepted by exited workers.
+    pub accepted: u64,
+    /// Bytes received by exited workers.
+    pub bytes_in: u64,
+    /// Bytes sent by exited workers.
+    pub bytes_out: u64,
+    /// Accept errors of exited workers.
+    pub accept_errors: u64,
+}
+
+impl Retired {
+    /// Adds an exiting worker's counters.
+    pub fn add(&mut self, s: &Slot) {
+        self.accepted += s.accepted.load(Relaxed);
+        self.bytes_in += s.bytes_in.load(Relaxed);
+        self.bytes_out += s.bytes_out.load(Relaxed);
+        self.accept_errors += s.accept_errors.load(Relaxed);
+    }
+}
+
+struct Client {
+    stream: TcpStream,
+    head: Vec<u8>,
+    reply: Vec<u8>,
+    sent: usize,
+}
+
+/// The endpoint: a listener and the requests being answered.
+pub struct Metrics {
+    listener: TcpListener,
+    base: Token,
+    clients: Slab<Client>,
+}
+
+impl Metrics {
+    /// Binds `addr` and registers it as `base`; clients get tokens above it.
+    pub fn bind(addr: SocketAddr, registry: &Registry, base: Token) -> io::Result<Metrics> {
+        let mut listener = TcpListener::bind(addr)
+            .map_err(|e| io::Error::new(e.kind(), format!("metrics: cannot bind {addr}: {e}")))?;
+        registry.register(&mut listener, base, Interest::READABLE)?;
+        log::info!("metrics on http://{}/metrics", listener.local_addr()?);
+        Ok(Metrics { listener, base, clients: Slab::new() })
+    }
+
+    /// The bound address.
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Whether `token` belongs to this endpoint.
+    pub fn owns(&self, token: Token) -> bool {
+        token.0 >= self.base.0 && token.0 <= self.base.0 + MAX_CLIENTS
+    }
+
+    /// Handles a readiness event; `render` makes the page.
+    pub fn on_event(&mut self, ev: &Event, registry: &Registry, render: &dyn Fn() -> String) {
+        if ev.token() == self.base {
+            self.accept(registry);
+            return;
+        }
+        let key = ev.token().0 - self.base.0 - 1;
+        let done = match self.clients.get_mut(key) {
+            Some(c) => serve(c, render).unwrap_or(true),
+            None => false,
+        };
+        if done {
+            let mut c = self.clients.remove(key);
+            let _ = registry.deregister(&mut c.stream);
+        }
+    }
+
+    fn accept(&mut self, registry: &Registry) {
+        while self.clients.len() < MAX_CLIENTS {
+            match self.listener.accept() {
+                Ok((mut stream, _)) => {
+                    let entry = self.clients.vacant_entry();
+                    let token = Token(self.base.0 + 1 + entry.key());
+                    if registry.register(&mut stream, token, Interest::READABLE | Interest::WRITABLE).is_ok() {
+                        entry.insert(Client { stream, head: Vec::new(), reply: Vec::new(), sent: 0 });
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    log::debug!("metrics accept: {e}");
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Stops serving (a stopping master).
+    pub fn close(&mut self, registry: &Registry) {
+        let _ = registry.deregister(&mut self.listener);
+        for mut c in self.clients.drain() {
+            let _ = registry.deregister(&mut c.stream);
+        }
+    }
+}
+
+/// Advances one request; true when the connection is finished.
+fn serve(c: &mut Client, render: &dyn Fn() -> String) -> io::Result<bool> {
+    if c.reply.is_empty() {
+        let mut buf = [0u8; 2048];
+        loop {
+            match c.stream.read(&mut buf) {
+                Ok(0) => return Ok(true),
+                Ok(n) => c.head.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+            if c.head.len() > MAX_HEAD {
+                break;
+            }
+        }
+        let complete = c.head.windows(4).any(|w| w == b"\r\n\r\n") || c.head.windows(2).any(|w| w == b"\n\n");
+        if !complete && c.head.len() <= MAX_HEAD {
+            return Ok(false);
+        }
+        c.reply = respond(&c.head, render);
+    }
+    while c.sent < c.reply.len() {
+        match c.stream.write(&c.reply[c.sent..]) {
+            Ok(n) => c.sent += n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(true)
+}
+
+fn respond(head: &[u8], render: &dyn Fn() -> String) -> Vec<u8> {
+    let line = head.split(|&b| b == b'\n').next().unwrap_or_default();
+    let line = String::from_utf8_lossy(line);
+    let mut parts = line.split_whitespace();
+    let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    let (status, ctype, body) = if head.len() > MAX_HEAD {
+        ("431 Request Header Fields Too Large", "text/plain", "request head too large\n".to_string())
+    } else if method != "GET" {
+        ("405 Method Not Allowed", "text/plain", "only GET\n".to_string())
+    } else if path == "/metrics" || path.starts_with("/metrics?") {
+        ("200 OK", "text/plain; version=0.0.4; charset=utf-8", render())
+    } else {
+        ("404 Not Found", "text/plain", "try /metrics\n".to_string())
+    };
+    format!(
+        "HTTP/1.0 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+/// The exposition text for `workers` (pid, slot), plus master-level figures.
+pub fn render(workers: &[(u32, &Slot)], retired: Retired, spawns: u64, deaths: u64, uptime: Duration) -> String {
+    let mut out = String::with_capacity(4096);
+    let per = |out: &mut String, name: &str, kind: &str, help: &str, get: &dyn Fn(&Slot) -> u64, base: u64| {
+        let _ = writeln!(out, "# HELP switchyard_{name} {help}\n# TYPE switchyard_{name} {kind}");
+        let total: u64 = workers.iter().map(|(_, s)| get(s)).sum::<u64>() + base;
+        let _ = writeln!(out, "switchyard_{name} {total}");
+        let wname = name.replacen("connections", "worker_connections", 1);
+        let wname = if wname == name { format!("worker_{name}") } else { wname };
+        let _ = writeln!(out, "# HELP switchyard_{wname} {help} (per worker)\n# TYPE switchyard_{wname} {kind}");
+        for (pid, s) in workers {
+            let _ = writeln!(out, "switchyard_{wname}{{pid=\"{pid}\"}} {}", get(s));
+        }
+    };
+    per(
+        &mut out,
+        "connections_accepted_total",
+        "counter",
+        "Connections accepted.",
+        &|s| s.accepted.load(Relaxed),
+        retired.accepted,
+    );
+    per(&mut out, "connections_active", "gauge", "Connections open now.", &|s| s.active.load(Relaxed), 0);
+    per(
+        &mut out,
+        "bytes_received_total",
+        "counter",
+        "Bytes received from clients.",
+        &|s| s.bytes_in.load(Relaxed),
+        retired.bytes_in,
+    );
+    per(
+        &mut out,
+        "bytes_sent_total",
+        "counter",
+        "Bytes sent to clients.",
+        &|s| s.bytes_out.load(Relaxed),
+        retired.bytes_out,
+    );
+    per(
+        &mut out,
+        "accept_errors_total",
+        "counter",
+        "Failed accept calls.",
+        &|s| s.accept_errors.load(Relaxed),
+        retired.accept_errors,
+    );
+    let _ = writeln!(out, "# HELP switchyard_worker_heartbeat_age_seconds Time since the worker's last heartbeat.\n# TYPE switchyard_worker_heartbeat_age_seconds gauge");
+    for (pid, s) in workers {
+        let _ = writeln!(
+            out,
+            "switchyard_worker_heartbeat_age_seconds{{pid=\"{pid}\"}} {:.3}",
+            s.silent_ms() as f64 / 1000.0
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP switchyard_workers Worker processes alive.\n# TYPE switchyard_workers gauge\nswitchyard_workers {}",
+        workers.len()
+    );
+    let _ = writeln!(out, "# HELP switchyard_worker_spawns_total Workers started.\n# TYPE switchyard_worker_spawns_total counter\nswitchyard_worker_spawns_total {spawns}");
+    let _ = writeln!(out, "# HELP switchyard_worker_deaths_total Workers that exited.\n# TYPE switchyard_worker_deaths_total counter\nswitchyard_worker_deaths_total {deaths}");
+    let _ = writeln!(out, "# HELP switchyard_uptime_seconds Seconds since the server started.\n# TYPE switchyard_uptime_seconds gauge\nswitchyard_uptime_seconds {:.3}", uptime.as_secs_f64());
+    out
+}
