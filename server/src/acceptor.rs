@@ -18,6 +18,7 @@ use mio::{Events, Poll, Token, Waker};
 
 use crate::context::Context;
 use crate::listener;
+use crate::metrics::{self, Metrics};
 use crate::scoreboard::Slot;
 use crate::shutdown::{Phase, Shutdown};
 use crate::signals::Signals;
@@ -25,6 +26,7 @@ use crate::signals::Signals;
 const LISTENER: Token = Token(0);
 const SIGNALS: Token = Token(1);
 const WAKER: Token = Token(2);
+const METRICS: Token = Token(3);
 
 /// The longest a loop sleeps without a heartbeat (prefork's
 /// `--worker-timeout` watches it).
@@ -100,6 +102,7 @@ pub struct Acceptor {
     shutdown: Shutdown,
     nodelay: bool,
     slot: &'static Slot,
+    metrics: Option<Metrics>,
     backoff_until: Option<Instant>,
     exhausted: ExhaustionLog,
 }
@@ -112,6 +115,7 @@ impl Acceptor {
         crate::sys::register_listener(&poll, &listener, LISTENER)?;
         signals.register(poll.registry(), SIGNALS)?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+        let metrics = Metrics::maybe_bind(ctx.config.metrics, poll.registry(), METRICS)?;
         Ok(Acceptor {
             poll,
             events: Events::with_capacity(8),
@@ -121,6 +125,7 @@ impl Acceptor {
             shutdown: ctx.shutdown.clone(),
             nodelay: ctx.config.nodelay,
             slot: ctx.slot,
+            metrics,
             backoff_until: None,
             exhausted: ExhaustionLog::default(),
         })
@@ -179,8 +184,16 @@ impl Acceptor {
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => return Err(e),
         }
-        if self.events.iter().any(|e| e.token() == SIGNALS) {
-            self.signals.drain();
+        for ev in self.events.iter() {
+            match ev.token() {
+                SIGNALS => self.signals.drain(),
+                t => {
+                    if let Some(m) = self.metrics.as_mut().filter(|m| m.owns(t)) {
+                        let slot = self.slot;
+                        m.on_event(ev, self.poll.registry(), &|| metrics::render_process(slot));
+                    }
+                }
+            }
         }
         if self.backoff_until.is_some_and(|t| Instant::now() >= t) {
             self.backoff_until = None;

@@ -52,6 +52,7 @@ impl Retired {
     }
 }
 
+#[derive(Debug)]
 struct Client {
     stream: TcpStream,
     head: Vec<u8>,
@@ -60,6 +61,7 @@ struct Client {
 }
 
 /// The endpoint: a listener and the requests being answered.
+#[derive(Debug)]
 pub struct Metrics {
     listener: TcpListener,
     base: Token,
@@ -84,6 +86,11 @@ impl Metrics {
     /// Whether `token` belongs to this endpoint.
     pub fn owns(&self, token: Token) -> bool {
         token.0 >= self.base.0 && token.0 <= self.base.0 + MAX_CLIENTS
+    }
+
+    /// Binds `addr` if it is given (the `--metrics` flag).
+    pub fn maybe_bind(addr: Option<SocketAddr>, registry: &Registry, base: Token) -> io::Result<Option<Metrics>> {
+        addr.map(|a| Metrics::bind(a, registry, base)).transpose()
     }
 
     /// Handles a readiness event; `render` makes the page.
@@ -184,6 +191,13 @@ fn respond(head: &[u8], render: &dyn Fn() -> String) -> Vec<u8> {
         body.len()
     )
     .into_bytes()
+}
+
+/// The page of a single-process server (or a fork parent, whose children
+/// count into the same shared slot).
+pub fn render_process(slot: &Slot) -> String {
+    let uptime = Duration::from_millis(crate::scoreboard::now_ms().saturating_sub(slot.started_ms.load(Relaxed)));
+    render(&[(std::process::id(), slot)], Retired::default(), 0, 0, uptime)
 }
 
 /// The exposition text for `workers` (pid, slot), plus master-level figures.

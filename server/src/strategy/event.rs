@@ -29,6 +29,7 @@ use slab::Slab;
 use crate::acceptor::{classify, AcceptError, ExhaustionLog, ACCEPT_BACKOFF, HEARTBEAT};
 use crate::context::Context;
 use crate::driver::nonblocking::{Conn, Scratch, Status};
+use crate::metrics::Metrics;
 use crate::shutdown::Phase;
 use crate::signals::Signals;
 use crate::timer::{HasLinks, IdleQueue, Links};
@@ -36,6 +37,8 @@ use crate::timer::{HasLinks, IdleQueue, Links};
 const LISTENER: Token = Token(usize::MAX - 1);
 const SIGNALS: Token = Token(usize::MAX - 2);
 const WAKER: Token = Token(usize::MAX - 3);
+/// The metrics endpoint and its clients use the tokens from here up.
+const METRICS: Token = Token(usize::MAX - 100);
 
 /// Connections accepted per wake-up at most.
 pub const ACCEPT_BUDGET: usize = 256;
@@ -87,6 +90,7 @@ pub struct EventLoop {
     listener: Option<TcpListener>,
     signals: Option<Signals>,
     waker: Arc<Waker>,
+    metrics: Option<Metrics>,
     conns: Slab<Entry>,
     idle: Option<IdleQueue>,
     scratch: Scratch,
@@ -115,12 +119,19 @@ impl EventLoop {
             s.register(poll.registry(), SIGNALS)?;
         }
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+        // Only a loop that owns the process's signals (event mode) serves
+        // metrics; the reactor serves them from its main thread.
+        let metrics = match &signals {
+            Some(_) => Metrics::maybe_bind(ctx.config.metrics, poll.registry(), METRICS)?,
+            None => None,
+        };
         let idle = ctx.config.idle_timeout.map(|d| IdleQueue::new(d.as_millis().max(1) as u64));
         Ok(EventLoop {
             poll,
             listener: Some(listener),
             signals,
             waker,
+            metrics,
             conns: Slab::new(),
             idle,
             scratch: Scratch::new(ctx.config.max_buffer),
@@ -169,6 +180,12 @@ impl EventLoop {
                         }
                     }
                     WAKER => {}
+                    t if self.metrics.as_ref().is_some_and(|m| m.owns(t)) => {
+                        if let Some(m) = &mut self.metrics {
+                            let slot = self.ctx.slot;
+                            m.on_event(ev, self.poll.registry(), &|| crate::metrics::render_process(slot));
+                        }
+                    }
                     Token(key) => {
                         let closed = ev.is_read_closed() || ev.is_error();
                         self.conn_event(key, ev.is_readable() || closed, closed, ev.is_writable());

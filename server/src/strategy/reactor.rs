@@ -16,12 +16,14 @@ use mio::{Events, Poll, Token, Waker};
 use super::event::{EventLoop, LoopStats};
 use crate::context::Context;
 use crate::listener::{self, BindOptions};
+use crate::metrics::Metrics;
 use crate::shutdown::Phase;
 use crate::signals::Signals;
 use crate::sys;
 
 const SIGNALS: Token = Token(0);
 const LOOP_ENDED: Token = Token(1);
+const METRICS: Token = Token(2);
 
 /// Stack size of a loop thread.
 const STACK_SIZE: usize = 1024 * 1024;
@@ -52,6 +54,7 @@ pub fn run(listener: TcpListener, signals: Signals, ctx: Context) -> io::Result<
             r
         })?);
     }
+    let mut metrics = Metrics::maybe_bind(ctx.config.metrics, poll.registry(), METRICS)?;
     let mut events = Events::with_capacity(8);
     let mut seen = Phase::Running;
     while finished.load(Ordering::SeqCst) < n {
@@ -72,6 +75,14 @@ pub fn run(listener: TcpListener, signals: Signals, ctx: Context) -> io::Result<
             Err(e) => return Err(e),
         }
         signals.drain();
+        if let Some(m) = &mut metrics {
+            for ev in events.iter() {
+                if !m.owns(ev.token()) {
+                    continue;
+                }
+                m.on_event(ev, poll.registry(), &|| crate::metrics::render_process(ctx.slot));
+            }
+        }
     }
     let mut first_err = None;
     let mut all: Vec<LoopStats> = Vec::with_capacity(n);
