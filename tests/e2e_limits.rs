@@ -700,6 +700,47 @@ fn fd_exhaustion(mode: &Mode) {
     println!("{}: fresh client served after {tries} tries", mode.name);
 }
 
+/// Out of fds from the very start: a reactor whose first loops already
+/// accept while the next are being set up must not fail to set those up
+/// and exit; it keeps running (and serving) like the other modes. The
+/// window is short, so: 8 loops, 40 fresh servers, clients at once.
+#[test]
+fn reactor_out_of_fds_while_starting_keeps_running() {
+    const NOFILE: u64 = 64;
+    const TRIES: usize = 40;
+    const REACTOR8: Mode = Mode { name: "reactor", concurrent: true, forks: false, args: &["--threads", "8"] };
+    let _shared = shared();
+    for t in 1..=TRIES {
+        let mut server = Server::start_with_nofile(&REACTOR8, &[], NOFILE);
+        let addr: socket2::SockAddr = server.addr.into();
+        let clients: Vec<socket2::Socket> = (0..200)
+            .map(|i| {
+                let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+                s.set_nonblocking(true).expect("non-blocking");
+                match s.connect(&addr) {
+                    Ok(()) => {}
+                    Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
+                    Err(e) => panic!("try {t}: connect {i}: {e}"),
+                }
+                s
+            })
+            .collect();
+        let settled = poll_every(Duration::from_millis(10), Duration::from_secs(10), || {
+            !server.is_running() || fds(server.pid).len() as u64 >= NOFILE || server.log().contains("os error 24")
+        });
+        assert!(settled, "try {t}: server neither ran out of fds nor exited");
+        // A moment for a failure in the set-up to surface.
+        let exited = poll_every(Duration::from_millis(10), Duration::from_millis(100), || !server.is_running());
+        if exited {
+            panic!(
+                "try {t}/{TRIES}: reactor --threads 8 exited while running out of fds during start-up: {:?}",
+                server.wait_exit(Duration::ZERO)
+            );
+        }
+        drop(clients);
+    }
+}
+
 // ----- 5. --max-conns ----------------------------------------------------------------
 
 #[test]
