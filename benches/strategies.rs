@@ -119,6 +119,8 @@ pub struct Opts {
     pub conns: Vec<usize>,
     pub sizes: Vec<usize>,
     pub args: Vec<String>,
+    /// `--conns` or `--sizes` given: run exactly those cells, also with `--quick`.
+    pub cells_given: bool,
 }
 
 impl Opts {
@@ -133,14 +135,19 @@ impl Opts {
             idle: true,
             idle_conns: 10_000,
             repeats: 3,
-            duration: Duration::from_millis(1500),
-            warmup: Duration::from_millis(500),
+            duration: Duration::from_millis(1000),
+            warmup: Duration::from_millis(400),
             conns: vec![1, 10, 100, 1000],
             sizes: vec![64, 4096, 65536],
             args: args.clone(),
+            cells_given: false,
         };
         let mut it = args.into_iter();
         let (mut repeats, mut duration, mut idle_conns) = (None, None, None);
+        let (mut conns, mut sizes) = (None, None);
+        let list = |s: &str| -> Result<Vec<usize>, String> {
+            s.split(',').map(|x| x.trim().parse().map_err(|_| format!("bad number {x}"))).collect()
+        };
         while let Some(a) = it.next() {
             let mut val = |name: &str| it.next().ok_or_else(|| format!("{name} needs a value"));
             match a.as_str() {
@@ -149,6 +156,8 @@ impl Opts {
                 "--modes" => o.modes = Some(val("--modes")?.split(',').map(str::to_string).collect()),
                 "--out" => o.out = PathBuf::from(val("--out")?),
                 "--write-docs" => o.write_docs = true,
+                "--conns" => conns = Some(list(&val("--conns")?)?),
+                "--sizes" => sizes = Some(list(&val("--sizes")?)?),
                 "--idle" => o.idle_only = true,
                 "--no-idle" => o.idle = false,
                 "--repeats" => repeats = Some(val("--repeats")?.parse().map_err(|_| "bad --repeats")?),
@@ -156,7 +165,8 @@ impl Opts {
                 "--idle-conns" => idle_conns = Some(val("--idle-conns")?.parse().map_err(|_| "bad --idle-conns")?),
                 "-h" | "--help" => {
                     return Err("usage: cargo bench --bench strategies -- [--quick|--full] [--modes a,b] [--out DIR] \
-                                [--write-docs] [--idle] [--no-idle] [--repeats N] [--duration SECS] [--idle-conns N]"
+                                [--write-docs] [--idle] [--no-idle] [--repeats N] [--duration SECS] [--idle-conns N] \
+                                [--conns 1,10] [--sizes 64,4096]"
                         .into())
                 }
                 other => return Err(format!("unknown argument {other}")),
@@ -171,6 +181,11 @@ impl Opts {
             o.idle_conns = 1000;
         }
         o.repeats = repeats.unwrap_or(o.repeats).max(1);
+        if conns.is_some() || sizes.is_some() {
+            o.cells_given = true;
+        }
+        o.conns = conns.unwrap_or(o.conns);
+        o.sizes = sizes.unwrap_or(o.sizes);
         if let Some(d) = duration {
             o.duration = Duration::from_secs_f64(d.max(0.1));
         }
@@ -187,7 +202,7 @@ impl Opts {
 
     /// Whether a closed-loop cell is part of this run.
     fn wants_cell(&self, conns: usize, size: usize) -> bool {
-        if !self.quick {
+        if !self.quick || self.cells_given {
             return true;
         }
         // The quick subset: three cells that touch every code path (1 client, many, large messages).
@@ -196,7 +211,7 @@ impl Opts {
 }
 
 /// The cargo target directory this bench was built in.
-fn target_dir() -> PathBuf {
+pub fn target_dir() -> PathBuf {
     if let Some(d) = std::env::var_os("CARGO_TARGET_DIR") {
         let p = PathBuf::from(d);
         return if p.is_absolute() { p } else { workspace_root().join(p) };
@@ -389,7 +404,7 @@ fn try_measure(p: &Programs, o: &Opts, r: &Run) -> Result<Sample, String> {
     let cpu0 = procfs::tree_cpu_secs(server.pid);
     let killer = server.killer();
     let ramp = Duration::from_secs_f64(r.conns as f64 / 10_000.0);
-    killer.arm(o.warmup + o.duration + ramp + cfg.timeout * 3 + Duration::from_secs(15));
+    let _watchdog = killer.arm(o.warmup + o.duration + ramp + cfg.timeout * 3 + Duration::from_secs(15));
     let result = switchyard_client::run(&cfg);
     killer.disarm();
     let cpu1 = procfs::settled_tree_cpu_secs(server.pid, Duration::from_secs(3));
@@ -470,7 +485,7 @@ fn probe(p: &Programs, spec: &ModeSpec) -> Result<(), String> {
         ..Default::default()
     };
     let killer = server.killer();
-    killer.arm(Duration::from_secs(20));
+    let _watchdog = killer.arm(Duration::from_secs(20));
     let rep = switchyard_client::run(&cfg).map_err(|e| e.to_string());
     killer.disarm();
     let rep = rep?;
@@ -519,6 +534,12 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         };
+    }
+    if !args.iter().any(|a| a == "--bench") {
+        // `cargo test --benches` (or `--all-targets`) runs bench targets without `--bench`, as a
+        // test; the harness is minutes of load on a quiet machine, so it only runs under `cargo bench`.
+        println!("strategies: not run under cargo test; use `cargo bench --bench strategies [-- --quick]`");
+        return ExitCode::SUCCESS;
     }
     let opts = match Opts::parse() {
         Ok(o) => o,

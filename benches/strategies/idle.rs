@@ -74,7 +74,7 @@ fn try_measure(p: &Programs, spec: &'static ModeSpec, r: &mut IdleResult) -> Res
     };
     let server = p.start(spec, &extra)?;
     let killer = server.killer();
-    killer.arm(Duration::from_secs(120));
+    let _watchdog = killer.arm(Duration::from_secs(120));
     let io = |e: std::io::Error| e.to_string();
     let timeout = Some(Duration::from_secs(10));
     // One connection first, so one-time allocations (buffers, thread-locals) are in the baseline.

@@ -437,6 +437,58 @@ pub fn markdown(res: &Results) -> String {
     s
 }
 
+/// Criterion's mean estimate (ns per iteration) of one benchmark of `cargo bench --bench upper`, and when it ran.
+fn criterion_ns(dir: &std::path::Path, id: &str) -> Option<(f64, std::time::SystemTime)> {
+    let path = dir.join(id).join("new/estimates.json");
+    let text = fs::read_to_string(&path).ok()?;
+    let v: Value = serde_json::from_str(&text).ok()?;
+    Some((v["mean"]["point_estimate"].as_f64()?, fs::metadata(&path).ok()?.modified().ok()?))
+}
+
+/// The micro-benchmark tables from criterion's last `cargo bench --bench upper` in this target dir, if any.
+pub fn micro_markdown() -> Option<String> {
+    let dir = crate::target_dir().join("criterion");
+    let sizes = [("64B", 64.0), ("4KiB", 4096.0), ("64KiB", 65536.0), ("1MiB", 1048576.0)];
+    let funcs = ["memcpy", "upper_into", "upper_in_place", "is_upper_of"];
+    let mut s = String::new();
+    let mut oldest: Option<std::time::SystemTime> = None;
+    let mut seen = |t: std::time::SystemTime| oldest = Some(oldest.map_or(t, |o| o.min(t)));
+    let _ = writeln!(s, "| routine | {} |", sizes.iter().map(|z| z.0).collect::<Vec<_>>().join(" | "));
+    let _ = writeln!(s, "|---|{}", "---:|".repeat(sizes.len()));
+    let mut any = false;
+    for f in funcs {
+        let cells: Vec<String> = sizes
+            .iter()
+            .map(|(name, bytes)| match criterion_ns(&dir, &format!("upper/{f}/{name}")) {
+                Some((ns, t)) => {
+                    any = true;
+                    seen(t);
+                    format!("{:.1} GB/s", bytes / ns)
+                }
+                None => "–".into(),
+            })
+            .collect();
+        let _ = writeln!(s, "| `{f}` | {} |", cells.join(" | "));
+    }
+    if !any {
+        return None;
+    }
+    let _ = writeln!(s, "\n| `UpperEcho::on_read` (BytesMut in, BytesMut out, drained) | ns per message |\n|---|---:|");
+    for name in ["64B", "4KiB"] {
+        if let Some((ns, t)) = criterion_ns(&dir, &format!("on_read/UpperEcho/{name}")) {
+            seen(t);
+            let _ = writeln!(s, "| {name} | {ns:.1} |");
+        }
+    }
+    let when = oldest
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map(|d| cmd("date", &["-u", "-d", &format!("@{}", d.as_secs()), "+%Y-%m-%d %H:%M UTC"]))
+        .unwrap_or_default();
+    Some(format!(
+        "Criterion means from `cargo bench --bench upper` on this machine ({when}); GB/s = 10^9 bytes per second.\n\n{s}"
+    ))
+}
+
 fn command_line(res: &Results) -> String {
     let args = res.opts.args.join(" ");
     if args.is_empty() {
@@ -535,7 +587,11 @@ pub fn write_all(res: &Results) -> Result<(), String> {
             .replace("{{COMMAND}}", &command_line(res))
             .replace("{{ELAPSED}}", &format!("{:.0}", res.elapsed.as_secs_f64()))
             .replace("{{FIGURES}}", &figures)
-            .replace("{{RESULTS}}", &md);
+            .replace("{{RESULTS}}", &md)
+            .replace(
+                "{{MICRO}}",
+                &micro_markdown().unwrap_or_else(|| "No criterion results were found in the target directory.".into()),
+            );
         let path = docs.join("BENCHMARKS.md");
         fs::write(&path, doc).map_err(|e| format!("{}: {e}", path.display()))?;
         eprintln!("wrote {} and {}", path.display(), bench.display());

@@ -33,15 +33,20 @@ impl Server {
     /// Starts `program args...` with stderr appended to `log`, and waits for its start-up line.
     pub fn start(program: &Path, args: &[String], log: &Path) -> io::Result<Server> {
         let log = File::options().create(true).append(true).open(log)?;
-        let mut child = Command::new(program)
-            .args(args)
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(log)
-            .process_group(0)
-            .spawn()
-            .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", program.display())))?;
+        let mut cmd = Command::new(program);
+        cmd.args(args).env("RUST_LOG", "warn").stdin(Stdio::null()).stdout(Stdio::piped()).stderr(log).process_group(0);
+        // SAFETY: prctl is async-signal-safe. The server dies with the harness's main thread (which
+        // starts every server), also when the harness is killed or interrupted: its own process group
+        // does not get the terminal's SIGINT.
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let mut child = cmd.spawn().map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", program.display())))?;
         let stdout = child.stdout.take().expect("piped stdout");
         let (tx, rx) = mpsc::channel();
         thread::spawn(move || {
@@ -90,8 +95,8 @@ pub struct Killer {
 }
 
 impl Killer {
-    /// Kills the group after `after` unless [`Killer::disarm`] is called before.
-    pub fn arm(&self, after: Duration) {
+    /// Kills the group after `after` unless the returned guard is dropped (or [`Killer::disarm`] called) before.
+    pub fn arm(&self, after: Duration) -> Armed {
         let k = self.clone();
         thread::spawn(move || {
             let step = Duration::from_millis(50);
@@ -108,10 +113,20 @@ impl Killer {
                 let _ = killpg(Pid::from_raw(k.pgid as i32), Signal::SIGKILL);
             }
         });
+        Armed(self.clone())
     }
 
     /// Stops the watchdog.
     pub fn disarm(&self) {
         self.disarmed.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Disarms its watchdog when dropped, so an early return never leaves one armed.
+pub struct Armed(Killer);
+
+impl Drop for Armed {
+    fn drop(&mut self) {
+        self.0.disarm();
     }
 }
