@@ -40,12 +40,19 @@ impl Context {
         }
     }
 
-    /// Counts a finished connection.
+    /// Counts a finished connection; returns how many were open before.
     #[inline]
-    pub fn closed(&self, t: Totals) {
-        self.slot.active.fetch_sub(1, Relaxed);
+    pub fn closed(&self, t: Totals) -> u64 {
+        let before = self.slot.active.fetch_sub(1, Relaxed);
         self.slot.bytes_in.fetch_add(t.bytes_in, Relaxed);
         self.slot.bytes_out.fetch_add(t.bytes_out, Relaxed);
+        before
+    }
+
+    /// Connections open in this process now.
+    #[inline]
+    pub fn open_connections(&self) -> usize {
+        self.slot.active.load(Relaxed) as usize
     }
 
     /// Counts a failed accept.
@@ -63,7 +70,7 @@ impl Context {
             }
             Err(e) => {
                 log::debug!("connection failed: {e}");
-                self.closed(Totals::default());
+                let _ = self.closed(Totals::default());
             }
         }
     }

@@ -90,6 +90,9 @@ pub struct EventLoop {
     listener: Option<TcpListener>,
     signals: Option<Signals>,
     waker: Arc<Waker>,
+    /// Every loop of the process (reactor), woken when a connection closes
+    /// at the process-wide `--max-conns` cap.
+    peers: Vec<Arc<Waker>>,
     metrics: Option<Metrics>,
     conns: Slab<Entry>,
     idle: Option<IdleQueue>,
@@ -131,6 +134,7 @@ impl EventLoop {
             listener: Some(listener),
             signals,
             waker,
+            peers: Vec::new(),
             metrics,
             conns: Slab::new(),
             idle,
@@ -153,6 +157,15 @@ impl EventLoop {
     /// phase).
     pub fn waker(&self) -> Arc<Waker> {
         self.waker.clone()
+    }
+
+    /// The wakers of every loop sharing this process's `--max-conns`.
+    pub fn set_peers(&mut self, peers: Vec<Arc<Waker>>) {
+        self.peers = peers;
+    }
+
+    fn has_room(&self) -> bool {
+        self.ctx.open_connections() < self.ctx.config.max_conns
     }
 
     /// Serves until the shutdown event ends the loop.
@@ -193,6 +206,10 @@ impl EventLoop {
                 }
             }
             self.revisit();
+            if self.accept_paused && self.has_room() {
+                self.accept_paused = false;
+                self.want_accept = true;
+            }
             if self.backoff_until.is_some_and(|t| Instant::now() >= t) {
                 self.backoff_until = None;
                 self.want_accept = true;
@@ -307,7 +324,7 @@ impl EventLoop {
         self.want_accept = false;
         let Some(listener) = &self.listener else { return };
         for _ in 0..ACCEPT_BUDGET {
-            if self.conns.len() >= self.ctx.config.max_conns {
+            if !self.has_room() {
                 self.accept_paused = true;
                 return;
             }
@@ -373,9 +390,14 @@ impl EventLoop {
         }
         let e = self.conns.remove(key);
         let t = e.conn.totals();
-        self.ctx.closed(t);
+        let before = self.ctx.closed(t) as usize;
+        if before == self.ctx.config.max_conns {
+            for w in &self.peers {
+                let _ = w.wake();
+            }
+        }
         log::trace!("connection {key} closed: {} bytes in, {} out", t.bytes_in, t.bytes_out);
-        if self.accept_paused && self.conns.len() < self.ctx.config.max_conns {
+        if self.accept_paused && self.has_room() {
             self.accept_paused = false;
             self.want_accept = true;
         }

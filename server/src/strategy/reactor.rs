@@ -41,11 +41,17 @@ pub fn run(listener: TcpListener, signals: Signals, ctx: Context) -> io::Result<
     let ended = Arc::new(Waker::new(poll.registry(), LOOP_ENDED)?);
     // Counted before the wake, so the main thread never misses an end.
     let finished = Arc::new(AtomicUsize::new(0));
-    let mut wakers = Vec::with_capacity(n);
-    let mut loops = Vec::with_capacity(n);
+    // Every loop's fds exist before the first loop accepts: a flood of
+    // connections cannot make start-up itself run out of fds.
+    let mut built = Vec::with_capacity(n);
     for (i, l) in listeners.into_iter().enumerate() {
-        let lp = EventLoop::new(i, l, None, ctx.clone())?;
-        wakers.push(lp.waker());
+        built.push(EventLoop::new(i, l, None, ctx.clone())?);
+    }
+    let wakers: Vec<_> = built.iter().map(|lp| lp.waker()).collect();
+    let mut loops = Vec::with_capacity(n);
+    for mut lp in built {
+        lp.set_peers(wakers.clone());
+        let i = loops.len();
         let (ended, finished) = (ended.clone(), finished.clone());
         loops.push(sys::spawn_masked(format!("loop-{i}"), STACK_SIZE, move || {
             let r = lp.run();
