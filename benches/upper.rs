@@ -76,6 +76,16 @@ fn protocol(c: &mut Criterion) {
         });
     }
     g.finish();
+    let mut g = c.benchmark_group("parts");
+    let msg = text(4096);
+    let mut input = BytesMut::with_capacity(64 * 1024);
+    let mut output = BytesMut::with_capacity(64 * 1024);
+    g.bench_function("extend_clear", |b| b.iter(|| { input.extend_from_slice(black_box(&msg)); input.clear(); }));
+    g.bench_function("two_copies", |b| b.iter(|| { input.extend_from_slice(black_box(&msg)); output.extend_from_slice(&input); input.clear(); black_box(&output[..]); output.clear(); }));
+    g.bench_function("two_copies_upper", |b| b.iter(|| { input.extend_from_slice(black_box(&msg)); output.extend_from_slice(&input); upper_in_place(&mut output[..]); input.clear(); black_box(&output[..]); output.clear(); }));
+    let mut v = vec![0u8; 4096];
+    g.bench_function("vec_upper", |b| b.iter(|| { v.copy_from_slice(black_box(&msg)); upper_in_place(&mut v[..]); black_box(&v[..]); }));
+    g.finish();
 }
 
 criterion_group!(benches, routines, protocol);

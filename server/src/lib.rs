@@ -14,6 +14,8 @@
 //! The `server` binary calls [`cli::main`], which parses flags into a
 //! [`Config`] and calls [`serve`].
 #![deny(missing_docs)]
+// Unsafe code lives in `sys` only; anywhere else it does not compile.
+#![deny(unsafe_code)]
 
 pub mod acceptor;
 pub mod cli;
@@ -26,6 +28,7 @@ pub mod scoreboard;
 pub mod shutdown;
 pub mod signals;
 pub mod strategy;
+#[allow(unsafe_code)]
 pub mod sys;
 pub mod timer;
 pub mod tracker;
