@@ -67,6 +67,54 @@ pub fn classify(e: &io::Error) -> AcceptError {
     }
 }
 
+/// One fd kept in reserve for fd exhaustion. When accept fails with
+/// EMFILE/ENFILE the connections waiting in the backlog would otherwise hang
+/// until fds free up; instead the reserve is closed, which frees one fd, and
+/// the waiting connections are accepted and closed at once (their clients
+/// see the connection end immediately and can retry or fail over), then the
+/// reserve is re-opened. libuv does the same.
+#[derive(Debug)]
+pub struct FdReserve {
+    file: Option<std::fs::File>,
+}
+
+impl FdReserve {
+    /// Opens the reserve (`/dev/null`).
+    pub fn new() -> FdReserve {
+        FdReserve { file: std::fs::File::open("/dev/null").ok() }
+    }
+
+    /// Sheds the backlog through `accept_and_close`, which accepts one
+    /// connection and closes it, returning `Ok(false)` when the backlog is
+    /// empty. Returns how many connections were shed.
+    pub fn shed(&mut self, mut accept_and_close: impl FnMut() -> io::Result<bool>) -> usize {
+        if self.file.take().is_none() {
+            return 0; // no reserve to spend (re-opening failed earlier)
+        }
+        let mut shed = 0;
+        // Bounded: the backlog is finite, but a flood must not pin the loop.
+        while shed < 4096 {
+            match accept_and_close() {
+                Ok(true) => shed += 1,
+                Ok(false) => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => break,
+            }
+        }
+        self.file = std::fs::File::open("/dev/null").ok();
+        if shed > 0 {
+            log::warn!("out of fds: closed {shed} waiting connection(s) at once rather than leave them hanging");
+        }
+        shed
+    }
+}
+
+impl Default for FdReserve {
+    fn default() -> FdReserve {
+        FdReserve::new()
+    }
+}
+
 /// Logs fd exhaustion at most once a second.
 #[derive(Debug, Default)]
 pub struct ExhaustionLog {
@@ -91,6 +139,18 @@ impl ExhaustionLog {
     }
 }
 
+/// Accepts one connection for [`FdReserve::shed`] and closes it.
+pub fn shed_one<S>(accepted: io::Result<(S, std::net::SocketAddr)>) -> io::Result<bool> {
+    match accepted {
+        Ok((stream, _)) => {
+            drop(stream);
+            Ok(true)
+        }
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
 /// A blocking strategy's view of its listener, signals and wake-ups.
 #[derive(Debug)]
 pub struct Acceptor {
@@ -105,6 +165,7 @@ pub struct Acceptor {
     metrics: Option<Metrics>,
     backoff_until: Option<Instant>,
     exhausted: ExhaustionLog,
+    reserve: FdReserve,
 }
 
 impl Acceptor {
@@ -128,6 +189,7 @@ impl Acceptor {
             metrics,
             backoff_until: None,
             exhausted: ExhaustionLog::default(),
+            reserve: FdReserve::new(),
         })
     }
 
@@ -161,6 +223,7 @@ impl Acceptor {
                         AcceptError::Exhausted => {
                             self.slot.accept_errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                             self.exhausted.note(&e);
+                            self.reserve.shed(|| shed_one(l.accept()));
                             self.backoff_until = Some(Instant::now() + ACCEPT_BACKOFF);
                         }
                         AcceptError::Fatal => return Err(e),

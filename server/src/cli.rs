@@ -74,6 +74,12 @@ struct Args {
     /// Serve Prometheus metrics (GET /metrics) on this address.
     #[arg(long, value_name = "ADDR")]
     metrics: Option<SocketAddr>,
+    /// After binding, drop privileges to this user (setgroups, setgid, setuid).
+    #[arg(long, value_name = "NAME")]
+    user: Option<String>,
+    /// With --user: the group to drop to (default: the user's primary group).
+    #[arg(long, value_name = "NAME", requires = "user")]
+    group: Option<String>,
     /// Benchmarking aid: make handlers compute (cpu:N rounds per byte) or block (sleep:MS per read).
     #[arg(long, value_name = "cpu:N|sleep:MS")]
     work: Option<Work>,
@@ -142,6 +148,8 @@ impl Args {
         c.max_requests = self.max_requests;
         c.max_requests_jitter = self.max_requests_jitter;
         c.metrics = self.metrics;
+        c.user = self.user;
+        c.group = self.group;
         Ok(c)
     }
 }

@@ -84,6 +84,10 @@ pub struct Config {
     pub max_requests_jitter: u64,
     /// Serve Prometheus metrics here.
     pub metrics: Option<SocketAddr>,
+    /// Drop to this user after binding.
+    pub user: Option<String>,
+    /// ...and this group (default: the user's primary group).
+    pub group: Option<String>,
 }
 
 /// The number of CPUs this process may run on.
@@ -116,6 +120,8 @@ impl Config {
             max_requests: None,
             max_requests_jitter: 0,
             metrics: None,
+            user: None,
+            group: None,
         }
     }
 }

@@ -24,6 +24,7 @@ pub mod context;
 pub mod driver;
 pub mod listener;
 pub mod metrics;
+pub mod privileges;
 pub mod scoreboard;
 pub mod shutdown;
 pub mod signals;
@@ -61,6 +62,10 @@ pub fn serve(config: Config, factory: Factory, ready: impl FnOnce(SocketAddr)) -
             reuseport: config.mode == Mode::Reactor || (config.mode == Mode::Prefork && config.reuseport),
         },
     )?;
+    match &config.user {
+        Some(user) => privileges::drop_to(user, config.group.as_deref())?,
+        None => privileges::warn_if_root(),
+    }
     ready(listener.local_addr()?);
     // Fork children add their counters to the parent's slot: it must be
     // shared memory there; elsewhere one process owns it.

@@ -26,7 +26,7 @@ use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Token, Waker};
 use slab::Slab;
 
-use crate::acceptor::{classify, AcceptError, ExhaustionLog, ACCEPT_BACKOFF, HEARTBEAT};
+use crate::acceptor::{classify, shed_one, AcceptError, ExhaustionLog, FdReserve, ACCEPT_BACKOFF, HEARTBEAT};
 use crate::context::Context;
 use crate::driver::nonblocking::{Conn, Scratch, Status};
 use crate::metrics::Metrics;
@@ -103,6 +103,7 @@ pub struct EventLoop {
     accept_paused: bool,
     backoff_until: Option<Instant>,
     exhausted: ExhaustionLog,
+    reserve: FdReserve,
     ctx: Context,
     epoch: Instant,
     now_ms: u64,
@@ -145,6 +146,7 @@ impl EventLoop {
             accept_paused: false,
             backoff_until: None,
             exhausted: ExhaustionLog::default(),
+            reserve: FdReserve::new(),
             ctx,
             epoch: Instant::now(),
             now_ms: 0,
@@ -358,6 +360,7 @@ impl EventLoop {
                     AcceptError::Exhausted => {
                         self.ctx.accept_failed();
                         self.exhausted.note(&e);
+                        self.reserve.shed(|| shed_one(listener.accept()));
                         self.backoff_until = Some(Instant::now() + ACCEPT_BACKOFF);
                         return;
                     }

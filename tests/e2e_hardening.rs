@@ -1,0 +1,166 @@
+//! Hardening: what the server does when the machine or the operator pushes
+//! back. Load shedding when fds run out (clients are closed at once instead
+//! of hanging in the backlog), and dropping root privileges after binding.
+
+mod support;
+
+use std::io::{self, Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use support::{poll_every, Mode, Server};
+
+const EVENT: Mode = Mode { name: "event", concurrent: true, forks: false, args: &[] };
+const THREAD: Mode = Mode { name: "thread", concurrent: true, forks: false, args: &[] };
+const REACTOR: Mode = Mode { name: "reactor", concurrent: true, forks: false, args: &["--threads", "2"] };
+
+/// How one client fared against a server that is out of fds.
+#[derive(Debug, PartialEq, Eq)]
+enum Fate {
+    /// Its byte came back uppercased.
+    Served,
+    /// The server closed it (EOF or reset) without serving it.
+    Shed,
+    /// Nothing happened within the bound: it would have hung.
+    Hung,
+}
+
+fn fate(s: &mut TcpStream, limit: Duration) -> (Fate, Duration) {
+    let start = Instant::now();
+    s.set_read_timeout(Some(limit)).unwrap();
+    let mut b = [0u8; 1];
+    let f = match s.read(&mut b) {
+        Ok(1) if b[0] == b'Q' => Fate::Served,
+        Ok(1) => panic!("wrong echo byte {:?}", b[0]),
+        Ok(_) => Fate::Shed,
+        Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => Fate::Hung,
+        Err(_) => Fate::Shed, // reset
+    };
+    (f, start.elapsed())
+}
+
+/// With 64 fds the server can hold some 50 connections; of 150 clients the
+/// rest must be closed at once (load shedding through the reserve fd), not
+/// left waiting in the backlog. Every client is either served or closed
+/// within a second; none hangs for the 4 s bound.
+fn sheds_load_when_out_of_fds(mode: &Mode) {
+    let server = Server::start_with_nofile(mode, &[], 64);
+    let mut clients = Vec::new();
+    for i in 0..150 {
+        match TcpStream::connect_timeout(&server.addr, Duration::from_secs(2)) {
+            Ok(mut s) => {
+                s.set_write_timeout(Some(Duration::from_secs(2))).unwrap();
+                // A shed connection may already be reset: that is an outcome.
+                let _ = s.write_all(b"q");
+                clients.push(s);
+            }
+            Err(e) => panic!("connect {i}: {e}"),
+        }
+    }
+    let mut served = 0;
+    let mut shed = 0;
+    let mut slowest = Duration::ZERO;
+    for (i, c) in clients.iter_mut().enumerate() {
+        let (f, took) = fate(c, Duration::from_secs(4));
+        match f {
+            Fate::Served => served += 1,
+            Fate::Shed => {
+                shed += 1;
+                slowest = slowest.max(took);
+            }
+            Fate::Hung => panic!(
+                "{}: client {i} neither served nor closed within 4 s ({served} served, {shed} shed so far)\n{}",
+                mode.name,
+                server.log()
+            ),
+        }
+    }
+    println!("{}: {served} served, {shed} shed; slowest close {slowest:?}", mode.name);
+    assert!(served >= 10, "{}: only {served} clients served with 64 fds", mode.name);
+    assert!(shed >= 50, "{}: only {shed} of 150 clients shed with 64 fds", mode.name);
+    assert!(slowest < Duration::from_secs(1), "{}: a shed client waited {slowest:?}", mode.name);
+    assert!(server.log().contains("out of fds: closed"), "no shedding logged:\n{}", server.log());
+    // Once the clients leave, the server serves again.
+    drop(clients);
+    let ok = poll_every(Duration::from_millis(50), Duration::from_secs(10), || {
+        let mut s = match TcpStream::connect_timeout(&server.addr, Duration::from_secs(1)) {
+            Ok(s) => s,
+            Err(_) => return false,
+        };
+        s.set_write_timeout(Some(Duration::from_secs(1))).unwrap();
+        s.write_all(b"q").is_ok() && fate(&mut s, Duration::from_secs(1)).0 == Fate::Served
+    });
+    assert!(ok, "{}: not serving again after the clients left", mode.name);
+}
+
+#[test]
+fn event_sheds_load_when_out_of_fds() {
+    sheds_load_when_out_of_fds(&EVENT);
+}
+
+#[test]
+fn thread_sheds_load_when_out_of_fds() {
+    sheds_load_when_out_of_fds(&THREAD);
+}
+
+#[test]
+fn reactor_sheds_load_when_out_of_fds() {
+    sheds_load_when_out_of_fds(&REACTOR);
+}
+
+fn status_line(pid: i32, key: &str) -> String {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read /proc status");
+    s.lines().find(|l| l.starts_with(key)).unwrap_or_else(|| panic!("{key} not in status")).to_string()
+}
+
+fn is_root() -> bool {
+    nix::unistd::Uid::effective().is_root()
+}
+
+/// `--user nobody`: bound as root, then every uid and gid is nobody's, no
+/// supplementary group but nobody's, no capability left (so setuid(0)
+/// fails), and it still serves.
+#[test]
+fn user_flag_drops_root_for_good() {
+    if !is_root() {
+        eprintln!("skipped: privilege drop needs the test to run as root");
+        return;
+    }
+    let nobody = nix::unistd::User::from_name("nobody").unwrap().expect("user nobody");
+    let (uid, gid) = (nobody.uid.as_raw(), nobody.gid.as_raw());
+    for mode in [EVENT, THREAD] {
+        let server = Server::start(&mode, &["--user", "nobody"]);
+        let ids = |key: &str| -> Vec<u32> {
+            status_line(server.pid, key).split_whitespace().skip(1).map(|v| v.parse().unwrap()).collect()
+        };
+        assert_eq!(ids("Uid:"), vec![uid; 4], "{}: real, effective, saved, fs uid", mode.name);
+        assert_eq!(ids("Gid:"), vec![gid; 4], "{}: real, effective, saved, fs gid", mode.name);
+        assert_eq!(ids("Groups:"), vec![gid], "{}: supplementary groups", mode.name);
+        assert_eq!(status_line(server.pid, "CapEff:"), "CapEff:\t0000000000000000", "{}", mode.name);
+        assert_eq!(status_line(server.pid, "CapPrm:"), "CapPrm:\t0000000000000000", "{}", mode.name);
+        let mut c = server.connect();
+        support::roundtrip(&mut c, b"dropped privileges").unwrap();
+    }
+}
+
+#[test]
+fn root_without_user_flag_is_warned_about() {
+    if !is_root() {
+        eprintln!("skipped: the warning is for servers started as root");
+        return;
+    }
+    let server = Server::start(&EVENT, &[]);
+    let warned =
+        poll_every(Duration::from_millis(20), Duration::from_secs(5), || server.log().contains("running as root"));
+    assert!(warned, "no warning about running as root:\n{}", server.log());
+}
+
+#[test]
+fn unknown_user_is_an_error() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_server"))
+        .args(["--listen", "127.0.0.1:0", "--user", "no-such-user-here"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no user named no-such-user-here"), "{out:?}");
+}
