@@ -475,9 +475,13 @@ pub fn micro_markdown() -> Option<String> {
     }
     let _ = writeln!(s, "\n| `UpperEcho::on_read` (BytesMut in, BytesMut out, drained) | ns per message |\n|---|---:|");
     for name in ["64B", "4KiB"] {
-        if let Some((ns, t)) = criterion_ns(&dir, &format!("on_read/UpperEcho/{name}")) {
-            seen(t);
-            let _ = writeln!(s, "| {name} | {ns:.1} |");
+        for (variant, label) in
+            [("UpperEcho", ""), ("UpperEcho_output_shifted_2KiB", ", output buffer shifted by 2 KiB")]
+        {
+            if let Some((ns, t)) = criterion_ns(&dir, &format!("on_read/{variant}/{name}")) {
+                seen(t);
+                let _ = writeln!(s, "| {name}{label} | {ns:.1} |");
+            }
         }
     }
     let when = oldest
