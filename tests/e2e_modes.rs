@@ -76,6 +76,8 @@ macro_rules! modes {
             #[test]
             fn sigquit_stops_at_once() { cases::immediate_stop(&MODE, &[Signal::SIGQUIT]) }
             #[test]
+            fn signal_storm_loses_nothing() { cases::signal_storm_loses_nothing(&MODE) }
+            #[test]
             fn bad_flag_exits_2() { cases::bad_flag_exits_2(&MODE) }
             #[test]
             fn port_in_use_exits_1() { cases::port_in_use_exits_1(&MODE) }
@@ -293,6 +295,76 @@ mod cases {
         roundtrip(&mut quiet, b"back again").unwrap_or_else(|e| panic!("quiet client waking up: {e}"));
         close_cleanly(&mut silent).unwrap();
         close_cleanly(&mut quiet).unwrap();
+    }
+
+    /// SIGUSR1 at about 1 kHz while clients echo: every blocking call that a
+    /// signal interrupts (poll, accept, read, write, waitpid) must be
+    /// retried, so no client sees an error and the server survives. Clients
+    /// keep echoing until 500 signals have been sent (bounded in rounds and
+    /// time).
+    pub fn signal_storm_loses_nothing(mode: &Mode) {
+        const SIGNALS: u64 = 500;
+        let mut server = Server::start(mode, &[]);
+        let clients = if mode.concurrent { 100 } else { 1 };
+        let sent = Arc::new(AtomicU64::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let pid = server.pid;
+        let storm = {
+            let (sent, stop) = (sent.clone(), stop.clone());
+            thread::spawn(move || {
+                let deadline = Instant::now() + Duration::from_secs(60);
+                // The server and, in fork and prefork, its children and
+                // workers: every process's blocking calls get interrupted.
+                let mut targets = vec![pid];
+                let mut n = 0u64;
+                while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+                    if n % 50 == 0 {
+                        targets = std::iter::once(pid).chain(descendants(pid).iter().map(|p| p.pid)).collect();
+                    }
+                    n += 1;
+                    if nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGUSR1).is_err() {
+                        break;
+                    }
+                    for &t in &targets[1..] {
+                        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(t), Signal::SIGUSR1);
+                    }
+                    sent.fetch_add(1, Ordering::Relaxed);
+                    thread::sleep(Duration::from_millis(1)); // paces the storm; not synchronisation
+                }
+            })
+        };
+        let run_client = |i: usize| -> Result<u64, String> {
+            let mut c = connect(server.addr);
+            let deadline = Instant::now() + Duration::from_secs(60);
+            let mut rounds = 0u64;
+            while (rounds < 5 || sent.load(Ordering::Relaxed) < SIGNALS)
+                && rounds < 200_000
+                && Instant::now() < deadline
+            {
+                let msg = format!("storm client {i} round {rounds} ").repeat(20);
+                roundtrip(&mut c, msg.as_bytes()).map_err(|e| format!("client {i} round {rounds}: {e}"))?;
+                rounds += 1;
+            }
+            Ok(rounds)
+        };
+        let results: Vec<Result<u64, String>> = thread::scope(|s| {
+            let hs: Vec<_> = (0..clients).map(|i| s.spawn(move || run_client(i))).collect();
+            hs.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        stop.store(true, Ordering::Relaxed);
+        storm.join().unwrap();
+        let sent = sent.load(Ordering::Relaxed);
+        let failures: Vec<&String> = results.iter().filter_map(|r| r.as_ref().err()).collect();
+        let rounds: u64 = results.iter().filter_map(|r| r.as_ref().ok()).sum();
+        assert!(server.is_running(), "server died in the storm:\n{}", server.log());
+        assert!(
+            failures.is_empty(),
+            "{} client(s) failed during {sent} SIGUSR1s: {:?}",
+            failures.len(),
+            &failures[..failures.len().min(3)]
+        );
+        assert!(sent >= SIGNALS, "the storm sent only {sent} signals");
+        assert!(rounds > 0, "no round trip completed");
     }
 
     pub fn socket_fds_are_close_on_exec(mode: &Mode) {

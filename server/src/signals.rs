@@ -9,6 +9,7 @@
 //! | second SIGINT, SIGQUIT | immediate stop |
 //! | SIGCHLD | (fork, prefork master) reap children |
 //! | SIGHUP, SIGTTIN, SIGTTOU | (prefork master) rolling restart, one worker more, one fewer |
+//! | SIGUSR1, SIGUSR2 | counted and otherwise ignored (they only interrupt blocking calls, which are retried) |
 //!
 //! Callers: `lib::serve` installs the handlers once; the acceptor, the event
 //! loops and the prefork master register [`Signals`] in their poll; forked
@@ -26,6 +27,10 @@ use crate::sys;
 
 /// Signals that stop the server, in every process.
 pub const STOP_SIGNALS: [Signal; 3] = [Signal::SIGTERM, Signal::SIGINT, Signal::SIGQUIT];
+
+/// Signals every process handles and ignores, so that stray ones (a signal
+/// storm, a log-rotation script) never kill a server.
+pub const NOISE_SIGNALS: [Signal; 2] = [Signal::SIGUSR1, Signal::SIGUSR2];
 
 /// Bit mask of [`STOP_SIGNALS`] for [`sys::signals_pending`].
 pub const STOP_MASK: u32 = (1 << Signal::SIGTERM as u32) | (1 << Signal::SIGINT as u32) | (1 << Signal::SIGQUIT as u32);
@@ -45,6 +50,7 @@ impl Signals {
         let (read, write) = nix::unistd::pipe2(OFlag::O_NONBLOCK | OFlag::O_CLOEXEC).map_err(io::Error::from)?;
         sys::set_signal_pipe(write);
         let mut all: Vec<Signal> = STOP_SIGNALS.to_vec();
+        all.extend_from_slice(&NOISE_SIGNALS);
         all.extend_from_slice(extra);
         sys::install_handlers(&all)?;
         Ok(Signals { read })
