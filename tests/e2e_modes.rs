@@ -318,7 +318,7 @@ mod cases {
                 let mut targets = vec![pid];
                 let mut n = 0u64;
                 while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
-                    if n % 50 == 0 {
+                    if n.is_multiple_of(50) {
                         targets = std::iter::once(pid).chain(descendants(pid).iter().map(|p| p.pid)).collect();
                     }
                     n += 1;
