@@ -164,3 +164,67 @@ fn unknown_user_is_an_error() {
     assert_eq!(out.status.code(), Some(1), "{out:?}");
     assert!(String::from_utf8_lossy(&out.stderr).contains("no user named no-such-user-here"), "{out:?}");
 }
+
+/// A client socket from `source` (any 127.0.0.0/8 address) to `server`.
+fn connect_from(source: &str, server: std::net::SocketAddr) -> TcpStream {
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    let from: std::net::SocketAddr = format!("{source}:0").parse().unwrap();
+    sock.bind(&from.into()).unwrap();
+    sock.connect_timeout(&server.into(), Duration::from_secs(2)).unwrap();
+    let s: TcpStream = sock.into();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.set_write_timeout(Some(Duration::from_secs(5))).unwrap();
+    s
+}
+
+/// `--max-conns-per-ip 3`: three connections from 127.0.0.1 are served, the
+/// fourth is closed at once, another address is unaffected, and closing one
+/// of the three makes room again.
+fn limits_connections_per_address(mode: &Mode) {
+    let server = Server::start(mode, &["--max-conns-per-ip", "3"]);
+    let mut three: Vec<TcpStream> = (0..3).map(|_| connect_from("127.0.0.1", server.addr)).collect();
+    for (i, c) in three.iter_mut().enumerate() {
+        support::roundtrip(c, format!("allowed {i}").as_bytes()).unwrap();
+    }
+    let mut fourth = connect_from("127.0.0.1", server.addr);
+    let _ = fourth.write_all(b"q");
+    let (f, took) = fate(&mut fourth, Duration::from_secs(3));
+    assert_eq!(f, Fate::Shed, "{}: the 4th connection from one address was not closed", mode.name);
+    assert!(took < Duration::from_secs(1), "{}: the 4th connection was closed only after {took:?}", mode.name);
+    let mut other = connect_from("127.0.0.2", server.addr);
+    support::roundtrip(&mut other, b"another address").unwrap();
+    for c in three.iter_mut() {
+        support::roundtrip(c, b"still served").unwrap();
+    }
+    support::close_cleanly(&mut three.pop().unwrap()).unwrap();
+    let again = poll_every(Duration::from_millis(20), Duration::from_secs(5), || {
+        let mut c = connect_from("127.0.0.1", server.addr);
+        support::roundtrip(&mut c, b"room again").is_ok()
+    });
+    assert!(again, "{}: no room for a new connection after one of the three closed", mode.name);
+}
+
+#[test]
+fn per_ip_limit_thread() {
+    limits_connections_per_address(&THREAD);
+}
+
+#[test]
+fn per_ip_limit_pool() {
+    limits_connections_per_address(&Mode { name: "pool", concurrent: true, forks: false, args: &[] });
+}
+
+#[test]
+fn per_ip_limit_fork() {
+    limits_connections_per_address(&Mode { name: "fork", concurrent: true, forks: true, args: &[] });
+}
+
+#[test]
+fn per_ip_limit_event() {
+    limits_connections_per_address(&EVENT);
+}
+
+#[test]
+fn per_ip_limit_reactor() {
+    limits_connections_per_address(&REACTOR);
+}

@@ -19,6 +19,7 @@ use mio::{Events, Poll, Token, Waker};
 use crate::context::Context;
 use crate::listener;
 use crate::metrics::{self, Metrics};
+use crate::per_ip::IpPermit;
 use crate::scoreboard::Slot;
 use crate::shutdown::{Phase, Shutdown};
 use crate::signals::Signals;
@@ -151,6 +152,15 @@ pub fn shed_one<S>(accepted: io::Result<(S, std::net::SocketAddr)>) -> io::Resul
     }
 }
 
+/// A connection the acceptor took, with its per-address permit.
+#[derive(Debug)]
+pub struct Accepted {
+    /// The connection (blocking, options applied).
+    pub stream: TcpStream,
+    /// Its place under `--max-conns-per-ip`; keep it as long as the connection.
+    pub permit: Option<IpPermit>,
+}
+
 /// A blocking strategy's view of its listener, signals and wake-ups.
 #[derive(Debug)]
 pub struct Acceptor {
@@ -162,6 +172,7 @@ pub struct Acceptor {
     shutdown: Shutdown,
     nodelay: bool,
     slot: &'static Slot,
+    ctx: Context,
     metrics: Option<Metrics>,
     backoff_until: Option<Instant>,
     exhausted: ExhaustionLog,
@@ -186,6 +197,7 @@ impl Acceptor {
             shutdown: ctx.shutdown.clone(),
             nodelay: ctx.config.nodelay,
             slot: ctx.slot,
+            ctx: ctx.clone(),
             metrics,
             backoff_until: None,
             exhausted: ExhaustionLog::default(),
@@ -201,7 +213,7 @@ impl Acceptor {
     /// The next connection (a blocking socket, options applied), or `None`
     /// when the caller should look around first: the shutdown phase, its
     /// children, its permits. With `can_accept` false only waits.
-    pub fn next(&mut self, can_accept: bool) -> io::Result<Option<TcpStream>> {
+    pub fn next(&mut self, can_accept: bool) -> io::Result<Option<Accepted>> {
         if self.shutdown.absorb_signals() != Phase::Running {
             return Ok(None);
         }
@@ -209,9 +221,10 @@ impl Acceptor {
         if can_accept && !backing_off {
             if let Some(l) = &self.listener {
                 match l.accept() {
-                    Ok((stream, _peer)) => {
+                    Ok((stream, peer)) => {
+                        let Some(permit) = self.ctx.admit_peer(peer) else { return Ok(None) };
                         listener::configure(&stream, self.nodelay)?;
-                        return Ok(Some(stream));
+                        return Ok(Some(Accepted { stream, permit }));
                     }
                     Err(e) => match classify(&e) {
                         AcceptError::Empty => {}

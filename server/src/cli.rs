@@ -74,6 +74,9 @@ struct Args {
     /// Serve Prometheus metrics (GET /metrics) on this address.
     #[arg(long, value_name = "ADDR")]
     metrics: Option<SocketAddr>,
+    /// Open connections per client address at most; the next one is closed at once (per process).
+    #[arg(long, value_name = "N")]
+    max_conns_per_ip: Option<usize>,
     /// After binding, drop privileges to this user (setgroups, setgid, setuid).
     #[arg(long, value_name = "NAME")]
     user: Option<String>,
@@ -148,6 +151,8 @@ impl Args {
         c.max_requests = self.max_requests;
         c.max_requests_jitter = self.max_requests_jitter;
         c.metrics = self.metrics;
+        anyhow::ensure!(self.max_conns_per_ip != Some(0), "--max-conns-per-ip must be at least 1");
+        c.max_conns_per_ip = self.max_conns_per_ip;
         c.user = self.user;
         c.group = self.group;
         Ok(c)

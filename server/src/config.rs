@@ -84,6 +84,8 @@ pub struct Config {
     pub max_requests_jitter: u64,
     /// Serve Prometheus metrics here.
     pub metrics: Option<SocketAddr>,
+    /// Open connections per client address at most.
+    pub max_conns_per_ip: Option<usize>,
     /// Drop to this user after binding.
     pub user: Option<String>,
     /// ...and this group (default: the user's primary group).
@@ -122,6 +124,7 @@ impl Config {
             metrics: None,
             user: None,
             group: None,
+            max_conns_per_ip: None,
         }
     }
 }

@@ -10,6 +10,7 @@ use switchyard_common::Factory;
 
 use crate::config::Config;
 use crate::driver::Totals;
+use crate::per_ip::{IpPermit, PerIp};
 use crate::scoreboard::Slot;
 use crate::shutdown::Shutdown;
 
@@ -26,6 +27,8 @@ pub struct Context {
     pub slot: &'static Slot,
     /// Stop accepting after this many connections (prefork --max-requests).
     pub max_requests: Option<u64>,
+    /// Open connections per client address (`--max-conns-per-ip`).
+    pub per_ip: Option<PerIp>,
 }
 
 impl Context {
@@ -53,6 +56,22 @@ impl Context {
     #[inline]
     pub fn open_connections(&self) -> usize {
         self.slot.active.load(Relaxed) as usize
+    }
+
+    /// A place for one more connection from `peer`: `Some(None)` when there
+    /// is no per-address limit, `None` when `peer` is at its limit (the caller
+    /// closes the connection at once).
+    pub fn admit_peer(&self, peer: std::net::SocketAddr) -> Option<Option<IpPermit>> {
+        match &self.per_ip {
+            None => Some(None),
+            Some(l) => match l.admit(peer.ip()) {
+                Some(p) => Some(Some(p)),
+                None => {
+                    log::debug!("{peer}: at --max-conns-per-ip, closed");
+                    None
+                }
+            },
+        }
     }
 
     /// Counts a failed accept.

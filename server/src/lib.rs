@@ -24,6 +24,7 @@ pub mod context;
 pub mod driver;
 pub mod listener;
 pub mod metrics;
+pub mod per_ip;
 pub mod privileges;
 pub mod scoreboard;
 pub mod shutdown;
@@ -75,7 +76,13 @@ pub fn serve(config: Config, factory: Factory, ready: impl FnOnce(SocketAddr)) -
     };
     slot.claim(std::process::id());
     slot.set_state(scoreboard::State::Running);
-    let ctx =
-        Context { shutdown: Shutdown::new(config.grace), config: Arc::new(config), factory, slot, max_requests: None };
+    let ctx = Context {
+        shutdown: Shutdown::new(config.grace),
+        per_ip: config.max_conns_per_ip.map(per_ip::PerIp::new),
+        config: Arc::new(config),
+        factory,
+        slot,
+        max_requests: None,
+    };
     strategy::run(listener, signals, ctx)
 }

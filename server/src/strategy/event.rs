@@ -30,6 +30,7 @@ use crate::acceptor::{classify, shed_one, AcceptError, ExhaustionLog, FdReserve,
 use crate::context::Context;
 use crate::driver::nonblocking::{Conn, Scratch, Status};
 use crate::metrics::Metrics;
+use crate::per_ip::IpPermit;
 use crate::shutdown::Phase;
 use crate::signals::Signals;
 use crate::timer::{HasLinks, IdleQueue, Links};
@@ -76,6 +77,7 @@ impl std::fmt::Display for LoopStats {
 struct Entry {
     conn: Conn,
     links: Links,
+    _permit: Option<IpPermit>,
 }
 
 impl HasLinks for Entry {
@@ -331,7 +333,8 @@ impl EventLoop {
                 return;
             }
             match listener.accept() {
-                Ok((mut stream, _peer)) => {
+                Ok((mut stream, peer)) => {
+                    let Some(permit) = self.ctx.admit_peer(peer) else { continue };
                     if self.ctx.config.nodelay {
                         let _ = stream.set_nodelay(true);
                     }
@@ -343,7 +346,11 @@ impl EventLoop {
                         log::warn!("register: {e}");
                         continue;
                     }
-                    entry.insert(Entry { conn: Conn::new(stream, (self.ctx.factory)()), links: Links::default() });
+                    entry.insert(Entry {
+                        conn: Conn::new(stream, (self.ctx.factory)()),
+                        links: Links::default(),
+                        _permit: permit,
+                    });
                     if let Some(q) = &mut self.idle {
                         q.touch(&mut self.conns, key, self.now_ms);
                     }

@@ -12,7 +12,7 @@
 //! child drains its connection until the peer closes or the grace ends;
 //! children still alive a second after the grace are killed.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::io;
 use std::net::{TcpListener, TcpStream};
 use std::time::{Duration, Instant};
@@ -24,6 +24,7 @@ use nix::unistd::Pid;
 use crate::acceptor::Acceptor;
 use crate::context::Context;
 use crate::driver::blocking::{self, Watch};
+use crate::per_ip::IpPermit;
 use crate::shutdown::{Phase, Shutdown};
 use crate::signals::Signals;
 use crate::sys::{self, Forked};
@@ -37,11 +38,13 @@ pub fn run(listener: TcpListener, signals: Signals, ctx: Context) -> io::Result<
     while ctx.shutdown.is_running() {
         children.reap();
         let room = children.len() < ctx.config.max_children;
-        let Some(stream) = acceptor.next(room)? else { continue };
+        let Some(accepted) = acceptor.next(room)? else { continue };
         ctx.accepted();
+        let stream = accepted.stream;
         match sys::fork() {
             Ok(Forked::Parent(pid)) => {
-                children.live.insert(pid);
+                // The permit stays with the parent until the child is reaped.
+                children.live.insert(pid, accepted.permit);
                 drop(stream);
             }
             Ok(Forked::Child(blocked)) => {
@@ -92,7 +95,7 @@ fn child(stream: TcpStream, signals: Signals, blocked: sys::BlockedSignals, ctx:
 /// The parent's live children.
 #[derive(Debug, Default)]
 struct Children {
-    live: HashSet<Pid>,
+    live: HashMap<Pid, Option<IpPermit>>,
 }
 
 impl Children {
@@ -129,7 +132,7 @@ impl Children {
     }
 
     fn signal_all(&self, sig: Signal) {
-        for &pid in &self.live {
+        for &pid in self.live.keys() {
             let _ = kill(pid, sig);
         }
     }

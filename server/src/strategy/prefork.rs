@@ -450,6 +450,7 @@ fn worker(prep: Prepared, signals: Signals, blocked: sys::BlockedSignals, master
         factory: master.factory.clone(),
         slot: prep.slot,
         max_requests: prep.max_requests,
+        per_ip: master.config.max_conns_per_ip.map(crate::per_ip::PerIp::new),
     };
     prep.slot.pid.store(std::process::id(), std::sync::atomic::Ordering::Relaxed);
     prep.slot.beat();

@@ -18,9 +18,10 @@ pub fn run(listener: TcpListener, signals: Signals, ctx: Context) -> io::Result<
     let mut acceptor = Acceptor::new(listener, signals, &ctx)?;
     let tracker = Tracker::new(1, acceptor.waker());
     while ctx.shutdown.is_running() {
-        if let Some(stream) = acceptor.next(true)? {
+        if let Some(accepted) = acceptor.next(true)? {
             ctx.accepted();
-            let conn = tracker.admit(stream);
+            let _permit = accepted.permit;
+            let conn = tracker.admit(accepted.stream);
             let mut proto = (ctx.factory)();
             let (signals, mut close_listener) = acceptor.split_for_serving();
             let watch = Watch { signals, on_drain: &mut close_listener };

@@ -28,12 +28,14 @@ pub fn run(listener: TcpListener, signals: Signals, ctx: Context) -> io::Result<
         };
         let next = acceptor.next(room);
         tracker.want_wake(false);
-        let Some(stream) = next? else { continue };
+        let Some(accepted) = next? else { continue };
         ctx.accepted();
-        let conn = tracker.admit(stream);
+        let permit = accepted.permit;
+        let conn = tracker.admit(accepted.stream);
         let key = conn.key();
         let c = ctx.clone();
         let spawned = sys::spawn_masked(format!("conn-{key}"), STACK_SIZE, move || {
+            let _permit = permit;
             let mut proto = (c.factory)();
             c.finished(blocking::serve(&conn, &mut *proto, &c.shutdown, c.config.idle_timeout, None));
         });

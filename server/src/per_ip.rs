@@ -1,0 +1,82 @@
+//! `--max-conns-per-ip N` (nginx's `limit_conn`): at most N open connections
+//! from one client address per process. The N+1th is closed at once after
+//! accept; other addresses are unaffected. A permit is held for the whole
+//! life of a connection and gives its place back when dropped.
+//!
+//! Callers: the acceptor (serial, fork, thread, pool) and the event loops
+//! take a permit right after accept; the strategies keep it beside the
+//! connection (fork: beside the child's pid until it is reaped).
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+
+/// The per-address counts of one process.
+#[derive(Debug, Clone)]
+pub struct PerIp {
+    max: usize,
+    open: Arc<Mutex<HashMap<IpAddr, usize>>>,
+}
+
+/// One connection's place in its address's count.
+#[derive(Debug)]
+pub struct IpPermit {
+    ip: IpAddr,
+    open: Arc<Mutex<HashMap<IpAddr, usize>>>,
+}
+
+impl PerIp {
+    /// A limiter of `max` connections per address.
+    pub fn new(max: usize) -> PerIp {
+        PerIp { max: max.max(1), open: Arc::default() }
+    }
+
+    /// A permit for one more connection from `ip`, or `None` at the limit.
+    pub fn admit(&self, ip: IpAddr) -> Option<IpPermit> {
+        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        let n = open.entry(ip).or_insert(0);
+        if *n >= self.max {
+            return None;
+        }
+        *n += 1;
+        Some(IpPermit { ip, open: self.open.clone() })
+    }
+
+    /// Open connections from `ip` (tests, metrics).
+    pub fn open_from(&self, ip: IpAddr) -> usize {
+        self.open.lock().unwrap_or_else(|e| e.into_inner()).get(&ip).copied().unwrap_or(0)
+    }
+}
+
+impl Drop for IpPermit {
+    fn drop(&mut self) {
+        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = open.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&self.ip); // the map holds only addresses with open connections
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn limits_each_address_separately() {
+        let l = PerIp::new(2);
+        let a: IpAddr = "127.0.0.1".parse().unwrap();
+        let b: IpAddr = "127.0.0.2".parse().unwrap();
+        let p1 = l.admit(a).unwrap();
+        let _p2 = l.admit(a).unwrap();
+        assert!(l.admit(a).is_none());
+        let _q = l.admit(b).unwrap();
+        assert_eq!(l.open_from(a), 2);
+        drop(p1);
+        assert_eq!(l.open_from(a), 1);
+        assert!(l.admit(a).is_some());
+        assert_eq!(l.open_from("127.0.0.9".parse().unwrap()), 0);
+    }
+}
