@@ -253,13 +253,9 @@ impl Acceptor {
     /// (at most [`HEARTBEAT`]: every wake-up is a heartbeat).
     pub fn wait(&mut self, timeout: Option<Duration>) -> io::Result<()> {
         let timeout = Some(timeout.map_or(HEARTBEAT, |t| t.min(HEARTBEAT)));
-        let polled = self.poll.poll(&mut self.events, timeout);
+        let polled = crate::poll::wait(&mut self.poll, &mut self.events, timeout);
         self.slot.beat();
-        match polled {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
+        polled?;
         for ev in self.events.iter() {
             match ev.token() {
                 SIGNALS => self.signals.drain(),

@@ -25,6 +25,7 @@ pub mod driver;
 pub mod listener;
 pub mod metrics;
 pub mod per_ip;
+pub mod poll;
 pub mod privileges;
 pub mod scoreboard;
 pub mod shutdown;

@@ -180,13 +180,9 @@ impl EventLoop {
                 return Ok(self.stats);
             }
             let timeout = Some(self.timeout().map_or(HEARTBEAT, |t| t.min(HEARTBEAT)));
-            let polled = self.poll.poll(&mut events, timeout);
+            let polled = crate::poll::wait(&mut self.poll, &mut events, timeout);
             self.ctx.slot.beat();
-            match polled {
-                Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(e),
-            }
+            polled?;
             self.now_ms = self.epoch.elapsed().as_millis() as u64;
             for ev in events.iter() {
                 match ev.token() {

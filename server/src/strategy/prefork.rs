@@ -391,11 +391,7 @@ impl Master {
                 timeout = timeout.min(t.saturating_duration_since(Instant::now()));
             }
         }
-        match self.poll.poll(&mut self.events, Some(timeout)) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
+        crate::poll::wait(&mut self.poll, &mut self.events, Some(timeout))?;
         for ev in self.events.iter() {
             match ev.token() {
                 SIGNALS => self.signals.drain(),

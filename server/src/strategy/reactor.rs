@@ -75,11 +75,7 @@ pub fn run(listener: TcpListener, signals: Signals, ctx: Context) -> io::Result<
                 let _ = w.wake();
             }
         }
-        match poll.poll(&mut events, None) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
+        crate::poll::wait(&mut poll, &mut events, None)?;
         signals.drain();
         if let Some(m) = &mut metrics {
             for ev in events.iter() {
