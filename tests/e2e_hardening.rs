@@ -228,3 +228,64 @@ fn per_ip_limit_event() {
 fn per_ip_limit_reactor() {
     limits_connections_per_address(&REACTOR);
 }
+
+/// Slowloris: `slots` clients take every worker and trickle one byte every
+/// 3 s; with `--idle-timeout 2` each is cut after 2 s of silence, so a
+/// normal client that queued behind them is served within idle timeout + 1 s
+/// of connecting, never hung.
+fn slowloris_does_not_starve(mode: &Mode, slots: usize) {
+    let server = Server::start(mode, &["--idle-timeout", "2"]);
+    let mut loris: Vec<TcpStream> = (0..slots).map(|_| server.connect()).collect();
+    for (i, c) in loris.iter_mut().enumerate() {
+        support::roundtrip(c, format!("l{i}").as_bytes()).unwrap(); // each holds a worker now
+    }
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let trickler = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            // One byte per client every 3 s, for at most 12 s.
+            for _ in 0..4 {
+                for c in loris.iter_mut() {
+                    let _ = c.write_all(b"x");
+                }
+                for _ in 0..30 {
+                    if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        return;
+                    }
+                    std::thread::sleep(Duration::from_millis(100)); // pacing the trickle
+                }
+            }
+        })
+    };
+    let connected = Instant::now();
+    let mut normal = server.connect();
+    normal.set_read_timeout(Some(Duration::from_secs(6))).unwrap();
+    let served = support::roundtrip(&mut normal, b"a normal client");
+    let waited = connected.elapsed();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    trickler.join().unwrap();
+    served.unwrap_or_else(|e| panic!("{}: normal client not served behind {slots} slow clients: {e}", mode.name));
+    println!("{}: normal client served after {waited:?} behind {slots} slow clients", mode.name);
+    assert!(waited <= Duration::from_secs(3), "{}: served only after {waited:?} (idle timeout 2 s)", mode.name);
+}
+
+#[test]
+fn slowloris_pool() {
+    slowloris_does_not_starve(
+        &Mode { name: "pool", concurrent: true, forks: false, args: &["--threads", "4", "--queue", "8"] },
+        4,
+    );
+}
+
+#[test]
+fn slowloris_serial() {
+    slowloris_does_not_starve(&Mode { name: "serial", concurrent: false, forks: false, args: &[] }, 1);
+}
+
+#[test]
+fn slowloris_prefork_serial_workers() {
+    slowloris_does_not_starve(
+        &Mode { name: "prefork", concurrent: false, forks: true, args: &["--workers", "3", "--worker", "serial"] },
+        3,
+    );
+}
