@@ -453,6 +453,9 @@ pub struct Server {
     child: Child,
     status: Option<ExitStatus>,
     log: Arc<Mutex<Vec<u8>>>,
+    /// The first [`LOG_KEEP`] bytes of stderr, never trimmed (start-up
+    /// lines such as `metrics on ...` stay findable however long the run).
+    log_head: Arc<Mutex<Vec<u8>>>,
 }
 
 impl Server {
@@ -481,6 +484,21 @@ impl Server {
         Server::launch(mode, cmd)
     }
 
+    /// [`Server::start`] under a shell `ulimit ULIMIT` (for example `-v
+    /// 100000`): the shell `exec`s the server, so the process (and its pid)
+    /// is the server's, and this test process keeps its own limits.
+    pub fn start_with_ulimit(mode: &Mode, extra: &[&str], ulimit: &str) -> Server {
+        raise_nofile();
+        let mut cmd = Command::new("/bin/sh");
+        cmd.arg("-c")
+            .arg(format!("ulimit {ulimit} && exec \"$0\" \"$@\""))
+            .arg(env!("CARGO_BIN_EXE_server"))
+            .args(["--mode", mode.name, "--listen", "127.0.0.1:0"])
+            .args(mode.args)
+            .args(extra);
+        Server::launch(mode, cmd)
+    }
+
     /// Spawns `cmd` (which must end up as the server process itself) and
     /// waits (bounded) for its `listening on` line.
     fn launch(mode: &Mode, mut cmd: Command) -> Server {
@@ -488,7 +506,8 @@ impl Server {
         let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {:?}: {e}", cmd));
         let pid = child.id() as i32;
         let log = Arc::new(Mutex::new(Vec::new()));
-        spawn_log_drain(child.stderr.take().expect("stderr piped"), log.clone());
+        let log_head = Arc::new(Mutex::new(Vec::new()));
+        spawn_log_drain(child.stderr.take().expect("stderr piped"), log.clone(), log_head.clone());
         let stdout = child.stdout.take().expect("stdout piped");
         let (tx, rx) = mpsc::channel();
         thread::Builder::new()
@@ -503,8 +522,15 @@ impl Server {
             })
             .expect("spawn stdout reader");
         // From here on the guard owns the process: a failed start kills it.
-        let mut server =
-            Server { mode: *mode, addr: SocketAddr::from(([127, 0, 0, 1], 0)), pid, child, status: None, log };
+        let mut server = Server {
+            mode: *mode,
+            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            pid,
+            child,
+            status: None,
+            log,
+            log_head,
+        };
         let line = match rx.recv_timeout(START_TIMEOUT) {
             Ok(Ok(line)) => line,
             Ok(Err(e)) => panic!("reading the server's stdout: {e}"),
@@ -520,6 +546,36 @@ impl Server {
     /// The server's stderr so far (tail).
     pub fn log(&self) -> String {
         String::from_utf8_lossy(&self.log.lock().unwrap_or_else(|e| e.into_inner())).into_owned()
+    }
+
+    /// The first stderr line containing `needle` (searched in the start of
+    /// stderr, which is never trimmed, then in the kept tail).
+    pub fn log_line_containing(&self, needle: &str) -> Option<String> {
+        let head = String::from_utf8_lossy(&self.log_head.lock().unwrap_or_else(|e| e.into_inner())).into_owned();
+        let tail = self.log();
+        let found = head.lines().chain(tail.lines()).find(|l| l.contains(needle));
+        found.map(str::to_string)
+    }
+
+    /// Waits (bounded by `timeout`) for a stderr line containing `needle`.
+    pub fn wait_log_line(&self, needle: &str, timeout: Duration) -> Option<String> {
+        let mut line = None;
+        poll_every(Duration::from_millis(20), timeout, || {
+            line = self.log_line_containing(needle);
+            line.is_some()
+        });
+        line
+    }
+
+    /// The address of the `--metrics` endpoint, from the server's
+    /// `metrics on http://ADDR/metrics` log line (waited for, bounded).
+    pub fn metrics_addr(&self) -> SocketAddr {
+        let line = self
+            .wait_log_line("metrics on http://", START_TIMEOUT)
+            .unwrap_or_else(|| panic!("no `metrics on http://ADDR/metrics` line on stderr within {START_TIMEOUT:?}"));
+        let rest = &line[line.find("metrics on http://").expect("needle") + "metrics on http://".len()..];
+        let addr = rest.split('/').next().unwrap_or_default();
+        addr.parse().unwrap_or_else(|e| panic!("bad metrics address {addr:?} in {line:?}: {e}"))
     }
 
     /// A new client connection (timeouts set).
@@ -729,7 +785,7 @@ fn parse_listening_line(line: &str, mode: &str, pid: i32) -> SocketAddr {
 }
 
 /// Copies a pipe into `log`, keeping the last [`LOG_KEEP`] bytes.
-fn spawn_log_drain(mut pipe: impl Read + Send + 'static, log: Arc<Mutex<Vec<u8>>>) {
+fn spawn_log_drain(mut pipe: impl Read + Send + 'static, log: Arc<Mutex<Vec<u8>>>, head: Arc<Mutex<Vec<u8>>>) {
     thread::Builder::new()
         .name("server-stderr".into())
         .spawn(move || {
@@ -737,6 +793,11 @@ fn spawn_log_drain(mut pipe: impl Read + Send + 'static, log: Arc<Mutex<Vec<u8>>
             while let Ok(n) = pipe.read(&mut buf) {
                 if n == 0 {
                     break;
+                }
+                {
+                    let mut h = head.lock().unwrap_or_else(|e| e.into_inner());
+                    let room = LOG_KEEP.saturating_sub(h.len()).min(n);
+                    h.extend_from_slice(&buf[..room]);
                 }
                 let mut l = log.lock().unwrap_or_else(|e| e.into_inner());
                 l.extend_from_slice(&buf[..n]);
