@@ -247,6 +247,10 @@ pub struct Sample {
     pub errors: u64,
     /// Why the run failed verification (or could not run).
     pub failure: Option<String>,
+    /// The failure may come from a starved machine (no message at all, or only reply timeouts): retried.
+    pub retryable: bool,
+    /// Runs of this figure thrown away as retryable failures before this one.
+    pub retries: u32,
 }
 
 /// What a row of the results is.
@@ -302,6 +306,8 @@ fn median_sample(samples: &[Sample]) -> Sample {
         peak_rss: m(|s| s.peak_rss),
         errors: samples.iter().map(|s| s.errors).sum(),
         failure: samples.iter().find_map(|s| s.failure.clone()),
+        retryable: false,
+        retries: samples.iter().map(|s| s.retries).sum(),
     }
 }
 
@@ -417,6 +423,10 @@ fn try_measure(p: &Programs, o: &Opts, r: &Run) -> Result<Sample, String> {
     let all = (rep.messages + rep.warmup_messages).max(1);
     let q = |h: &switchyard_client::Histogram<u64>, x: f64| h.value_at_quantile(x) as f64 / 1e3;
     let mut failure = None;
+    let e = &rep.errors;
+    // Wrong, broken-off or dropped replies are the server's fault; no progress at all, or replies that only
+    // came late, can also be a starved machine (other jobs), so those runs are retried.
+    let retryable = e.mismatch == 0 && e.reset == 0 && e.eof_mid_reply == 0 && e.closed_idle == 0 && alive;
     if !rep.passed() {
         failure = Some(format!("verification failed: {:?}, {} messages", rep.errors, rep.messages));
     } else if !alive {
@@ -436,13 +446,22 @@ fn try_measure(p: &Programs, o: &Opts, r: &Run) -> Result<Sample, String> {
         peak_rss: peak.load(Ordering::Relaxed).max(hwm) as f64,
         errors: rep.errors.total(),
         failure,
+        retryable,
+        retries: 0,
     })
 }
 
 fn run_row(p: &Programs, o: &Opts, r: &Run, section: Section) -> Row {
     let mut samples = Vec::new();
     for _ in 0..o.repeats {
-        let s = measure(p, o, r);
+        let mut s = measure(p, o, r);
+        let mut retries = 0;
+        while s.failure.is_some() && s.retryable && retries < MAX_RETRIES {
+            retries += 1;
+            eprintln!("  {:<15} retrying ({}; load {})", r.spec.name, s.failure.as_deref().unwrap_or(""), load());
+            s = measure(p, o, r);
+        }
+        s.retries = retries;
         let failed = s.failure.is_some();
         samples.push(s);
         if failed {
@@ -467,6 +486,14 @@ fn run_row(p: &Programs, o: &Opts, r: &Run, section: Section) -> Row {
         median.failure.as_deref().map(|f| format!("  FAILED: {f}")).unwrap_or_default()
     );
     Row { mode: r.spec.name, section, conns: r.conns, size: r.size, na: None, samples, median }
+}
+
+/// Times a figure is measured again after a retryable failure.
+const MAX_RETRIES: u32 = 2;
+
+/// The 1-minute load average.
+fn load() -> String {
+    std::fs::read_to_string("/proc/loadavg").unwrap_or_default().split_whitespace().next().unwrap_or("?").to_string()
 }
 
 fn na_row(spec: &ModeSpec, section: Section, conns: usize, size: usize, why: String) -> Row {

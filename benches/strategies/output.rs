@@ -190,6 +190,20 @@ pub fn markdown(res: &Results) -> String {
          thread on the same 2 cores.\n",
         BASELINES.join(", ")
     );
+    let retried: Vec<String> = res
+        .rows
+        .iter()
+        .filter(|r| r.median.retries > 0)
+        .map(|r| format!("{} {}×{} ({})", r.mode, r.conns, r.size, r.median.retries))
+        .collect();
+    if !retried.is_empty() {
+        let _ = writeln!(
+            s,
+            "Runs measured again after making no progress or timing out (a starved machine; wrong replies are never \
+             retried): {}.\n",
+            retried.join(", ")
+        );
+    }
     for (name, why) in &res.unavailable {
         let _ = writeln!(s, "- `{name}`: not measured ({why})");
     }
@@ -513,6 +527,7 @@ fn sample_json(s: &Sample) -> Value {
         "peak_rss_bytes": s.peak_rss,
         "errors": s.errors,
         "failure": s.failure,
+        "retries": s.retries,
     })
 }
 

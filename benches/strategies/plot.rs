@@ -82,7 +82,7 @@ fn throughput(res: &Results, size: usize, path: &Path) -> Result<bool, String> {
     if series.is_empty() {
         return Ok(false);
     }
-    let ymax = series.iter().flat_map(|s| s.2.iter().map(|p| p.1)).fold(0.0, f64::max) * 1.1;
+    let ymax = series.iter().flat_map(|s| s.2.iter().map(|p| p.1)).fold(0.0, f64::max) * 1.6; // room for the legend
     let xmax = *res.opts.conns.iter().max().unwrap_or(&1000) as f64;
     let root = SVGBackend::new(path, (W, H)).into_drawing_area();
     root.fill(&WHITE).map_err(err)?;
@@ -177,7 +177,7 @@ fn latency(res: &Results, path: &Path) -> Result<bool, String> {
     }
     chart
         .configure_series_labels()
-        .position(SeriesLabelPosition::UpperLeft)
+        .position(SeriesLabelPosition::LowerRight)
         .background_style(WHITE.mix(0.85))
         .border_style(BLACK)
         .draw()
