@@ -18,6 +18,8 @@ pub struct Machine {
     pub kernel: String,
     pub rustc: String,
     pub load: String,
+    /// The commit the servers were built from, and whether their sources had uncommitted changes.
+    pub git: String,
 }
 
 fn cmd(prog: &str, args: &[&str]) -> String {
@@ -50,7 +52,14 @@ impl Machine {
             .take(3)
             .collect::<Vec<_>>()
             .join(" ");
+        let root = crate::workspace_root();
+        let root = root.to_str().unwrap_or(".");
+        let head = cmd("git", &["-C", root, "rev-parse", "--short", "HEAD"]);
+        let dirty =
+            !cmd("git", &["-C", root, "status", "--porcelain", "--", "server", "common", "client", "src"]).is_empty();
+        let git = if dirty { format!("{head} + uncommitted changes in the sources") } else { head };
         Machine {
+            git,
             cpu,
             cores: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
             mem_gib: mem_kb / 1048576.0,
@@ -62,8 +71,9 @@ impl Machine {
 
     fn markdown(&self) -> String {
         format!(
-            "{}, {} cores (shared by client and server), {:.0} GiB RAM, {}, {}; load average at the start: {}",
-            self.cpu, self.cores, self.mem_gib, self.kernel, self.rustc, self.load
+            "{}, {} cores (shared by client and server), {:.0} GiB RAM, {}, {}; load average at the start: {}; \
+             sources: {}",
+            self.cpu, self.cores, self.mem_gib, self.kernel, self.rustc, self.load, self.git
         )
     }
 }
@@ -566,7 +576,7 @@ fn results_json(res: &Results) -> Value {
         "repeats": res.opts.repeats,
         "duration_secs": res.opts.duration.as_secs_f64(),
         "warmup_secs": res.opts.warmup.as_secs_f64(),
-        "machine": {"cpu": m.cpu, "cores": m.cores, "mem_gib": m.mem_gib, "kernel": m.kernel, "rustc": m.rustc, "load": m.load},
+        "machine": {"cpu": m.cpu, "cores": m.cores, "mem_gib": m.mem_gib, "kernel": m.kernel, "rustc": m.rustc, "load": m.load, "git": m.git},
         "modes": res.modes.iter().map(|m| m.name).collect::<Vec<_>>(),
         "unavailable": res.unavailable.iter().map(|(n, w)| json!({"mode": n, "why": w})).collect::<Vec<_>>(),
         "rows": rows,
