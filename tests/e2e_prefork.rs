@@ -13,8 +13,9 @@
 //! - `--max-requests` recycles workers without failing a connection;
 //! - `/metrics` under load parses and is consistent;
 //! - workers that die while booting make the master give up (exit non-zero);
-//! - `balance_report` (ignored): how a shared listener and `--reuseport`
-//!   spread 10,000 connections over 2 workers.
+//! - `balance_report` (ignored, ~5 s): how a shared listener and
+//!   `--reuseport` spread 10,000 connections over 2 event workers, from 4
+//!   client threads and from 1.
 //!
 //! Which worker holds a connection is found from `/proc`: the server side
 //! of a client socket is the `/proc/net/tcp` entry whose ports are the
@@ -1070,7 +1071,12 @@ fn balance_report() {
             per.values().collect::<Vec<_>>(),
             max / min
         );
-        assert!(per.values().all(|&n| n > 0.0), "{label}: a worker got no connection: {per:?}");
+        // One client at a time leaves a shared EPOLLEXCLUSIVE listener's
+        // first idle worker taking nearly everything (seen: 9,955 to 45):
+        // figures only. With 4 clients both workers must get some.
+        if threads > 1 {
+            assert!(per.values().all(|&n| n > 0.0), "{label}: a worker got no connection: {per:?}");
+        }
     }
 }
 
