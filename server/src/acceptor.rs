@@ -170,7 +170,6 @@ pub struct Acceptor {
     signals: Signals,
     waker: Arc<Waker>,
     shutdown: Shutdown,
-    nodelay: bool,
     slot: &'static Slot,
     ctx: Context,
     metrics: Option<Metrics>,
@@ -195,7 +194,6 @@ impl Acceptor {
             signals,
             waker,
             shutdown: ctx.shutdown.clone(),
-            nodelay: ctx.config.nodelay,
             slot: ctx.slot,
             ctx: ctx.clone(),
             metrics,
@@ -223,7 +221,7 @@ impl Acceptor {
                 match l.accept() {
                     Ok((stream, peer)) => {
                         let Some(permit) = self.ctx.admit_peer(peer) else { return Ok(None) };
-                        listener::configure(&stream, self.nodelay)?;
+                        listener::configure(&stream, self.ctx.config.nodelay, self.ctx.config.socket_buffer)?;
                         return Ok(Some(Accepted { stream, permit }));
                     }
                     Err(e) => match classify(&e) {

@@ -74,6 +74,9 @@ struct Args {
     /// Serve Prometheus metrics (GET /metrics) on this address.
     #[arg(long, value_name = "ADDR")]
     metrics: Option<SocketAddr>,
+    /// SO_SNDBUF and SO_RCVBUF of accepted connections (default: the kernel's autotuning).
+    #[arg(long, value_name = "BYTES")]
+    socket_buffer: Option<usize>,
     /// Open connections per client address at most; the next one is closed at once (per process).
     #[arg(long, value_name = "N")]
     max_conns_per_ip: Option<usize>,
@@ -153,6 +156,7 @@ impl Args {
         c.metrics = self.metrics;
         anyhow::ensure!(self.max_conns_per_ip != Some(0), "--max-conns-per-ip must be at least 1");
         c.max_conns_per_ip = self.max_conns_per_ip;
+        c.socket_buffer = self.socket_buffer;
         c.user = self.user;
         c.group = self.group;
         Ok(c)

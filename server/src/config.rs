@@ -84,6 +84,8 @@ pub struct Config {
     pub max_requests_jitter: u64,
     /// Serve Prometheus metrics here.
     pub metrics: Option<SocketAddr>,
+    /// SO_SNDBUF and SO_RCVBUF of accepted connections (default: the kernel's).
+    pub socket_buffer: Option<usize>,
     /// Open connections per client address at most.
     pub max_conns_per_ip: Option<usize>,
     /// Drop to this user after binding.
@@ -125,6 +127,7 @@ impl Config {
             user: None,
             group: None,
             max_conns_per_ip: None,
+            socket_buffer: None,
         }
     }
 }

@@ -6,7 +6,7 @@
 //! per worker with `--reuseport`), and the strategies after each accept.
 
 use std::io;
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener};
 
 use socket2::{Domain, Protocol, Socket, Type};
 
@@ -42,10 +42,16 @@ pub fn bind(addr: SocketAddr, opts: BindOptions) -> io::Result<TcpListener> {
     Ok(socket.into())
 }
 
-/// Options applied to every accepted connection.
-pub fn configure(stream: &TcpStream, nodelay: bool) -> io::Result<()> {
+/// Options applied to every accepted connection: TCP_NODELAY, and
+/// SO_SNDBUF/SO_RCVBUF when `buffer` is given (`--socket-buffer`).
+pub fn configure<S: std::os::fd::AsFd>(stream: &S, nodelay: bool, buffer: Option<usize>) -> io::Result<()> {
+    let sock = socket2::SockRef::from(stream);
     if nodelay {
-        stream.set_nodelay(true)?;
+        sock.set_tcp_nodelay(true)?;
+    }
+    if let Some(b) = buffer {
+        sock.set_send_buffer_size(b)?;
+        sock.set_recv_buffer_size(b)?;
     }
     Ok(())
 }

@@ -331,8 +331,10 @@ impl EventLoop {
             match listener.accept() {
                 Ok((mut stream, peer)) => {
                     let Some(permit) = self.ctx.admit_peer(peer) else { continue };
-                    if self.ctx.config.nodelay {
-                        let _ = stream.set_nodelay(true);
+                    if let Err(e) =
+                        crate::listener::configure(&stream, self.ctx.config.nodelay, self.ctx.config.socket_buffer)
+                    {
+                        log::debug!("socket options: {e}");
                     }
                     let entry = self.conns.vacant_entry();
                     let key = entry.key();
