@@ -74,6 +74,12 @@ impl Context {
         }
     }
 
+    /// The strategy has set itself up and serves from now on. Until then a
+    /// prefork worker counts as booting, and a death is a boot failure.
+    pub fn ready(&self) {
+        self.slot.set_state(crate::scoreboard::State::Running);
+    }
+
     /// Counts a failed accept.
     pub fn accept_failed(&self) {
         self.slot.accept_errors.fetch_add(1, Relaxed);

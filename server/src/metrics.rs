@@ -200,59 +200,62 @@ pub fn render_process(slot: &Slot) -> String {
     render(&[(std::process::id(), slot)], Retired::default(), 0, 0, uptime)
 }
 
+/// One worker's counters, each read once, so that a page's totals always
+/// equal the sum of its per-worker lines.
+#[derive(Debug, Clone, Copy)]
+struct Snapshot {
+    pid: u32,
+    values: [u64; 5],
+    silent_ms: u64,
+}
+
+/// The counters of a page, in the order of `COUNTERS`.
+const COUNTERS: [(&str, &str, &str); 5] = [
+    ("connections_accepted_total", "counter", "Connections accepted."),
+    ("connections_active", "gauge", "Connections open now."),
+    ("bytes_received_total", "counter", "Bytes received from clients."),
+    ("bytes_sent_total", "counter", "Bytes sent to clients."),
+    ("accept_errors_total", "counter", "Failed accept calls."),
+];
+
 /// The exposition text for `workers` (pid, slot), plus master-level figures.
 pub fn render(workers: &[(u32, &Slot)], retired: Retired, spawns: u64, deaths: u64, uptime: Duration) -> String {
+    let snaps: Vec<Snapshot> = workers
+        .iter()
+        .map(|(pid, s)| Snapshot {
+            pid: *pid,
+            values: [
+                s.accepted.load(Relaxed),
+                s.active.load(Relaxed),
+                s.bytes_in.load(Relaxed),
+                s.bytes_out.load(Relaxed),
+                s.accept_errors.load(Relaxed),
+            ],
+            silent_ms: s.silent_ms(),
+        })
+        .collect();
+    let base = [retired.accepted, 0, retired.bytes_in, retired.bytes_out, retired.accept_errors];
     let mut out = String::with_capacity(4096);
-    let per = |out: &mut String, name: &str, kind: &str, help: &str, get: &dyn Fn(&Slot) -> u64, base: u64| {
+    for (i, (name, kind, help)) in COUNTERS.iter().enumerate() {
         let _ = writeln!(out, "# HELP switchyard_{name} {help}\n# TYPE switchyard_{name} {kind}");
-        let total: u64 = workers.iter().map(|(_, s)| get(s)).sum::<u64>() + base;
+        let total: u64 = snaps.iter().map(|s| s.values[i]).sum::<u64>() + base[i];
         let _ = writeln!(out, "switchyard_{name} {total}");
-        let wname = name.replacen("connections", "worker_connections", 1);
-        let wname = if wname == name { format!("worker_{name}") } else { wname };
+        let wname = match name.strip_prefix("connections_") {
+            Some(rest) => format!("worker_connections_{rest}"),
+            None => format!("worker_{name}"),
+        };
         let _ = writeln!(out, "# HELP switchyard_{wname} {help} (per worker)\n# TYPE switchyard_{wname} {kind}");
-        for (pid, s) in workers {
-            let _ = writeln!(out, "switchyard_{wname}{{pid=\"{pid}\"}} {}", get(s));
+        for s in &snaps {
+            let _ = writeln!(out, "switchyard_{wname}{{pid=\"{}\"}} {}", s.pid, s.values[i]);
         }
-    };
-    per(
-        &mut out,
-        "connections_accepted_total",
-        "counter",
-        "Connections accepted.",
-        &|s| s.accepted.load(Relaxed),
-        retired.accepted,
-    );
-    per(&mut out, "connections_active", "gauge", "Connections open now.", &|s| s.active.load(Relaxed), 0);
-    per(
-        &mut out,
-        "bytes_received_total",
-        "counter",
-        "Bytes received from clients.",
-        &|s| s.bytes_in.load(Relaxed),
-        retired.bytes_in,
-    );
-    per(
-        &mut out,
-        "bytes_sent_total",
-        "counter",
-        "Bytes sent to clients.",
-        &|s| s.bytes_out.load(Relaxed),
-        retired.bytes_out,
-    );
-    per(
-        &mut out,
-        "accept_errors_total",
-        "counter",
-        "Failed accept calls.",
-        &|s| s.accept_errors.load(Relaxed),
-        retired.accept_errors,
-    );
+    }
     let _ = writeln!(out, "# HELP switchyard_worker_heartbeat_age_seconds Time since the worker's last heartbeat.\n# TYPE switchyard_worker_heartbeat_age_seconds gauge");
-    for (pid, s) in workers {
+    for s in &snaps {
         let _ = writeln!(
             out,
-            "switchyard_worker_heartbeat_age_seconds{{pid=\"{pid}\"}} {:.3}",
-            s.silent_ms() as f64 / 1000.0
+            "switchyard_worker_heartbeat_age_seconds{{pid=\"{}\"}} {:.3}",
+            s.pid,
+            s.silent_ms as f64 / 1000.0
         );
     }
     let _ = writeln!(

@@ -46,7 +46,9 @@ pub const ACCEPT_BUDGET: usize = 256;
 
 /// Runs the single-threaded event loop until the server stops.
 pub fn run(listener: std::net::TcpListener, signals: Signals, ctx: Context) -> io::Result<()> {
-    let stats = EventLoop::new(0, listener, Some(signals), ctx)?.run()?;
+    let event_loop = EventLoop::new(0, listener, Some(signals), ctx.clone())?;
+    ctx.ready();
+    let stats = event_loop.run()?;
     log::info!("{stats}");
     Ok(())
 }

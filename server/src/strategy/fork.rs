@@ -35,6 +35,7 @@ pub fn run(listener: TcpListener, signals: Signals, ctx: Context) -> io::Result<
     let parent = nix::unistd::getpid();
     let mut acceptor = Acceptor::new(listener, signals, &ctx)?;
     let mut children = Children::default();
+    ctx.ready();
     while ctx.shutdown.is_running() {
         children.reap();
         let room = children.len() < ctx.config.max_children;

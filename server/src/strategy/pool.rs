@@ -32,6 +32,7 @@ pub fn run(listener: TcpListener, signals: Signals, ctx: Context) -> io::Result<
             }
         })?);
     }
+    ctx.ready();
     while ctx.shutdown.is_running() {
         let room = tracker.has_room() || {
             tracker.want_wake(true);

@@ -450,7 +450,7 @@ fn worker(prep: Prepared, signals: Signals, blocked: sys::BlockedSignals, master
     };
     prep.slot.pid.store(std::process::id(), std::sync::atomic::Ordering::Relaxed);
     prep.slot.beat();
-    prep.slot.set_state(State::Running);
+    // The strategy marks the slot Running once it is set up (Context::ready).
     match super::run(prep.listener, signals, ctx) {
         Ok(()) => 0,
         Err(e) => {

@@ -61,6 +61,7 @@ pub fn run(listener: TcpListener, signals: Signals, ctx: Context) -> io::Result<
         })?);
     }
     let mut metrics = Metrics::maybe_bind(ctx.config.metrics, poll.registry(), METRICS)?;
+    ctx.ready();
     let mut events = Events::with_capacity(8);
     let mut seen = Phase::Running;
     while finished.load(Ordering::SeqCst) < n {

@@ -17,6 +17,7 @@ use crate::tracker::Tracker;
 pub fn run(listener: TcpListener, signals: Signals, ctx: Context) -> io::Result<()> {
     let mut acceptor = Acceptor::new(listener, signals, &ctx)?;
     let tracker = Tracker::new(1, acceptor.waker());
+    ctx.ready();
     while ctx.shutdown.is_running() {
         if let Some(accepted) = acceptor.next(true)? {
             ctx.accepted();

@@ -21,6 +21,7 @@ pub const STACK_SIZE: usize = 256 * 1024;
 pub fn run(listener: TcpListener, signals: Signals, ctx: Context) -> io::Result<()> {
     let mut acceptor = Acceptor::new(listener, signals, &ctx)?;
     let tracker = Tracker::new(ctx.config.max_conns, acceptor.waker());
+    ctx.ready();
     while ctx.shutdown.is_running() {
         let room = tracker.has_room() || {
             tracker.want_wake(true);
