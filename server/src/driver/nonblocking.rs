@@ -11,8 +11,10 @@
 //! offered means the kernel queue was empty at that moment, and any later
 //! byte raises a new edge, so the common case is one read and one write per
 //! readiness event. The exception is an end-of-file that came with the same
-//! edge as the data (the event says read-closed): no new edge follows it, so
-//! then the driver reads on until it sees the end. A connection that used up its read budget is reported
+//! edge as the data (the event says read-closed): no new edge follows it.
+//! The connection remembers that it was told so (the event may come while
+//! the connection is paused, long before it reads again), and from then on
+//! reads on until it sees the end. A connection that used up its read budget is reported
 //! with [`Status::more`] so the loop comes back to it after serving others.
 //!
 //! Backpressure: above `max_buffer` unsent bytes the connection is paused
@@ -69,6 +71,9 @@ pub struct Conn {
     /// Output the socket has not taken yet.
     out: BytesMut,
     read_closed: bool,
+    /// A readiness event said the peer closed its write side: an EOF is
+    /// queued behind the data, and no further edge will announce it.
+    peer_closed: bool,
     paused: bool,
     totals: Totals,
 }
@@ -93,6 +98,7 @@ impl Conn {
             input: BytesMut::new(),
             out: BytesMut::new(),
             read_closed: false,
+            peer_closed: false,
             paused: false,
             totals: Totals::default(),
         }
@@ -117,6 +123,7 @@ impl Conn {
     /// writes what the socket takes. `peer_closed`: the readiness event said
     /// the peer's write side is closed, so read on to end-of-file.
     pub fn on_readable(&mut self, s: &mut Scratch, peer_closed: bool) -> io::Result<Status> {
+        self.peer_closed |= peer_closed;
         let mut st = Status::default();
         let mut reads = 0;
         while !self.read_closed && !self.paused {
@@ -158,7 +165,7 @@ impl Conn {
                         self.read_closed = true;
                     }
                     self.flush(s, &mut st)?;
-                    if n < offered && !peer_closed {
+                    if n < offered && !self.peer_closed {
                         break; // the kernel queue is empty: wait for the next edge
                     }
                 }
