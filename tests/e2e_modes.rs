@@ -78,6 +78,8 @@ macro_rules! modes {
             #[test]
             fn signal_storm_loses_nothing() { cases::signal_storm_loses_nothing(&MODE) }
             #[test]
+            fn resets_and_hit_and_run_clients_do_no_harm() { cases::resets_and_hit_and_run_clients_do_no_harm(&MODE) }
+            #[test]
             fn bad_flag_exits_2() { cases::bad_flag_exits_2(&MODE) }
             #[test]
             fn port_in_use_exits_1() { cases::port_in_use_exits_1(&MODE) }
@@ -365,6 +367,34 @@ mod cases {
         );
         assert!(sent >= SIGNALS, "the storm sent only {sent} signals");
         assert!(rounds > 0, "no round trip completed");
+    }
+
+    /// Hostile clients: 100 that connect and reset at once (SO_LINGER 0,
+    /// before or while the server accepts them), then 5 that send 1 MiB and
+    /// close without reading (the server's writes hit a closed peer: broken
+    /// pipe or reset). Afterwards a normal client is served at once, the
+    /// server (and, in fork mode, every child) is fine, no zombie is left.
+    pub fn resets_and_hit_and_run_clients_do_no_harm(mode: &Mode) {
+        let mut server = Server::start(mode, &[]);
+        for _ in 0..100 {
+            reset(connect(server.addr));
+        }
+        let big: Vec<u8> = (0..1024 * 1024u32).map(|i| (i % 253) as u8).collect();
+        for _ in 0..5 {
+            let mut c = connect(server.addr);
+            // The server may reset us mid-write once it sees the close: fine.
+            let _ = c.write_all(&big);
+            drop(c);
+        }
+        let started = Instant::now();
+        let mut c = connect(server.addr);
+        roundtrip(&mut c, b"a normal client after the hostile ones")
+            .unwrap_or_else(|e| panic!("normal client not served: {e}\n{}", server.log()));
+        assert!(started.elapsed() < Duration::from_secs(5), "normal client waited {:?}", started.elapsed());
+        drop(c);
+        assert!(server.is_running(), "server died:\n{}", server.log());
+        let no_zombies = poll_until(Duration::from_secs(5), || server.zombies().is_empty());
+        assert!(no_zombies, "zombie children left: {:?}", server.zombies());
     }
 
     pub fn socket_fds_are_close_on_exec(mode: &Mode) {
