@@ -7,10 +7,11 @@
 //! skipped; EMFILE/ENFILE/ENOBUFS/ENOMEM stop accepting for a back-off period
 //! (with a rate-limited log line) and serving resumes when fds free up.
 
+use std::fs::File;
 use std::io;
 use std::net::{TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use mio::unix::SourceFd;
@@ -68,52 +69,67 @@ pub fn classify(e: &io::Error) -> AcceptError {
     }
 }
 
-/// One fd kept in reserve for fd exhaustion. When accept fails with
-/// EMFILE/ENFILE the connections waiting in the backlog would otherwise hang
-/// until fds free up; instead the reserve is closed, which frees one fd, and
-/// the waiting connections are accepted and closed at once (their clients
-/// see the connection end immediately and can retry or fail over), then the
-/// reserve is re-opened. libuv does the same.
-#[derive(Debug)]
-pub struct FdReserve {
-    file: Option<std::fs::File>,
+/// One fd per process kept in reserve for fd exhaustion. When accept fails
+/// with EMFILE/ENFILE the connections waiting in the backlog would otherwise
+/// hang until fds free up; instead the reserve is closed, which frees one fd,
+/// and the waiting connections are accepted and closed at once (their
+/// clients see the connection end immediately and can retry or fail over),
+/// then the reserve is re-opened. libuv does the same.
+///
+/// The reserve is process-wide because fds are: every accept in the process
+/// holds the read side of this lock (uncontended: one atomic per accepted
+/// connection), shedding holds the write side, so no sibling event loop can
+/// take the freed fd for a connection of its own while a loop sheds (it
+/// would then keep the reserve from ever coming back).
+static RESERVE: RwLock<Option<File>> = RwLock::new(None);
+
+fn open_reserve() -> Option<File> {
+    File::open("/dev/null").ok()
 }
 
-impl FdReserve {
-    /// Opens the reserve (`/dev/null`).
-    pub fn new() -> FdReserve {
-        FdReserve { file: std::fs::File::open("/dev/null").ok() }
-    }
-
-    /// Sheds the backlog through `accept_and_close`, which accepts one
-    /// connection and closes it, returning `Ok(false)` when the backlog is
-    /// empty. Returns how many connections were shed.
-    pub fn shed(&mut self, mut accept_and_close: impl FnMut() -> io::Result<bool>) -> usize {
-        if self.file.take().is_none() {
-            return 0; // no reserve to spend (re-opening failed earlier)
-        }
-        let mut shed = 0;
-        // Bounded: the backlog is finite, but a flood must not pin the loop.
-        while shed < 4096 {
-            match accept_and_close() {
-                Ok(true) => shed += 1,
-                Ok(false) => break,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(_) => break,
-            }
-        }
-        self.file = std::fs::File::open("/dev/null").ok();
-        if shed > 0 {
-            log::warn!("out of fds: closed {shed} waiting connection(s) at once rather than leave them hanging");
-        }
-        shed
+/// Opens the reserve (once per process, before serving; a forked child
+/// keeps its inherited copy as its own).
+pub fn init_reserve() {
+    let mut r = RESERVE.write().unwrap_or_else(|e| e.into_inner());
+    if r.is_none() {
+        *r = open_reserve();
     }
 }
 
-impl Default for FdReserve {
-    fn default() -> FdReserve {
-        FdReserve::new()
+/// Runs one accept call so that it never races a shed.
+#[inline]
+pub fn accept_guarded<T>(accept: impl FnOnce() -> io::Result<T>) -> io::Result<T> {
+    let _shared = RESERVE.read().unwrap_or_else(|e| e.into_inner());
+    accept()
+}
+
+/// Sheds the backlog through `accept_and_close`, which accepts one
+/// connection and closes it, returning `Ok(false)` when the backlog is
+/// empty. Returns how many connections were shed.
+pub fn shed(mut accept_and_close: impl FnMut() -> io::Result<bool>) -> usize {
+    let mut reserve = RESERVE.write().unwrap_or_else(|e| e.into_inner());
+    if reserve.take().is_none() {
+        // Lost earlier (fds were short even for /dev/null): try to get it
+        // back now, and shed next time.
+        *reserve = open_reserve();
+        return 0;
     }
+    let mut shed = 0;
+    // Bounded: the backlog is finite, but a flood must not pin the loop.
+    while shed < 4096 {
+        match accept_and_close() {
+            Ok(true) => shed += 1,
+            Ok(false) => break,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => break,
+        }
+    }
+    *reserve = open_reserve();
+    drop(reserve);
+    if shed > 0 {
+        log::warn!("out of fds: closed {shed} waiting connection(s) at once rather than leave them hanging");
+    }
+    shed
 }
 
 /// Logs fd exhaustion at most once a second.
@@ -140,7 +156,7 @@ impl ExhaustionLog {
     }
 }
 
-/// Accepts one connection for [`FdReserve::shed`] and closes it.
+/// Accepts one connection for [`shed`] and closes it.
 pub fn shed_one<S>(accepted: io::Result<(S, std::net::SocketAddr)>) -> io::Result<bool> {
     match accepted {
         Ok((stream, _)) => {
@@ -175,7 +191,6 @@ pub struct Acceptor {
     metrics: Option<Metrics>,
     backoff_until: Option<Instant>,
     exhausted: ExhaustionLog,
-    reserve: FdReserve,
 }
 
 impl Acceptor {
@@ -199,7 +214,6 @@ impl Acceptor {
             metrics,
             backoff_until: None,
             exhausted: ExhaustionLog::default(),
-            reserve: FdReserve::new(),
         })
     }
 
@@ -218,7 +232,7 @@ impl Acceptor {
         let backing_off = self.backoff_until.is_some_and(|t| Instant::now() < t);
         if can_accept && !backing_off {
             if let Some(l) = &self.listener {
-                match l.accept() {
+                match accept_guarded(|| l.accept()) {
                     Ok((stream, peer)) => {
                         let Some(permit) = self.ctx.admit_peer(peer) else { return Ok(None) };
                         listener::configure(&stream, self.ctx.config.nodelay, self.ctx.config.socket_buffer)?;
@@ -234,7 +248,7 @@ impl Acceptor {
                         AcceptError::Exhausted => {
                             self.slot.accept_errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                             self.exhausted.note(&e);
-                            self.reserve.shed(|| shed_one(l.accept()));
+                            shed(|| shed_one(l.accept()));
                             self.backoff_until = Some(Instant::now() + ACCEPT_BACKOFF);
                         }
                         AcceptError::Fatal => return Err(e),

@@ -57,6 +57,7 @@ pub fn serve(config: Config, factory: Factory, ready: impl FnOnce(SocketAddr)) -
         _ => &[],
     };
     let signals = Signals::install(extra)?;
+    acceptor::init_reserve();
     let listener = listener::bind(
         config.listen,
         listener::BindOptions {

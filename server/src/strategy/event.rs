@@ -26,7 +26,9 @@ use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Token, Waker};
 use slab::Slab;
 
-use crate::acceptor::{classify, shed_one, AcceptError, ExhaustionLog, FdReserve, ACCEPT_BACKOFF, HEARTBEAT};
+use crate::acceptor::{
+    accept_guarded, classify, shed, shed_one, AcceptError, ExhaustionLog, ACCEPT_BACKOFF, HEARTBEAT,
+};
 use crate::context::Context;
 use crate::driver::nonblocking::{Conn, Scratch, Status};
 use crate::metrics::Metrics;
@@ -107,7 +109,6 @@ pub struct EventLoop {
     accept_paused: bool,
     backoff_until: Option<Instant>,
     exhausted: ExhaustionLog,
-    reserve: FdReserve,
     ctx: Context,
     epoch: Instant,
     now_ms: u64,
@@ -150,7 +151,6 @@ impl EventLoop {
             accept_paused: false,
             backoff_until: None,
             exhausted: ExhaustionLog::default(),
-            reserve: FdReserve::new(),
             ctx,
             epoch: Instant::now(),
             now_ms: 0,
@@ -330,7 +330,7 @@ impl EventLoop {
                 self.accept_paused = true;
                 return;
             }
-            match listener.accept() {
+            match accept_guarded(|| listener.accept()) {
                 Ok((mut stream, peer)) => {
                     let Some(permit) = self.ctx.admit_peer(peer) else { continue };
                     if let Err(e) =
@@ -367,7 +367,7 @@ impl EventLoop {
                     AcceptError::Exhausted => {
                         self.ctx.accept_failed();
                         self.exhausted.note(&e);
-                        self.reserve.shed(|| shed_one(listener.accept()));
+                        shed(|| shed_one(listener.accept()));
                         self.backoff_until = Some(Instant::now() + ACCEPT_BACKOFF);
                         return;
                     }
