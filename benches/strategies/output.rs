@@ -129,7 +129,12 @@ fn ratio(value: f64, shown: String, bases: &[Option<f64>]) -> String {
     let r: Vec<String> = bases
         .iter()
         .map(|b| match b {
-            Some(b) if *b > 0.0 && value > 0.0 => format!("{:.2}×", value / b),
+            Some(b) if *b > 0.0 && value > 0.0 => {
+                let r = value / b;
+                // Two decimals, or two significant digits for small ratios (0.0030×, not 0.00×).
+                let digits = if r >= 0.1 { 2 } else { (-r.log10()).ceil() as usize + 1 };
+                format!("{r:.digits$}×")
+            }
             _ => "–".into(),
         })
         .collect();
@@ -391,7 +396,7 @@ pub fn markdown(res: &Results) -> String {
     if !work.is_empty() {
         let _ = writeln!(
             s,
-            "### Workload profiles (4 KiB, closed loop): `--work {}` (CPU-bound, ~50 ns of compute per byte) and `--work {}` (IO-bound, 1 ms blocked per read)\n",
+            "### Workload profiles (4 KiB, closed loop): `--work {}` (CPU-bound, 50 xorshift rounds per byte) and `--work {}` (IO-bound, 1 ms blocked per read)\n",
             WORKS[0], WORKS[1]
         );
         let _ = writeln!(s, "The baselines have no `--work` flag; the ratio column compares each mode with event under the same work.\n");
