@@ -102,16 +102,7 @@ fn bytes(b: f64) -> String {
 }
 
 fn num(v: f64) -> String {
-    let n = v.round() as u64;
-    let s = n.to_string();
-    let mut out = String::new();
-    for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i).is_multiple_of(3) {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
+    switchyard_client::report::fmt_count(v.round() as u64)
 }
 
 fn us(v: f64) -> String {

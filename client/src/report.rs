@@ -225,8 +225,8 @@ pub fn fmt_ns(ns: f64) -> String {
     }
 }
 
-/// An integer with thousands separators.
-fn fmt_count(n: u64) -> String {
+/// An integer with thousands separators (`1,234,567`).
+pub fn fmt_count(n: u64) -> String {
     let s = n.to_string();
     let mut out = String::new();
     for (i, c) in s.chars().enumerate() {

@@ -93,17 +93,8 @@ pub fn check_pattern(seed: u64, offset: u64, got: &[u8]) -> Result<(), String> {
 
 /// Polls `cond` every few milliseconds until it holds or `timeout` passes.
 /// Returns whether it held.
-pub fn poll_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if cond() {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        thread::sleep(POLL_INTERVAL);
-    }
+pub fn poll_until(timeout: Duration, cond: impl FnMut() -> bool) -> bool {
+    poll_every(POLL_INTERVAL, timeout, cond)
 }
 
 /// [`poll_until`] with a chosen pause between looks (for conditions that
