@@ -5,11 +5,14 @@
 //!   fork, thread, pool.
 //! - [`nonblocking`]: a resumable per-connection state machine over mio
 //!   readiness with bounded buffers. Used by the event loops.
+//! - [`sim`]: the non-blocking driver over a scripted in-memory peer, with
+//!   the invariants it must keep. Used by tests and the fuzz target.
 //!
 //! [`Protocol`]: switchyard_common::Protocol
 
 pub mod blocking;
 pub mod nonblocking;
+pub mod sim;
 
 /// Bytes a connection moved.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]

@@ -19,6 +19,10 @@
 //!
 //! Backpressure: above `max_buffer` unsent bytes the connection is paused
 //! (not read) until its output drains below a quarter of that.
+//!
+//! The state machine touches its socket only through [`Socket`], so the same
+//! code runs over mio's `TcpStream` in the event loops and over the scripted
+//! in-memory peer of [`super::sim`] in unit tests and the fuzz target.
 
 use std::io::{self, Write};
 
@@ -33,6 +37,27 @@ use crate::sys;
 pub const READ_CHUNK: usize = 64 * 1024;
 /// Reads one connection may do per readiness event before others get a turn.
 pub const READ_BUDGET: usize = 16;
+
+/// What the connection state machine needs of a non-blocking socket.
+pub trait Socket {
+    /// Reads into the spare capacity of `buf` (growing its length by what
+    /// was read): `Ok(0)` is end-of-file, `WouldBlock` means nothing queued.
+    fn read_into(&mut self, buf: &mut BytesMut) -> io::Result<usize>;
+    /// Writes some of `buf`: `WouldBlock` means the send buffer is full.
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize>;
+}
+
+impl Socket for TcpStream {
+    #[inline]
+    fn read_into(&mut self, buf: &mut BytesMut) -> io::Result<usize> {
+        sys::read_into(self, buf)
+    }
+
+    #[inline]
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        Write::write(self, buf)
+    }
+}
 
 /// Buffers shared by every connection of one loop.
 #[derive(Debug)]
@@ -62,9 +87,10 @@ pub struct Status {
     pub done: bool,
 }
 
-/// One connection's state.
-pub struct Conn {
-    stream: TcpStream,
+/// One connection's state, over a socket `S` (mio's `TcpStream` when
+/// serving).
+pub struct Conn<S = TcpStream> {
+    stream: S,
     proto: Box<dyn Protocol>,
     /// Input the protocol left unconsumed (empty, unallocated for echo).
     input: BytesMut,
@@ -78,7 +104,7 @@ pub struct Conn {
     totals: Totals,
 }
 
-impl std::fmt::Debug for Conn {
+impl<S: std::fmt::Debug> std::fmt::Debug for Conn<S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Conn")
             .field("stream", &self.stream)
@@ -89,9 +115,9 @@ impl std::fmt::Debug for Conn {
     }
 }
 
-impl Conn {
+impl<S: Socket> Conn<S> {
     /// Wraps an accepted non-blocking stream.
-    pub fn new(stream: TcpStream, proto: Box<dyn Protocol>) -> Conn {
+    pub fn new(stream: S, proto: Box<dyn Protocol>) -> Conn<S> {
         Conn {
             stream,
             proto,
@@ -105,7 +131,7 @@ impl Conn {
     }
 
     /// The socket, to register it.
-    pub fn stream_mut(&mut self) -> &mut TcpStream {
+    pub fn stream_mut(&mut self) -> &mut S {
         &mut self.stream
     }
 
@@ -117,6 +143,11 @@ impl Conn {
     /// Unsent bytes held by this connection.
     pub fn unsent(&self) -> usize {
         self.out.len()
+    }
+
+    /// Bytes of buffer memory this connection holds (capacity, not length).
+    pub fn held(&self) -> usize {
+        self.input.capacity() + self.out.capacity()
     }
 
     /// Reads what has arrived (within the budget), runs the protocol and
@@ -140,7 +171,7 @@ impl Conn {
             };
             buf.reserve(READ_CHUNK);
             let offered = buf.capacity() - buf.len();
-            match sys::read_into(&self.stream, buf) {
+            match self.stream.read_into(buf) {
                 Ok(0) => {
                     self.read_closed = true;
                     let target = if self.out.is_empty() { &mut s.output } else { &mut self.out };
@@ -198,7 +229,7 @@ impl Conn {
     /// refuses; applies backpressure.
     fn flush(&mut self, s: &mut Scratch, st: &mut Status) -> io::Result<()> {
         if !self.out.is_empty() {
-            let n = write_some(&self.stream, &self.out)?;
+            let n = write_some(&mut self.stream, &self.out)?;
             if n > 0 {
                 st.progressed = true;
                 self.totals.bytes_out += n as u64;
@@ -209,7 +240,7 @@ impl Conn {
             // The scratch output belongs to this connection only for this
             // call: it is emptied whatever the write does, so no byte can
             // reach the loop's next connection.
-            let written = if self.out.is_empty() { write_some(&self.stream, &s.output) } else { Ok(0) };
+            let written = if self.out.is_empty() { write_some(&mut self.stream, &s.output) } else { Ok(0) };
             let n = match written {
                 Ok(n) => n,
                 Err(e) => {
@@ -245,7 +276,7 @@ impl Conn {
 }
 
 /// Writes as much of `buf` as the socket takes now.
-fn write_some(mut stream: &TcpStream, buf: &[u8]) -> io::Result<usize> {
+fn write_some<S: Socket>(stream: &mut S, buf: &[u8]) -> io::Result<usize> {
     let mut sent = 0;
     while sent < buf.len() {
         match stream.write(&buf[sent..]) {
