@@ -232,44 +232,111 @@ fn per_ip_limit_reactor() {
     limits_connections_per_address(&REACTOR);
 }
 
+/// Slow clients that hold every worker of `mode` (`slots` of them) and
+/// trickle one byte each every `period`, for at most 12 s.
+struct Loris {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    trickler: Option<std::thread::JoinHandle<Vec<TcpStream>>>,
+}
+
+impl Loris {
+    fn start(server: &Server, slots: usize, period: Duration) -> Loris {
+        let mut loris: Vec<TcpStream> = (0..slots).map(|_| server.connect()).collect();
+        for (i, c) in loris.iter_mut().enumerate() {
+            support::roundtrip(c, format!("l{i}").as_bytes()).unwrap(); // each holds a worker now
+        }
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let trickler = {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let deadline = Instant::now() + Duration::from_secs(12);
+                while Instant::now() < deadline && !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    for c in loris.iter_mut() {
+                        let _ = c.write_all(b"x");
+                    }
+                    let next = Instant::now() + period;
+                    while Instant::now() < next && !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        std::thread::sleep(Duration::from_millis(50)); // pacing the trickle
+                    }
+                }
+                loris
+            })
+        };
+        Loris { stop, trickler: Some(trickler) }
+    }
+
+    /// Stops trickling; the slow clients' sockets, still open.
+    fn stop(mut self) -> Vec<TcpStream> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.trickler.take().unwrap().join().unwrap()
+    }
+}
+
 /// Slowloris: `slots` clients take every worker and trickle one byte every
 /// 3 s; with `--idle-timeout 2` each is cut after 2 s of silence, so a
 /// normal client that queued behind them is served within idle timeout + 1 s
-/// of connecting, never hung.
+/// of connecting, never hung. (`--queue-timeout 5` keeps the queue-wait
+/// limit out of this test: see `fast_trickle_...` for that.)
 fn slowloris_does_not_starve(mode: &Mode, slots: usize) {
-    let server = Server::start(mode, &["--idle-timeout", "2"]);
-    let mut loris: Vec<TcpStream> = (0..slots).map(|_| server.connect()).collect();
-    for (i, c) in loris.iter_mut().enumerate() {
-        support::roundtrip(c, format!("l{i}").as_bytes()).unwrap(); // each holds a worker now
-    }
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let trickler = {
-        let stop = stop.clone();
-        std::thread::spawn(move || {
-            // One byte per client every 3 s, for at most 12 s.
-            for _ in 0..4 {
-                for c in loris.iter_mut() {
-                    let _ = c.write_all(b"x");
-                }
-                for _ in 0..30 {
-                    if stop.load(std::sync::atomic::Ordering::Relaxed) {
-                        return;
-                    }
-                    std::thread::sleep(Duration::from_millis(100)); // pacing the trickle
-                }
-            }
-        })
-    };
+    let server = Server::start(mode, &["--idle-timeout", "2", "--queue-timeout", "5"]);
+    let loris = Loris::start(&server, slots, Duration::from_secs(3));
     let connected = Instant::now();
     let mut normal = server.connect();
     normal.set_read_timeout(Some(Duration::from_secs(6))).unwrap();
     let served = support::roundtrip(&mut normal, b"a normal client");
     let waited = connected.elapsed();
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    trickler.join().unwrap();
+    loris.stop();
     served.unwrap_or_else(|e| panic!("{}: normal client not served behind {slots} slow clients: {e}", mode.name));
     println!("{}: normal client served after {waited:?} behind {slots} slow clients", mode.name);
     assert!(waited <= Duration::from_secs(3), "{}: served only after {waited:?} (idle timeout 2 s)", mode.name);
+}
+
+/// Slow clients trickling *faster* than the idle timeout are never cut, and
+/// hold every worker. Normal clients behind them (`waiting` of them) must not
+/// hang: with `--idle-timeout 2` (and so the default `--queue-timeout 2`)
+/// each is refused, its connection closed, within idle timeout + 1 s of
+/// connecting, and not before the limit. The slow clients keep being served
+/// meanwhile, byte for byte.
+fn fast_trickle_gets_normal_clients_refused_not_hung(mode: &Mode, slots: usize, waiting: usize) {
+    let server = Server::start(mode, &["--idle-timeout", "2"]);
+    let loris = Loris::start(&server, slots, Duration::from_millis(500));
+    let connected = Instant::now();
+    let mut normal: Vec<TcpStream> = (0..waiting).map(|_| server.connect()).collect();
+    for c in &mut normal {
+        c.write_all(b"q").unwrap();
+    }
+    let fates: Vec<(Fate, Duration)> = normal
+        .iter_mut()
+        .map(|c| {
+            let (f, _) = fate(c, Duration::from_secs(3));
+            (f, connected.elapsed())
+        })
+        .collect();
+    let mut loris = loris.stop();
+    println!("{}: {waiting} normal client(s) behind {slots} fast-trickling clients: {fates:?}", mode.name);
+    for (f, waited) in fates {
+        assert_eq!(f, Fate::Shed, "{}: a normal client behind busy workers must be refused, not {f:?}", mode.name);
+        assert!(waited <= Duration::from_secs(3), "{}: refused only after {waited:?}", mode.name);
+        assert!(waited >= Duration::from_millis(1900), "{}: refused after {waited:?}, before the limit", mode.name);
+    }
+    // The slow clients were never disturbed: every trickled byte comes back.
+    for (i, c) in loris.iter_mut().enumerate() {
+        c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut got = Vec::new();
+        let mut buf = [0u8; 64];
+        while !got.ends_with(b"!") {
+            if got.len() > 64 {
+                break;
+            }
+            if got.is_empty() {
+                c.write_all(b"!").unwrap();
+            }
+            let n = c.read(&mut buf).unwrap_or_else(|e| panic!("{}: slow client {i}: {e}", mode.name));
+            assert!(n > 0, "{}: slow client {i} was closed", mode.name);
+            got.extend_from_slice(&buf[..n]);
+        }
+        assert!(got.iter().all(|&b| b == b'X' || b == b'!'), "{}: slow client {i} got {got:?}", mode.name);
+    }
 }
 
 #[test]
@@ -290,5 +357,95 @@ fn slowloris_prefork_serial_workers() {
     slowloris_does_not_starve(
         &Mode { name: "prefork", concurrent: false, forks: true, args: &["--workers", "3", "--worker", "serial"] },
         3,
+    );
+}
+
+#[test]
+fn fast_trickle_serial() {
+    fast_trickle_gets_normal_clients_refused_not_hung(
+        &Mode { name: "serial", concurrent: false, forks: false, args: &[] },
+        1,
+        2,
+    );
+}
+
+#[test]
+fn fast_trickle_pool() {
+    fast_trickle_gets_normal_clients_refused_not_hung(
+        &Mode { name: "pool", concurrent: true, forks: false, args: &["--threads", "3", "--queue", "8"] },
+        3,
+        2,
+    );
+}
+
+/// With a queue-wait limit the pool's queue is the only waiting room: a
+/// client that finds it full is refused at once, and the queued one within
+/// the limit. None waits first in the backlog and then again in the queue.
+#[test]
+fn fast_trickle_pool_full_queue() {
+    let mode = Mode { name: "pool", concurrent: true, forks: false, args: &["--threads", "2", "--queue", "1"] };
+    let server = Server::start(&mode, &["--idle-timeout", "2"]);
+    let loris = Loris::start(&server, 2, Duration::from_millis(500));
+    let connected = Instant::now();
+    let mut queued = server.connect();
+    queued.write_all(b"q").unwrap();
+    // The acceptor has taken `queued` once a metrics-free probe can tell:
+    // the next client finds the queue full and is refused at once.
+    let mut busy = server.connect();
+    let _ = busy.write_all(b"q");
+    let (f_busy, t_busy) = fate(&mut busy, Duration::from_secs(3));
+    let (f_queued, _) = fate(&mut queued, Duration::from_secs(3));
+    let t_queued = connected.elapsed();
+    loris.stop();
+    assert_eq!((f_busy, f_queued), (Fate::Shed, Fate::Shed), "both refused");
+    assert!(t_busy < Duration::from_secs(1), "refused at once when the queue is full, not after {t_busy:?}");
+    assert!(
+        (Duration::from_millis(1900)..=Duration::from_secs(3)).contains(&t_queued),
+        "the queued client is refused at the 2 s limit, not after {t_queued:?}"
+    );
+}
+
+#[test]
+fn fast_trickle_prefork_serial_workers() {
+    fast_trickle_gets_normal_clients_refused_not_hung(
+        &Mode { name: "prefork", concurrent: false, forks: true, args: &["--workers", "2", "--worker", "serial"] },
+        2,
+        2,
+    );
+}
+
+#[test]
+fn fast_trickle_thread_at_max_conns() {
+    fast_trickle_gets_normal_clients_refused_not_hung(
+        &Mode { name: "thread", concurrent: true, forks: false, args: &["--max-conns", "2"] },
+        2,
+        2,
+    );
+}
+
+#[test]
+fn fast_trickle_fork_at_max_children() {
+    fast_trickle_gets_normal_clients_refused_not_hung(
+        &Mode { name: "fork", concurrent: true, forks: true, args: &["--max-children", "2"] },
+        2,
+        2,
+    );
+}
+
+#[test]
+fn fast_trickle_event_at_max_conns() {
+    fast_trickle_gets_normal_clients_refused_not_hung(
+        &Mode { name: "event", concurrent: true, forks: false, args: &["--max-conns", "2"] },
+        2,
+        2,
+    );
+}
+
+#[test]
+fn fast_trickle_reactor_at_max_conns() {
+    fast_trickle_gets_normal_clients_refused_not_hung(
+        &Mode { name: "reactor", concurrent: true, forks: false, args: &["--threads", "2", "--max-conns", "2"] },
+        2,
+        2,
     );
 }

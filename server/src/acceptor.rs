@@ -6,6 +6,11 @@
 //! Accept errors never kill the server: ECONNABORTED/ECONNRESET/EPROTO are
 //! skipped; EMFILE/ENFILE/ENOBUFS/ENOMEM stop accepting for a back-off period
 //! (with a rate-limited log line) and serving resumes when fds free up.
+//!
+//! While the strategy cannot take a connection (at its cap, or serial busy
+//! serving one), the acceptor enforces `--queue-timeout` on the backlog
+//! ([`crate::backlog`]); for serial it does so as the driver's
+//! [`Lookout`].
 
 use std::fs::File;
 use std::io;
@@ -17,7 +22,9 @@ use std::time::{Duration, Instant};
 use mio::unix::SourceFd;
 use mio::{Events, Poll, Token, Waker};
 
+use crate::backlog::BacklogWatch;
 use crate::context::Context;
+use crate::driver::blocking::Lookout;
 use crate::listener;
 use crate::metrics::{self, Metrics};
 use crate::per_ip::IpPermit;
@@ -191,6 +198,8 @@ pub struct Acceptor {
     metrics: Option<Metrics>,
     backoff_until: Option<Instant>,
     exhausted: ExhaustionLog,
+    backlog: Option<BacklogWatch>,
+    wake_at: Option<Instant>,
 }
 
 impl Acceptor {
@@ -214,7 +223,26 @@ impl Acceptor {
             metrics,
             backoff_until: None,
             exhausted: ExhaustionLog::default(),
+            backlog: ctx.config.queue_timeout.map(BacklogWatch::new),
+            wake_at: None,
         })
+    }
+
+    /// Makes the next [`Acceptor::next`] return by `t` at the latest (the
+    /// pool sweeps its queue then).
+    pub fn wake_by(&mut self, t: Instant) {
+        self.wake_at = Some(self.wake_at.map_or(t, |w| w.min(t)));
+    }
+
+    /// Samples the backlog for `--queue-timeout` if a sample is due.
+    fn watch_backlog(&mut self, now: Instant) -> io::Result<()> {
+        if let (Some(w), Some(l)) = (&mut self.backlog, &self.listener) {
+            if now >= w.due(now) {
+                let refused = w.check(l, now)?;
+                self.ctx.refused(refused);
+            }
+        }
+        Ok(())
     }
 
     /// Wakes [`Acceptor::next`] or [`Acceptor::wait`] from another thread.
@@ -234,12 +262,19 @@ impl Acceptor {
             if let Some(l) = &self.listener {
                 match accept_guarded(|| l.accept()) {
                     Ok((stream, peer)) => {
+                        if let Some(w) = &mut self.backlog {
+                            w.reset();
+                        }
                         let Some(permit) = self.ctx.admit_peer(peer) else { return Ok(None) };
                         listener::configure(&stream, self.ctx.config.nodelay, self.ctx.config.socket_buffer)?;
                         return Ok(Some(Accepted { stream, permit }));
                     }
                     Err(e) => match classify(&e) {
-                        AcceptError::Empty => {}
+                        AcceptError::Empty => {
+                            if let Some(w) = &mut self.backlog {
+                                w.reset();
+                            }
+                        }
                         AcceptError::Skip => {
                             self.slot.accept_errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                             log::debug!("accept: {e} (skipped)");
@@ -248,7 +283,7 @@ impl Acceptor {
                         AcceptError::Exhausted => {
                             self.slot.accept_errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                             self.exhausted.note(&e);
-                            shed(|| shed_one(l.accept()));
+                            self.ctx.refused(shed(|| shed_one(l.accept())));
                             self.backoff_until = Some(Instant::now() + ACCEPT_BACKOFF);
                         }
                         AcceptError::Fatal => return Err(e),
@@ -256,8 +291,18 @@ impl Acceptor {
                 }
             }
         }
-        let timeout = self.backoff_until.map(|t| t.saturating_duration_since(Instant::now()));
-        self.wait(timeout)?;
+        let now = Instant::now();
+        let mut wake = self.backoff_until;
+        if !can_accept {
+            self.watch_backlog(now)?;
+            if let Some(w) = &self.backlog {
+                wake = Some(wake.map_or(w.due(now), |t| t.min(w.due(now))));
+            }
+        }
+        if let Some(t) = self.wake_at.take() {
+            wake = Some(wake.map_or(t, |w| w.min(t)));
+        }
+        self.wait(wake.map(|t| t.saturating_duration_since(now)))?;
         Ok(None)
     }
 
@@ -293,21 +338,32 @@ impl Acceptor {
         }
     }
 
-    /// While a single-threaded strategy serves a connection itself: the
-    /// signal pipe to watch, and a closure that closes the listener when a
-    /// graceful stop begins.
-    pub fn split_for_serving(&mut self) -> (&Signals, impl FnMut() + '_) {
-        let (listener, poll) = (&mut self.listener, &self.poll);
-        (&self.signals, move || {
-            if let Some(l) = listener.take() {
-                let _ = poll.registry().deregister(&mut SourceFd(&l.as_raw_fd()));
-            }
-        })
-    }
-
     /// In a forked child: closes the child's copies of the listener, the
     /// poll and the waker, and hands back the signal pipe to reinstall.
     pub fn into_child(self) -> Signals {
         self.signals
+    }
+}
+
+/// While serial serves a connection itself, the acceptor is the driver's
+/// lookout: its signal pipe, its listener to close when a graceful stop
+/// begins, and its backlog to watch for `--queue-timeout`.
+impl Lookout for Acceptor {
+    fn signals(&self) -> &Signals {
+        &self.signals
+    }
+
+    fn on_drain(&mut self) {
+        self.close_listener();
+    }
+
+    fn due(&self, now: Instant) -> Option<Instant> {
+        self.listener.as_ref()?;
+        self.backlog.as_ref().map(|w| w.due(now))
+    }
+
+    fn tick(&mut self, now: Instant) -> io::Result<()> {
+        self.slot.beat();
+        self.watch_backlog(now)
     }
 }

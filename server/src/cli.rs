@@ -41,6 +41,10 @@ struct Args {
     /// Close a connection after this many seconds without traffic (default: never).
     #[arg(long, value_name = "SECS", value_parser = parse_secs)]
     idle_timeout: Option<Duration>,
+    /// Refuse (close) a client that waited this many seconds for a worker: serial, pool, and at the caps of
+    /// fork (--max-children), thread, event and reactor (--max-conns). Default: the idle timeout; 0: forever.
+    #[arg(long, value_name = "SECS", value_parser = parse_secs)]
+    queue_timeout: Option<Duration>,
     /// Seconds a graceful stop lets open connections finish.
     #[arg(long, value_name = "SECS", value_parser = parse_secs, default_value = "30")]
     grace: Duration,
@@ -140,6 +144,7 @@ impl Args {
         }
         c.queue = self.queue;
         c.idle_timeout = self.idle_timeout.filter(|d| !d.is_zero());
+        c.queue_timeout = self.queue_timeout.or(c.idle_timeout).filter(|d| !d.is_zero());
         c.grace = self.grace;
         c.nodelay = !self.no_nodelay || self.nodelay;
         c.max_buffer = self.max_buffer.max(1024);

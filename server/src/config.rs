@@ -63,6 +63,9 @@ pub struct Config {
     pub queue: usize,
     /// Close connections with no traffic for this long.
     pub idle_timeout: Option<Duration>,
+    /// Refuse a client that waited this long for a worker (serial, pool,
+    /// and at the caps of fork, thread, event and reactor).
+    pub queue_timeout: Option<Duration>,
     /// How long a graceful stop lets connections finish.
     pub grace: Duration,
     /// TCP_NODELAY on accepted connections.
@@ -114,6 +117,7 @@ impl Config {
             },
             queue: 256,
             idle_timeout: None,
+            queue_timeout: None,
             grace: Duration::from_secs(30),
             nodelay: true,
             max_buffer: 256 * 1024,

@@ -68,6 +68,7 @@ impl Context {
                 Some(p) => Some(Some(p)),
                 None => {
                     log::debug!("{peer}: at --max-conns-per-ip, closed");
+                    self.refused(1);
                     None
                 }
             },
@@ -78,6 +79,14 @@ impl Context {
     /// prefork worker counts as booting, and a death is a boot failure.
     pub fn ready(&self) {
         self.slot.set_state(crate::scoreboard::State::Running);
+    }
+
+    /// Counts connections closed at once without being served.
+    #[inline]
+    pub fn refused(&self, n: usize) {
+        if n > 0 {
+            self.slot.refused.fetch_add(n as u64, Relaxed);
+        }
     }
 
     /// Counts a failed accept.

@@ -18,6 +18,7 @@
 #![deny(unsafe_code)]
 
 pub mod acceptor;
+pub mod backlog;
 pub mod cli;
 pub mod config;
 pub mod context;
@@ -27,6 +28,7 @@ pub mod metrics;
 pub mod per_ip;
 pub mod poll;
 pub mod privileges;
+pub mod queue;
 pub mod scoreboard;
 pub mod shutdown;
 pub mod signals;

@@ -6,7 +6,8 @@
 //! Names (every counter also per worker, labelled `pid`):
 //! `switchyard_connections_accepted_total`, `switchyard_connections_active`,
 //! `switchyard_bytes_received_total`, `switchyard_bytes_sent_total`,
-//! `switchyard_accept_errors_total`, `switchyard_worker_*` (same, per
+//! `switchyard_accept_errors_total`, `switchyard_connections_refused_total`,
+//! `switchyard_worker_*` (same, per
 //! worker), `switchyard_worker_heartbeat_age_seconds`, `switchyard_workers`,
 //! `switchyard_worker_spawns_total`, `switchyard_worker_deaths_total`,
 //! `switchyard_uptime_seconds`.
@@ -40,6 +41,8 @@ pub struct Retired {
     pub bytes_out: u64,
     /// Accept errors of exited workers.
     pub accept_errors: u64,
+    /// Connections refused by exited workers.
+    pub refused: u64,
 }
 
 impl Retired {
@@ -49,6 +52,7 @@ impl Retired {
         self.bytes_in += s.bytes_in.load(Relaxed);
         self.bytes_out += s.bytes_out.load(Relaxed);
         self.accept_errors += s.accept_errors.load(Relaxed);
+        self.refused += s.refused.load(Relaxed);
     }
 }
 
@@ -205,17 +209,22 @@ pub fn render_process(slot: &Slot) -> String {
 #[derive(Debug, Clone, Copy)]
 struct Snapshot {
     pid: u32,
-    values: [u64; 5],
+    values: [u64; 6],
     silent_ms: u64,
 }
 
 /// The counters of a page, in the order of `COUNTERS`.
-const COUNTERS: [(&str, &str, &str); 5] = [
+const COUNTERS: [(&str, &str, &str); 6] = [
     ("connections_accepted_total", "counter", "Connections accepted."),
     ("connections_active", "gauge", "Connections open now."),
     ("bytes_received_total", "counter", "Bytes received from clients."),
     ("bytes_sent_total", "counter", "Bytes sent to clients."),
     ("accept_errors_total", "counter", "Failed accept calls."),
+    (
+        "connections_refused_total",
+        "counter",
+        "Connections closed unserved (--max-conns-per-ip, --queue-timeout, out of fds).",
+    ),
 ];
 
 /// The exposition text for `workers` (pid, slot), plus master-level figures.
@@ -230,11 +239,12 @@ pub fn render(workers: &[(u32, &Slot)], retired: Retired, spawns: u64, deaths: u
                 s.bytes_in.load(Relaxed),
                 s.bytes_out.load(Relaxed),
                 s.accept_errors.load(Relaxed),
+                s.refused.load(Relaxed),
             ],
             silent_ms: s.silent_ms(),
         })
         .collect();
-    let base = [retired.accepted, 0, retired.bytes_in, retired.bytes_out, retired.accept_errors];
+    let base = [retired.accepted, 0, retired.bytes_in, retired.bytes_out, retired.accept_errors, retired.refused];
     let mut out = String::with_capacity(4096);
     for (i, (name, kind, help)) in COUNTERS.iter().enumerate() {
         let _ = writeln!(out, "# HELP switchyard_{name} {help}\n# TYPE switchyard_{name} {kind}");

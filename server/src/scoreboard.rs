@@ -44,6 +44,9 @@ pub struct Slot {
     pub bytes_out: AtomicU64,
     /// Failed accept calls.
     pub accept_errors: AtomicU64,
+    /// Connections closed at once without being served: over
+    /// `--max-conns-per-ip`, over `--queue-timeout`, or shed when out of fds.
+    pub refused: AtomicU64,
 }
 
 impl Slot {
@@ -62,7 +65,7 @@ impl Slot {
         self.set_state(State::Booting);
         self.started_ms.store(now, Relaxed);
         self.heartbeat_ms.store(now, Relaxed);
-        for c in [&self.accepted, &self.active, &self.bytes_in, &self.bytes_out, &self.accept_errors] {
+        for c in [&self.accepted, &self.active, &self.bytes_in, &self.bytes_out, &self.accept_errors, &self.refused] {
             c.store(0, Relaxed);
         }
     }

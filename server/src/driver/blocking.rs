@@ -4,11 +4,13 @@
 //!
 //! Two ways to learn about a stop while blocked in a read:
 //!
-//! - With a [`Watch`] (single-threaded processes: serial, a fork child, a
+//! - With a [`Lookout`] (single-threaded processes: serial, a fork child, a
 //!   prefork serial worker): each read is preceded by `poll(2)` on the
-//!   socket *and* the signal self-pipe, with `--idle-timeout` or what is left
-//!   of the grace period as its timeout. A signal writes a byte to the pipe,
-//!   so it is never lost between a check and a blocking call.
+//!   socket *and* the signal self-pipe, until the idle deadline or the end of
+//!   the grace period. A signal writes a byte to the pipe, so it is never
+//!   lost between a check and a blocking call. The lookout may also ask to
+//!   be woken for its own chores (serial samples its backlog for
+//!   `--queue-timeout`) without that counting as traffic.
 //! - Without one (thread, pool): reads block with SO_RCVTIMEO as the idle
 //!   timeout; the acceptor thread ends the grace period with
 //!   `shutdown(SHUT_RD)` on every live socket, which reads here as
@@ -20,7 +22,7 @@
 use std::io::{self, Write};
 use std::net::TcpStream;
 use std::os::fd::AsFd;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use nix::poll::{PollFd, PollFlags, PollTimeout};
@@ -49,12 +51,27 @@ pub enum End {
     Stopped,
 }
 
-/// What a single-threaded caller lets the driver watch besides the socket.
-pub struct Watch<'a> {
+/// What a single-threaded process watches besides the socket it serves.
+pub trait Lookout {
     /// The process's signal pipe.
-    pub signals: &'a Signals,
-    /// Called once when a graceful stop begins (serial closes its listener).
-    pub on_drain: &'a mut dyn FnMut(),
+    fn signals(&self) -> &Signals;
+    /// A graceful stop began (serial closes its listener).
+    fn on_drain(&mut self) {}
+    /// When [`Lookout::tick`] wants to run next; `None`: never.
+    fn due(&self, _now: Instant) -> Option<Instant> {
+        None
+    }
+    /// Runs the lookout's own chores; called at or after [`Lookout::due`].
+    fn tick(&mut self, _now: Instant) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// A fork child watches its signals only.
+impl Lookout for Signals {
+    fn signals(&self) -> &Signals {
+        self
+    }
 }
 
 /// Serves one connection to its end.
@@ -63,7 +80,7 @@ pub fn serve(
     proto: &mut dyn Protocol,
     shutdown: &Shutdown,
     idle: Option<Duration>,
-    mut watch: Option<Watch<'_>>,
+    mut watch: Option<&mut dyn Lookout>,
 ) -> io::Result<(End, Totals)> {
     let mut totals = Totals::default();
     if watch.is_none() {
@@ -73,6 +90,7 @@ pub fn serve(
     let mut input = BytesMut::with_capacity(READ_CHUNK);
     let mut output = BytesMut::with_capacity(READ_CHUNK);
     let mut draining = false;
+    let mut last_input = Instant::now();
     loop {
         match shutdown.absorb_signals() {
             Phase::Running => {}
@@ -80,7 +98,7 @@ pub fn serve(
             Phase::Draining if !draining => {
                 draining = true;
                 if let Some(w) = &mut watch {
-                    (w.on_drain)();
+                    w.on_drain();
                 }
                 if watch.is_none() {
                     match shutdown.remaining() {
@@ -91,9 +109,13 @@ pub fn serve(
             }
             Phase::Draining => {}
         }
-        if let Some(w) = &watch {
-            let limit = if draining { shutdown.remaining() } else { idle };
-            match wait_readable(stream, w.signals, limit)? {
+        if let Some(w) = &mut watch {
+            let deadline = if draining {
+                shutdown.remaining().map(|left| Instant::now() + left)
+            } else {
+                idle.map(|d| last_input + d)
+            };
+            match wait_readable(stream, &mut **w, deadline)? {
                 Ready::Socket => {}
                 Ready::Signal => continue,
                 Ready::Timeout => return Ok((if draining { End::Grace } else { End::Idle }, totals)),
@@ -109,6 +131,9 @@ pub fn serve(
             }
             Ok(n) => {
                 totals.bytes_in += n as u64;
+                if watch.is_some() {
+                    last_input = Instant::now();
+                }
                 let step = proto.on_read(&mut input, &mut output);
                 write_out(stream, &mut output, &mut totals, shutdown)?;
                 if step == Step::Close {
@@ -130,27 +155,45 @@ enum Ready {
     Timeout,
 }
 
-/// Waits until the socket is readable, a signal arrived, or `limit` passed.
-fn wait_readable(stream: &TcpStream, signals: &Signals, limit: Option<Duration>) -> io::Result<Ready> {
-    let timeout = match limit {
-        None => PollTimeout::NONE,
-        Some(d) if d.is_zero() => return Ok(Ready::Timeout),
-        // Round up so a 0.4 ms remainder does not become a busy 0 ms poll.
-        Some(d) => PollTimeout::try_from(d.as_millis().saturating_add(1).min(i32::MAX as u128) as i32)
-            .unwrap_or(PollTimeout::MAX),
-    };
-    let mut fds = [PollFd::new(stream.as_fd(), PollFlags::POLLIN), PollFd::new(signals.as_fd(), PollFlags::POLLIN)];
-    match nix::poll::poll(&mut fds, timeout) {
-        Ok(0) => Ok(Ready::Timeout),
-        Ok(_) => {
-            if fds[1].any().unwrap_or(false) {
-                signals.drain();
-                return Ok(Ready::Signal);
-            }
-            Ok(Ready::Socket)
+/// Waits until the socket is readable, a signal arrived, or `deadline`
+/// passed, running the lookout's chores when they fall due.
+fn wait_readable(stream: &TcpStream, lookout: &mut dyn Lookout, deadline: Option<Instant>) -> io::Result<Ready> {
+    loop {
+        let now = Instant::now();
+        if deadline.is_some_and(|d| now >= d) {
+            return Ok(Ready::Timeout);
         }
-        Err(nix::errno::Errno::EINTR) => Ok(Ready::Signal),
-        Err(e) => Err(e.into()),
+        let chore = lookout.due(now);
+        if chore.is_some_and(|c| now >= c) {
+            lookout.tick(now)?;
+            continue;
+        }
+        let wake = match (deadline, chore) {
+            (Some(d), Some(c)) => Some(d.min(c)),
+            (d, c) => d.or(c),
+        };
+        // Round up so a 0.4 ms remainder does not become a busy 0 ms poll.
+        let timeout = match wake {
+            None => PollTimeout::NONE,
+            Some(t) => PollTimeout::try_from(
+                t.saturating_duration_since(now).as_millis().saturating_add(1).min(i32::MAX as u128) as i32,
+            )
+            .unwrap_or(PollTimeout::MAX),
+        };
+        let signals = lookout.signals();
+        let mut fds = [PollFd::new(stream.as_fd(), PollFlags::POLLIN), PollFd::new(signals.as_fd(), PollFlags::POLLIN)];
+        match nix::poll::poll(&mut fds, timeout) {
+            Ok(0) => continue, // the deadline or a chore: the top of the loop tells which
+            Ok(_) => {
+                if fds[1].any().unwrap_or(false) {
+                    signals.drain();
+                    return Ok(Ready::Signal);
+                }
+                return Ok(Ready::Socket);
+            }
+            Err(nix::errno::Errno::EINTR) => return Ok(Ready::Signal),
+            Err(e) => return Err(e.into()),
+        }
     }
 }
 

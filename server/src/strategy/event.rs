@@ -29,6 +29,7 @@ use slab::Slab;
 use crate::acceptor::{
     accept_guarded, classify, shed, shed_one, AcceptError, ExhaustionLog, ACCEPT_BACKOFF, HEARTBEAT,
 };
+use crate::backlog::BacklogWatch;
 use crate::context::Context;
 use crate::driver::nonblocking::{Conn, Scratch, Status};
 use crate::metrics::Metrics;
@@ -109,6 +110,8 @@ pub struct EventLoop {
     accept_paused: bool,
     backoff_until: Option<Instant>,
     exhausted: ExhaustionLog,
+    /// `--queue-timeout` on the backlog while accepting is paused.
+    backlog: Option<BacklogWatch>,
     ctx: Context,
     epoch: Instant,
     now_ms: u64,
@@ -151,6 +154,7 @@ impl EventLoop {
             accept_paused: false,
             backoff_until: None,
             exhausted: ExhaustionLog::default(),
+            backlog: ctx.config.queue_timeout.map(BacklogWatch::new),
             ctx,
             epoch: Instant::now(),
             now_ms: 0,
@@ -211,6 +215,12 @@ impl EventLoop {
             if self.accept_paused && self.has_room() {
                 self.accept_paused = false;
                 self.want_accept = true;
+                if let Some(w) = &mut self.backlog {
+                    w.reset();
+                }
+            }
+            if self.accept_paused {
+                self.watch_backlog()?;
             }
             if self.backoff_until.is_some_and(|t| Instant::now() >= t) {
                 self.backoff_until = None;
@@ -252,6 +262,18 @@ impl EventLoop {
         self.conns.is_empty()
     }
 
+    /// At `--max-conns`: refuses clients that waited over `--queue-timeout`.
+    fn watch_backlog(&mut self) -> io::Result<()> {
+        let now = Instant::now();
+        if let (Some(w), Some(l)) = (&mut self.backlog, &self.listener) {
+            if now >= w.due(now) {
+                let refused = w.check_with(l, || shed_one(l.accept()), now)?;
+                self.ctx.refused(refused);
+            }
+        }
+        Ok(())
+    }
+
     fn timeout(&mut self) -> Option<Duration> {
         if !self.again.is_empty() || (self.want_accept && self.backoff_until.is_none() && self.listener.is_some()) {
             return Some(Duration::ZERO);
@@ -267,6 +289,9 @@ impl EventLoop {
         }
         if let Some(b) = self.backoff_until {
             earliest(b.saturating_duration_since(now));
+        }
+        if let Some(w) = self.backlog.as_ref().filter(|_| self.accept_paused) {
+            earliest(w.due(now).saturating_duration_since(now));
         }
         if self.ctx.shutdown.phase() != Phase::Running {
             match self.grace_over_at {
@@ -367,7 +392,7 @@ impl EventLoop {
                     AcceptError::Exhausted => {
                         self.ctx.accept_failed();
                         self.exhausted.note(&e);
-                        shed(|| shed_one(listener.accept()));
+                        self.ctx.refused(shed(|| shed_one(listener.accept())));
                         self.backoff_until = Some(Instant::now() + ACCEPT_BACKOFF);
                         return;
                     }

@@ -23,7 +23,7 @@ use nix::unistd::Pid;
 
 use crate::acceptor::Acceptor;
 use crate::context::Context;
-use crate::driver::blocking::{self, Watch};
+use crate::driver::blocking;
 use crate::per_ip::IpPermit;
 use crate::shutdown::{Phase, Shutdown};
 use crate::signals::Signals;
@@ -78,7 +78,7 @@ pub fn run(listener: TcpListener, signals: Signals, ctx: Context) -> io::Result<
 /// The child's whole life; the return value is its exit code.
 fn child(stream: TcpStream, signals: Signals, blocked: sys::BlockedSignals, ctx: &Context, parent: Pid) -> i32 {
     sys::die_with_parent(Signal::SIGKILL, parent);
-    let signals = match signals.reinstall_in_child(&[Signal::SIGCHLD], blocked) {
+    let mut signals = match signals.reinstall_in_child(&[Signal::SIGCHLD], blocked) {
         Ok(s) => s,
         Err(e) => {
             log::error!("child {}: signals: {e}", std::process::id());
@@ -88,8 +88,7 @@ fn child(stream: TcpStream, signals: Signals, blocked: sys::BlockedSignals, ctx:
     // A fresh stop event: the parent's state is not the child's.
     let shutdown = Shutdown::new(ctx.config.grace);
     let mut proto = (ctx.factory)();
-    let watch = Watch { signals: &signals, on_drain: &mut || {} };
-    ctx.finished(blocking::serve(&stream, &mut *proto, &shutdown, ctx.config.idle_timeout, Some(watch)));
+    ctx.finished(blocking::serve(&stream, &mut *proto, &shutdown, ctx.config.idle_timeout, Some(&mut signals)));
     0
 }
 

@@ -2,14 +2,16 @@
 //! then accept the next; everyone else waits in the listen backlog. One
 //! thread: while it serves, the driver watches the signal pipe too, and a
 //! graceful stop closes the listener at once (the backlog is refused rather
-//! than left waiting).
+//! than left waiting). With `--queue-timeout`, clients that wait longer than
+//! that in the backlog are refused (the acceptor, as the driver's lookout,
+//! samples the backlog while a connection is served).
 
 use std::io;
 use std::net::TcpListener;
 
 use crate::acceptor::Acceptor;
 use crate::context::Context;
-use crate::driver::blocking::{self, Watch};
+use crate::driver::blocking;
 use crate::signals::Signals;
 use crate::tracker::Tracker;
 
@@ -24,9 +26,9 @@ pub fn run(listener: TcpListener, signals: Signals, ctx: Context) -> io::Result<
             let _permit = accepted.permit;
             let conn = tracker.admit(accepted.stream);
             let mut proto = (ctx.factory)();
-            let (signals, mut close_listener) = acceptor.split_for_serving();
-            let watch = Watch { signals, on_drain: &mut close_listener };
-            ctx.finished(blocking::serve(&conn, &mut *proto, &ctx.shutdown, ctx.config.idle_timeout, Some(watch)));
+            let served =
+                blocking::serve(&conn, &mut *proto, &ctx.shutdown, ctx.config.idle_timeout, Some(&mut acceptor));
+            ctx.finished(served);
         }
     }
     super::drain(&mut acceptor, &tracker, &ctx)
