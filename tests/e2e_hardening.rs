@@ -314,6 +314,9 @@ fn fast_trickle_gets_normal_clients_refused_not_hung(mode: &Mode, slots: usize, 
         .collect();
     let mut loris = loris.stop();
     println!("{}: {waiting} normal client(s) behind {slots} fast-trickling clients: {fates:?}", mode.name);
+    // Closed deliberately, and said so (not by a crash or another limit).
+    let said = server.wait_log_line("over --queue-timeout", Duration::from_secs(2));
+    assert!(said.is_some(), "{}: no refusal logged; log:\n{}", mode.name, server.log());
     for (f, waited) in fates {
         assert_eq!(f, Fate::Shed, "{}: a normal client behind busy workers must be refused, not {f:?}", mode.name);
         assert!(waited <= Duration::from_secs(3), "{}: refused only after {waited:?}", mode.name);
