@@ -87,8 +87,7 @@ pub fn serve(
         stream.set_read_timeout(idle)?;
     }
     stream.set_write_timeout(idle)?;
-    let mut input = BytesMut::with_capacity(READ_CHUNK);
-    let mut output = BytesMut::with_capacity(READ_CHUNK);
+    let (mut input, mut output) = super::buffer_pair(READ_CHUNK);
     let mut draining = false;
     let mut last_input = Instant::now();
     loop {

@@ -10,9 +10,28 @@
 //!
 //! [`Protocol`]: switchyard_common::Protocol
 
+use bytes::BytesMut;
+
 pub mod blocking;
 pub mod nonblocking;
 pub mod sim;
+
+/// An input and an output buffer of at least `chunk` bytes each, carved
+/// from one allocation so that the output starts half a page (2 KiB, modulo
+/// 4 KiB) after the input. Two buffers allocated one after the other start
+/// 16 bytes past a multiple of 4 KiB apart; copying input to output then
+/// hits 4K aliasing (the CPU takes loads for dependent on earlier stores to
+/// the same page offset), which made `on_read` of 4 KiB 1.6 times slower on
+/// the development machine (`cargo bench --bench upper -- on_read`: 428 ns
+/// back to back, 270 ns shifted). `chunk` should be a multiple of 4 KiB.
+pub fn buffer_pair(chunk: usize) -> (BytesMut, BytesMut) {
+    let half = chunk + HALF_PAGE;
+    let mut input = BytesMut::with_capacity(2 * half);
+    let output = input.split_off(half);
+    (input, output)
+}
+
+const HALF_PAGE: usize = 2048;
 
 /// Bytes a connection moved.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -21,4 +40,21 @@ pub struct Totals {
     pub bytes_in: u64,
     /// Bytes written to the peer.
     pub bytes_out: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buffer_pair_is_half_a_page_apart_and_roomy() {
+        for chunk in [4096, 32 * 1024, 64 * 1024] {
+            let (input, output) = buffer_pair(chunk);
+            let apart = (output.as_ptr() as usize).wrapping_sub(input.as_ptr() as usize);
+            assert_eq!(apart % 4096, 2048, "chunk {chunk}");
+            assert!(input.capacity() >= chunk && output.capacity() >= chunk);
+            // A full read's worth of output fits without moving the buffer.
+            assert!(output.capacity() >= input.capacity());
+        }
+    }
 }

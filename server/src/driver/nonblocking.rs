@@ -71,7 +71,8 @@ impl Scratch {
     /// Scratch space for a loop whose connections may hold `max_buffer`
     /// unsent bytes before they are paused.
     pub fn new(max_buffer: usize) -> Scratch {
-        Scratch { input: BytesMut::with_capacity(READ_CHUNK), output: BytesMut::with_capacity(READ_CHUNK), max_buffer }
+        let (input, output) = super::buffer_pair(READ_CHUNK);
+        Scratch { input, output, max_buffer }
     }
 }
 
