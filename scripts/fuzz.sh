@@ -26,4 +26,4 @@ export RUSTC_BOOTSTRAP=1
 # Starts from the committed corpus (copied above). -rss_limit_mb: one
 # script may hold a few MiB of payload.
 cargo fuzz run conn "$work" -- -max_total_time="$seconds" -rss_limit_mb=2048 -max_len=4096 -print_final_stats=1
-echo "fuzz: $seconds s without a failure; $(ls "$work" | wc -l) inputs in $work"
+echo "fuzz: $seconds s without a failure; $(find "$work" -type f | wc -l) inputs in $work"

@@ -70,16 +70,21 @@ RSS_NOISE_PCT=10
 REPLY_TIMEOUT=15s
 
 # label | server flags | load profile. "serial" load suits servers that
-# serve one connection at a time per process (see start_load).
+# serve one connection at a time per process (see start_load). Those queue
+# normal clients behind hostile ones, by design, for longer than the
+# default --queue-timeout (the idle timeout), which would then refuse them;
+# tests/e2e_hardening.rs (fast_trickle_*) covers that refusal. Here the limit
+# is set past REPLY_TIMEOUT so that every failed normal client counts.
+SERIAL_QUEUE=(--queue-timeout 30)
 MODE_TABLE=(
-  "serial|--mode serial|serial"
+  "serial|--mode serial ${SERIAL_QUEUE[*]}|serial"
   "fork|--mode fork|full"
   "thread|--mode thread|full"
   "pool|--mode pool|full"
   "event|--mode event|full"
   "reactor|--mode reactor|full"
   "prefork/event|--mode prefork --worker event --workers 2|full"
-  "prefork/serial|--mode prefork --worker serial --workers 2|serial"
+  "prefork/serial|--mode prefork --worker serial --workers 2 ${SERIAL_QUEUE[*]}|serial"
   "prefork/thread|--mode prefork --worker thread --workers 2|full"
   "prefork/pool|--mode prefork --worker pool --workers 2|full"
 )
