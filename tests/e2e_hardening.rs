@@ -170,14 +170,7 @@ fn unknown_user_is_an_error() {
 
 /// A client socket from `source` (any 127.0.0.0/8 address) to `server`.
 fn connect_from(source: &str, server: std::net::SocketAddr) -> TcpStream {
-    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-    let from: std::net::SocketAddr = format!("{source}:0").parse().unwrap();
-    sock.bind(&from.into()).unwrap();
-    sock.connect_timeout(&server.into(), Duration::from_secs(2)).unwrap();
-    let s: TcpStream = sock.into();
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    s.set_write_timeout(Some(Duration::from_secs(5))).unwrap();
-    s
+    support::try_connect_from(source.parse().unwrap(), server).unwrap_or_else(|e| panic!("connect from {source}: {e}"))
 }
 
 /// `--max-conns-per-ip 3`: three connections from 127.0.0.1 are served, the

@@ -16,7 +16,7 @@
 
 use std::collections::HashSet;
 use std::io::{self, BufRead, BufReader, Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::net::{IpAddr, Shutdown, SocketAddr, TcpStream};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex, Once};
@@ -137,7 +137,21 @@ pub fn connect(addr: SocketAddr) -> TcpStream {
 
 /// [`connect`] that reports the error instead of panicking.
 pub fn try_connect(addr: SocketAddr) -> io::Result<TcpStream> {
-    let s = TcpStream::connect_timeout(&addr, IO_TIMEOUT)?;
+    client_options(TcpStream::connect_timeout(&addr, IO_TIMEOUT)?)
+}
+
+/// [`try_connect`] from the local address `source`. Every address of
+/// 127.0.0.0/8 is this host's, so one test can be many clients as far as
+/// the server's per-address accounting (`--max-conns-per-ip`) can tell.
+pub fn try_connect_from(source: IpAddr, addr: SocketAddr) -> io::Result<TcpStream> {
+    let sock = socket2::Socket::new(socket2::Domain::for_address(addr), socket2::Type::STREAM, None)?;
+    sock.bind(&SocketAddr::new(source, 0).into())?;
+    sock.connect_timeout(&addr.into(), IO_TIMEOUT)?;
+    client_options(sock.into())
+}
+
+/// [`IO_TIMEOUT`] both ways and TCP_NODELAY.
+fn client_options(s: TcpStream) -> io::Result<TcpStream> {
     s.set_read_timeout(Some(IO_TIMEOUT))?;
     s.set_write_timeout(Some(IO_TIMEOUT))?;
     s.set_nodelay(true)?;
@@ -148,6 +162,11 @@ pub fn try_connect(addr: SocketAddr) -> io::Result<TcpStream> {
 /// uppercase.
 pub fn roundtrip(s: &mut TcpStream, msg: &[u8]) -> Result<(), String> {
     s.write_all(msg).map_err(|e| format!("write {} bytes: {e}", msg.len()))?;
+    read_echo(s, msg)
+}
+
+/// Reads exactly `msg.len()` bytes, which must be the uppercase of `msg`.
+pub fn read_echo(s: &mut TcpStream, msg: &[u8]) -> Result<(), String> {
     let mut got = vec![0u8; msg.len()];
     s.read_exact(&mut got).map_err(|e| format!("read {} echoed bytes: {e}", msg.len()))?;
     let want = upper(msg);
