@@ -826,3 +826,86 @@ fn max_conns(mode: &Mode) {
         roundtrip(c, b"still served").unwrap_or_else(|e| panic!("connection {}: {e}", i + 1));
     }
 }
+
+/// A server process that is stalled (SIGSTOP, as a busy machine or a debugger
+/// stalls it) for longer than `--idle-timeout` must not then close
+/// connections that were active all along: idleness counts from the last
+/// traffic the server saw, not from when it last looked at the clock. 20
+/// clients connect, send 200 bytes at once and read the echo, over and over,
+/// while the server is stopped for 0.8 s (against `--idle-timeout 0.5`) ten
+/// times. A client whose write went out promptly must get its echo. (An
+/// event loop once stamped activity with the time its poll returned and
+/// judged idleness with a fresh clock: a stall between the two closed
+/// clients that had just been served.)
+fn stalled_server_does_not_idle_close_active_clients(mode: &Mode) {
+    let _g = shared();
+    let server = Server::start(mode, &["--idle-timeout", "0.5"]);
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (ok, premature, slow) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let clients: Vec<_> = (0..20)
+        .map(|_| {
+            let (stop, ok, premature, slow, addr) =
+                (stop.clone(), ok.clone(), premature.clone(), slow.clone(), server.addr);
+            thread::spawn(move || {
+                let deadline = Instant::now() + Duration::from_secs(30);
+                while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+                    let Ok(mut s) = try_connect(addr) else { continue };
+                    let sent = Instant::now();
+                    if s.write_all(&[b'x'; 200]).is_err() {
+                        continue;
+                    }
+                    let prompt = sent.elapsed() < Duration::from_millis(300);
+                    let echoed = read_echo(&mut s, &[b'x'; 200]).is_ok();
+                    let counter = if echoed {
+                        &ok
+                    } else if prompt {
+                        &premature
+                    } else {
+                        &slow
+                    };
+                    counter.fetch_add(1, Ordering::Relaxed);
+                }
+            })
+        })
+        .collect();
+    for _ in 0..10 {
+        // Let traffic flow, then freeze the server past its idle timeout.
+        let flowing = ok.load(Ordering::Relaxed) + 20;
+        assert!(
+            poll_every(Duration::from_millis(5), Duration::from_secs(10), || ok.load(Ordering::Relaxed) >= flowing),
+            "{}: no traffic between stalls",
+            mode.name
+        );
+        server.signal(nix::sys::signal::Signal::SIGSTOP);
+        thread::sleep(Duration::from_millis(800)); // the stall being simulated
+        server.signal(nix::sys::signal::Signal::SIGCONT);
+    }
+    stop.store(true, Ordering::Relaxed);
+    for c in clients {
+        c.join().unwrap();
+    }
+    let (ok, premature, slow) =
+        (ok.load(Ordering::Relaxed), premature.load(Ordering::Relaxed), slow.load(Ordering::Relaxed));
+    println!("{}: {ok} echoed, {premature} closed early, {slow} slow clients", mode.name);
+    assert_eq!(premature, 0, "{}: {premature} active clients closed as idle after a stall ({ok} echoed)", mode.name);
+}
+
+#[test]
+fn event_stalled_server_does_not_idle_close_active_clients() {
+    stalled_server_does_not_idle_close_active_clients(&EVENT);
+}
+
+#[test]
+fn reactor_stalled_server_does_not_idle_close_active_clients() {
+    stalled_server_does_not_idle_close_active_clients(&REACTOR);
+}
+
+#[test]
+fn thread_stalled_server_does_not_idle_close_active_clients() {
+    stalled_server_does_not_idle_close_active_clients(&THREAD);
+}
+
+#[test]
+fn serial_stalled_server_does_not_idle_close_active_clients() {
+    stalled_server_does_not_idle_close_active_clients(&SERIAL);
+}

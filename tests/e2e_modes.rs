@@ -441,8 +441,12 @@ mod cases {
         const RUN_LIMIT: Duration = Duration::from_secs(150);
         raise_nofile();
         let idle_flag = IDLE.as_secs_f64().to_string();
+        // `--queue-timeout 0`: the default (the idle timeout) would refuse
+        // serial's queued clients, which must all be served here; the
+        // queue-wait refusals have their own tests (e2e_hardening.rs).
+        let per_ip = PER_IP.to_string();
         let mut server =
-            Server::start(mode, &["--idle-timeout", &idle_flag, "--max-conns-per-ip", &PER_IP.to_string()]);
+            Server::start(mode, &["--idle-timeout", &idle_flag, "--queue-timeout", "0", "--max-conns-per-ip", &per_ip]);
         let base = server.baseline();
         // Prefork: the connections are the workers'; their fds count too.
         let worker_fds: Vec<(ProcStat, usize)> = base.children.iter().map(|w| (*w, fds(w.pid).len())).collect();

@@ -9,8 +9,10 @@
 //! were waiting at every sample for the whole limit, it refuses the waiting
 //! ones. A single empty sample restarts the count, so a backlog that moves
 //! (another worker of a prefork group takes from the same listener) is left
-//! alone. A refused client sees its connection closed, within the limit plus
-//! one sample.
+//! alone, and so does a gap between samples (the process was stopped or
+//! descheduled: nobody looked, and siblings may have drained the backlog
+//! meanwhile). A refused client sees its connection closed, within the limit
+//! plus one sample.
 //!
 //! The pool's own queue holds accepted connections with their accept time
 //! and is swept by [`crate::strategy::pool`] directly.
@@ -35,19 +37,24 @@ pub const SAMPLE: Duration = Duration::from_millis(100);
 /// flood must not pin the caller.
 const MAX_REFUSED: usize = 4096;
 
+/// Samples further apart than this do not prove that clients waited all
+/// along.
+const GAP: Duration = Duration::from_millis(3 * SAMPLE.as_millis() as u64);
+
 /// Watches one listener's backlog while its process cannot accept.
 #[derive(Debug)]
 pub struct BacklogWatch {
     limit: Duration,
     /// Since when every sample found clients waiting.
     waiting_since: Option<Instant>,
+    last_sample: Option<Instant>,
     next_sample: Option<Instant>,
 }
 
 impl BacklogWatch {
     /// A watch that refuses clients waiting longer than `limit`.
     pub fn new(limit: Duration) -> BacklogWatch {
-        BacklogWatch { limit, waiting_since: None, next_sample: None }
+        BacklogWatch { limit, waiting_since: None, last_sample: None, next_sample: None }
     }
 
     /// The limit.
@@ -64,6 +71,7 @@ impl BacklogWatch {
     /// The process takes connections again: forget what was seen.
     pub fn reset(&mut self) {
         self.waiting_since = None;
+        self.last_sample = None;
         self.next_sample = None;
     }
 
@@ -82,6 +90,9 @@ impl BacklogWatch {
         now: Instant,
     ) -> io::Result<usize> {
         self.next_sample = Some(now + SAMPLE);
+        if self.last_sample.replace(now).is_some_and(|last| now.saturating_duration_since(last) > GAP) {
+            self.waiting_since = None;
+        }
         if !has_waiting(listener)? {
             self.waiting_since = None;
             return Ok(0);
@@ -141,16 +152,31 @@ mod tests {
         c
     }
 
+    /// Samples every [`SAMPLE`] from `from` to `to` (both included, in
+    /// simulated time); returns how many were refused.
+    fn sample(w: &mut BacklogWatch, l: &TcpListener, from: Duration, to: Duration, t0: Instant) -> usize {
+        let mut refused = 0;
+        let mut t = from;
+        while t <= to {
+            refused += w.check(l, t0 + t).unwrap();
+            t += SAMPLE;
+        }
+        refused
+    }
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
     #[test]
     fn refuses_only_after_the_limit_and_only_while_clients_wait() {
         let l = listener();
         let mut w = BacklogWatch::new(Duration::from_secs(2));
         let t0 = Instant::now();
-        assert_eq!(w.check(&l, t0).unwrap(), 0, "nothing waits");
+        assert_eq!(sample(&mut w, &l, ms(0), ms(900), t0), 0, "nothing waits");
         let c = client(&l);
-        assert_eq!(w.check(&l, t0 + Duration::from_secs(1)).unwrap(), 0, "waiting starts now");
-        assert_eq!(w.check(&l, t0 + Duration::from_millis(2900)).unwrap(), 0, "1.9 s < limit");
-        assert_eq!(w.check(&l, t0 + Duration::from_secs(3)).unwrap(), 1, "2 s: refused");
+        assert_eq!(sample(&mut w, &l, ms(1000), ms(2900), t0), 0, "waiting since 1 s, 1.9 s < limit");
+        assert_eq!(w.check(&l, t0 + ms(3000)).unwrap(), 1, "2 s: refused");
         assert!(!has_waiting(&l).unwrap());
         // The refused client sees its connection end.
         c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
@@ -164,15 +190,28 @@ mod tests {
         let mut w = BacklogWatch::new(Duration::from_secs(2));
         let t0 = Instant::now();
         let _c = client(&l);
-        assert_eq!(w.check(&l, t0).unwrap(), 0);
+        assert_eq!(sample(&mut w, &l, ms(0), ms(900), t0), 0);
         // Someone else (a sibling worker) takes the client...
         let (taken, _) = l.accept().unwrap();
-        assert_eq!(w.check(&l, t0 + Duration::from_secs(1)).unwrap(), 0);
+        assert_eq!(w.check(&l, t0 + ms(1000)).unwrap(), 0);
         // ...and a new one arrives: it has not waited the limit.
         let _d = client(&l);
-        assert_eq!(w.check(&l, t0 + Duration::from_millis(1500)).unwrap(), 0);
-        assert_eq!(w.check(&l, t0 + Duration::from_millis(3000)).unwrap(), 0, "1.5 s of waiting");
-        assert_eq!(w.check(&l, t0 + Duration::from_millis(3600)).unwrap(), 1);
+        assert_eq!(sample(&mut w, &l, ms(1100), ms(3000), t0), 0, "1.9 s of waiting");
+        assert_eq!(w.check(&l, t0 + ms(3100)).unwrap(), 1);
         drop(taken);
+    }
+
+    #[test]
+    fn a_gap_between_samples_restarts_the_count() {
+        let l = listener();
+        let mut w = BacklogWatch::new(Duration::from_secs(2));
+        let t0 = Instant::now();
+        let _c = client(&l);
+        assert_eq!(sample(&mut w, &l, ms(0), ms(1000), t0), 0);
+        // Stopped for 1.5 s: nobody looked, so this is a fresh start...
+        assert_eq!(w.check(&l, t0 + ms(2500)).unwrap(), 0, "a gap proves no wait");
+        assert_eq!(sample(&mut w, &l, ms(2600), ms(4400), t0), 0);
+        // ...and 2 s of samples later the client is refused.
+        assert_eq!(w.check(&l, t0 + ms(4500)).unwrap(), 1);
     }
 }

@@ -155,13 +155,13 @@ enum Ready {
 }
 
 /// Waits until the socket is readable, a signal arrived, or `deadline`
-/// passed, running the lookout's chores when they fall due.
+/// passed, running the lookout's chores when they fall due. A passed
+/// deadline is only a timeout once a poll found the socket silent: after the
+/// process was stalled (stopped, descheduled) past its deadline, bytes that
+/// arrived meanwhile are traffic, not idleness.
 fn wait_readable(stream: &TcpStream, lookout: &mut dyn Lookout, deadline: Option<Instant>) -> io::Result<Ready> {
     loop {
         let now = Instant::now();
-        if deadline.is_some_and(|d| now >= d) {
-            return Ok(Ready::Timeout);
-        }
         let chore = lookout.due(now);
         if chore.is_some_and(|c| now >= c) {
             lookout.tick(now)?;
@@ -171,18 +171,20 @@ fn wait_readable(stream: &TcpStream, lookout: &mut dyn Lookout, deadline: Option
             (Some(d), Some(c)) => Some(d.min(c)),
             (d, c) => d.or(c),
         };
-        // Round up so a 0.4 ms remainder does not become a busy 0 ms poll.
+        // Whole milliseconds, rounded up so a 0.4 ms remainder does not
+        // become a busy 0 ms poll; a passed deadline polls once, at 0.
         let timeout = match wake {
             None => PollTimeout::NONE,
-            Some(t) => PollTimeout::try_from(
-                t.saturating_duration_since(now).as_millis().saturating_add(1).min(i32::MAX as u128) as i32,
-            )
-            .unwrap_or(PollTimeout::MAX),
+            Some(t) => {
+                let ms = t.saturating_duration_since(now).as_nanos().div_ceil(1_000_000);
+                PollTimeout::try_from(ms.min(i32::MAX as u128) as i32).unwrap_or(PollTimeout::MAX)
+            }
         };
         let signals = lookout.signals();
         let mut fds = [PollFd::new(stream.as_fd(), PollFlags::POLLIN), PollFd::new(signals.as_fd(), PollFlags::POLLIN)];
         match nix::poll::poll(&mut fds, timeout) {
-            Ok(0) => continue, // the deadline or a chore: the top of the loop tells which
+            Ok(0) if deadline.is_some_and(|d| Instant::now() >= d) => return Ok(Ready::Timeout),
+            Ok(0) => continue, // a chore is due
             Ok(_) => {
                 if fds[1].any().unwrap_or(false) {
                     signals.drain();

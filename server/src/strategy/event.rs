@@ -407,8 +407,12 @@ impl EventLoop {
         self.want_accept = true; // budget used: more may be queued
     }
 
+    /// Closes connections idle for the timeout as of `now_ms`, the time
+    /// this iteration's activity was stamped with. Not a fresh clock: a
+    /// process stalled (stopped, descheduled) between the poll and here
+    /// would otherwise close connections it just served.
     fn expire_idle(&mut self) {
-        let now = self.epoch.elapsed().as_millis() as u64;
+        let now = self.now_ms;
         while let Some(key) = self.idle.as_ref().and_then(|q| q.expired(&mut self.conns, now)) {
             log::debug!("connection {key}: idle timeout");
             self.stats.idle_closed += 1;
