@@ -231,7 +231,7 @@ impl Acceptor {
     /// Makes the next [`Acceptor::next`] return by `t` at the latest (the
     /// pool sweeps its queue then).
     pub fn wake_by(&mut self, t: Instant) {
-        self.wake_at = Some(self.wake_at.map_or(t, |w| w.min(t)));
+        self.wake_at = crate::poll::earliest(self.wake_at, Some(t));
     }
 
     /// Samples the backlog for `--queue-timeout` if a sample is due.
@@ -295,13 +295,9 @@ impl Acceptor {
         let mut wake = self.backoff_until;
         if !can_accept {
             self.watch_backlog(now)?;
-            if let Some(w) = &self.backlog {
-                wake = Some(wake.map_or(w.due(now), |t| t.min(w.due(now))));
-            }
+            wake = crate::poll::earliest(wake, self.backlog.as_ref().map(|w| w.due(now)));
         }
-        if let Some(t) = self.wake_at.take() {
-            wake = Some(wake.map_or(t, |w| w.min(t)));
-        }
+        wake = crate::poll::earliest(wake, self.wake_at.take());
         self.wait(wake.map(|t| t.saturating_duration_since(now)))?;
         Ok(None)
     }

@@ -57,11 +57,6 @@ impl BacklogWatch {
         BacklogWatch { limit, waiting_since: None, last_sample: None, next_sample: None }
     }
 
-    /// The limit.
-    pub fn limit(&self) -> Duration {
-        self.limit
-    }
-
     /// When [`BacklogWatch::check`] is due (now, if it never ran since the
     /// last reset).
     pub fn due(&self, now: Instant) -> Instant {

@@ -6,7 +6,7 @@
 //! master's loops.
 
 use std::io;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use mio::{Events, Poll};
 
@@ -18,5 +18,13 @@ pub fn wait(poll: &mut Poll, events: &mut Events, timeout: Option<Duration>) -> 
             Ok(())
         }
         other => other,
+    }
+}
+
+/// The earlier of two optional wake-up times (`None`: no wake-up).
+pub fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
     }
 }

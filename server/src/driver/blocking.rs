@@ -167,10 +167,7 @@ fn wait_readable(stream: &TcpStream, lookout: &mut dyn Lookout, deadline: Option
             lookout.tick(now)?;
             continue;
         }
-        let wake = match (deadline, chore) {
-            (Some(d), Some(c)) => Some(d.min(c)),
-            (d, c) => d.or(c),
-        };
+        let wake = crate::poll::earliest(deadline, chore);
         // Whole milliseconds, rounded up so a 0.4 ms remainder does not
         // become a busy 0 ms poll; a passed deadline polls once, at 0.
         let timeout = match wake {
