@@ -849,12 +849,15 @@ fn stalled_server_does_not_idle_close_active_clients(mode: &Mode) {
             thread::spawn(move || {
                 let deadline = Instant::now() + Duration::from_secs(30);
                 while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+                    // Prompt: connected and wrote within 0.3 s, so the server's
+                    // idle clock (started at accept) cannot have run out on
+                    // account of this client.
+                    let started = Instant::now();
                     let Ok(mut s) = try_connect(addr) else { continue };
-                    let sent = Instant::now();
                     if s.write_all(&[b'x'; 200]).is_err() {
                         continue;
                     }
-                    let prompt = sent.elapsed() < Duration::from_millis(300);
+                    let prompt = started.elapsed() < Duration::from_millis(300);
                     let echoed = read_echo(&mut s, &[b'x'; 200]).is_ok();
                     let counter = if echoed {
                         &ok
