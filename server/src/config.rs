@@ -1,11 +1,11 @@
 //! What a server is asked to do: the strategy and its limits. Built by the
-//! `server` binary from its flags (or by a test or benchmark directly).
+//! `server` binary from its flags, or by a program directly.
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
 /// A concurrency strategy: how connections get CPU time.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
     /// One client at a time, served to its end before the next accept.
     Serial,
@@ -24,6 +24,10 @@ pub enum Mode {
 }
 
 impl Mode {
+    /// Every mode, in the order of the docs.
+    pub const ALL: [Mode; 7] =
+        [Mode::Serial, Mode::Fork, Mode::Thread, Mode::Pool, Mode::Event, Mode::Reactor, Mode::Prefork];
+
     /// The name used on the command line and in the start-up line.
     pub fn name(self) -> &'static str {
         match self {
@@ -41,6 +45,62 @@ impl Mode {
 impl std::fmt::Display for Mode {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for Mode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Mode, String> {
+        Mode::ALL.into_iter().find(|m| m.name() == s).ok_or_else(|| format!("unknown mode `{s}`"))
+    }
+}
+
+/// What a prefork worker can run: the in-process strategies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WorkerMode {
+    /// One client at a time per worker (Apache prefork, gunicorn sync).
+    Serial,
+    /// A thread per connection in each worker (Apache worker MPM).
+    Thread,
+    /// A thread pool in each worker.
+    Pool,
+    /// An event loop in each worker (nginx).
+    Event,
+}
+
+impl WorkerMode {
+    /// Every worker mode.
+    pub const ALL: [WorkerMode; 4] = [WorkerMode::Serial, WorkerMode::Thread, WorkerMode::Pool, WorkerMode::Event];
+
+    /// The strategy a worker runs.
+    pub fn mode(self) -> Mode {
+        match self {
+            WorkerMode::Serial => Mode::Serial,
+            WorkerMode::Thread => Mode::Thread,
+            WorkerMode::Pool => Mode::Pool,
+            WorkerMode::Event => Mode::Event,
+        }
+    }
+
+    /// The name used on the command line.
+    pub fn name(self) -> &'static str {
+        self.mode().name()
+    }
+}
+
+impl std::fmt::Display for WorkerMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for WorkerMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<WorkerMode, String> {
+        WorkerMode::ALL
+            .into_iter()
+            .find(|m| m.name() == s)
+            .ok_or_else(|| format!("unknown worker mode `{s}` (a worker runs serial, thread, pool or event)"))
     }
 }
 
@@ -76,7 +136,7 @@ pub struct Config {
     /// Worker processes (prefork).
     pub workers: usize,
     /// The strategy each prefork worker runs.
-    pub worker: Mode,
+    pub worker: WorkerMode,
     /// One SO_REUSEPORT socket per prefork worker instead of a shared one.
     pub reuseport: bool,
     /// Replace a prefork worker silent for this long.
@@ -122,7 +182,7 @@ impl Config {
             nodelay: true,
             max_buffer: 256 * 1024,
             workers: cpus(),
-            worker: Mode::Event,
+            worker: WorkerMode::Event,
             reuseport: false,
             worker_timeout: None,
             max_requests: None,
@@ -133,5 +193,22 @@ impl Config {
             max_conns_per_ip: None,
             socket_buffer: None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_parse_back() {
+        for m in Mode::ALL {
+            assert_eq!(m.name().parse::<Mode>(), Ok(m));
+        }
+        for w in WorkerMode::ALL {
+            assert_eq!(w.name().parse::<WorkerMode>(), Ok(w));
+        }
+        assert!("prefork".parse::<WorkerMode>().is_err());
+        assert!("fork".parse::<WorkerMode>().is_err());
     }
 }

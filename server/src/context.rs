@@ -1,112 +1,103 @@
 //! What every strategy is handed besides its listener and signals: the
-//! configuration, the protocol factory, the shutdown event, and the
-//! scoreboard slot its counters go to.
+//! configuration, the protocol factory, the process's stop event, its
+//! admission semaphore, and the scoreboard slot its counters go to.
 
-use std::io;
-use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
 use switchyard_common::Factory;
 
-use crate::config::Config;
+use crate::admission::Admission;
+use crate::config::{Config, Mode};
 use crate::driver::Totals;
-use crate::per_ip::{IpPermit, PerIp};
-use crate::scoreboard::Slot;
-use crate::shutdown::Shutdown;
+use crate::lifecycle::shutdown::Shutdown;
+use crate::process::metrics;
+use crate::process::scoreboard::{Counter, Slot, State};
 
-/// Shared, cheap to clone.
+/// One process's shared state; cheap to clone.
 #[derive(Clone)]
-pub struct Context {
-    /// What the server was asked to do.
-    pub config: Arc<Config>,
+pub(crate) struct Context {
+    /// What the server was asked to do (`mode` is what this process runs).
+    pub(crate) config: Arc<Config>,
     /// Makes one protocol per connection.
-    pub factory: Factory,
+    pub(crate) factory: Factory,
     /// The process's stop event.
-    pub shutdown: Shutdown,
+    pub(crate) shutdown: Shutdown,
+    /// The process's connection semaphore and per-address limit.
+    pub(crate) admission: Admission,
     /// This process's counters (a scoreboard slot in prefork workers).
-    pub slot: &'static Slot,
+    pub(crate) slot: Slot,
     /// Stop accepting after this many connections (prefork --max-requests).
-    pub max_requests: Option<u64>,
-    /// Open connections per client address (`--max-conns-per-ip`).
-    pub per_ip: Option<PerIp>,
+    pub(crate) max_requests: Option<u64>,
 }
 
 impl Context {
+    /// The context of a process that runs `config.mode`.
+    pub(crate) fn new(config: Arc<Config>, factory: Factory, slot: Slot, max_requests: Option<u64>) -> Context {
+        let cap = match config.mode {
+            Mode::Serial => 1,
+            Mode::Fork => config.max_children,
+            Mode::Pool => config.threads.max(1) + config.queue,
+            Mode::Thread | Mode::Event | Mode::Reactor | Mode::Prefork => config.max_conns,
+        };
+        Context {
+            shutdown: Shutdown::new(config.grace),
+            admission: Admission::new(cap, config.max_conns_per_ip),
+            config,
+            factory,
+            slot,
+            max_requests,
+        }
+    }
+
     /// Counts an accepted connection; after `max_requests` of them the
     /// process starts a graceful stop (its master replaces it).
     #[inline]
-    pub fn accepted(&self) {
-        self.slot.active.fetch_add(1, Relaxed);
-        let n = self.slot.accepted.fetch_add(1, Relaxed) + 1;
+    pub(crate) fn accepted(&self) {
+        self.slot.add(Counter::Active, 1);
+        let n = self.slot.add(Counter::Accepted, 1) + 1;
         if self.max_requests.is_some_and(|m| n >= m) && self.shutdown.drain() {
             log::info!("served {n} connections (--max-requests): recycling");
         }
     }
 
-    /// Counts a finished connection; returns how many were open before.
+    /// Counts a finished connection.
     #[inline]
-    pub fn closed(&self, t: Totals) -> u64 {
-        let before = self.slot.active.fetch_sub(1, Relaxed);
-        self.slot.bytes_in.fetch_add(t.bytes_in, Relaxed);
-        self.slot.bytes_out.fetch_add(t.bytes_out, Relaxed);
-        before
-    }
-
-    /// Connections open in this process now.
-    #[inline]
-    pub fn open_connections(&self) -> usize {
-        self.slot.active.load(Relaxed) as usize
-    }
-
-    /// A place for one more connection from `peer`: `Some(None)` when there
-    /// is no per-address limit, `None` when `peer` is at its limit (the caller
-    /// closes the connection at once).
-    pub fn admit_peer(&self, peer: std::net::SocketAddr) -> Option<Option<IpPermit>> {
-        match &self.per_ip {
-            None => Some(None),
-            Some(l) => match l.admit(peer.ip()) {
-                Some(p) => Some(Some(p)),
-                None => {
-                    log::debug!("{peer}: at --max-conns-per-ip, closed");
-                    self.refused(1);
-                    None
-                }
-            },
-        }
-    }
-
-    /// The strategy has set itself up and serves from now on. Until then a
-    /// prefork worker counts as booting, and a death is a boot failure.
-    pub fn ready(&self) {
-        self.slot.set_state(crate::scoreboard::State::Running);
+    pub(crate) fn closed(&self, t: Totals) {
+        self.slot.sub(Counter::Active, 1);
+        self.slot.add(Counter::BytesIn, t.bytes_in);
+        self.slot.add(Counter::BytesOut, t.bytes_out);
     }
 
     /// Counts connections closed at once without being served.
     #[inline]
-    pub fn refused(&self, n: usize) {
+    pub(crate) fn refused(&self, n: usize) {
         if n > 0 {
-            self.slot.refused.fetch_add(n as u64, Relaxed);
+            self.slot.add(Counter::Refused, n as u64);
         }
     }
 
-    /// Counts a failed accept.
-    pub fn accept_failed(&self) {
-        self.slot.accept_errors.fetch_add(1, Relaxed);
+    /// Counts a failed accept (or an accepted socket that could not be set up).
+    pub(crate) fn accept_failed(&self) {
+        self.slot.add(Counter::AcceptErrors, 1);
     }
 
-    /// Counts and logs how a blocking connection ended (peer faults below
-    /// error level).
-    pub fn finished(&self, result: io::Result<(crate::driver::blocking::End, Totals)>) {
-        match result {
-            Ok((end, t)) => {
-                log::trace!("connection ended: {end:?}, {} bytes in, {} out", t.bytes_in, t.bytes_out);
-                self.closed(t);
-            }
-            Err(e) => {
-                log::debug!("connection failed: {e}");
-                let _ = self.closed(Totals::default());
-            }
-        }
+    /// Counts a connection that was accepted but could not be handed to
+    /// whatever serves it (no thread, no process, no poll registration):
+    /// it closes unserved.
+    pub(crate) fn handover_failed(&self) {
+        self.accept_failed();
+        self.closed(Totals::default());
+    }
+
+    /// The strategy has set itself up and serves from now on. Until then a
+    /// prefork worker counts as booting, and a death is a boot failure.
+    pub(crate) fn ready(&self) {
+        self.slot.set_state(State::Running);
+    }
+
+    /// This process's metrics page.
+    pub(crate) fn page(&self) -> String {
+        metrics::render_process(self.slot)
     }
 }
 

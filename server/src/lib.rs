@@ -1,92 +1,85 @@
-//! Switchyard's server: one sans-IO protocol (from `switchyard-common`)
-//! served by every concurrency strategy.
+//! Switchyard's server: a protocol written once, as a sans-IO state machine
+//! ([`Protocol`]), served by every classic concurrency strategy ([`Mode`]):
+//! one client at a time, a process per connection, a thread per connection,
+//! a thread pool, a single-threaded event loop, one event loop per core,
+//! and a prefork master whose workers run any of the in-process ones
+//! ([`WorkerMode`]). Every strategy lives the same life (one accept policy,
+//! one admission semaphore, one drain, one signal table), so a protocol
+//! that works under one works under all.
 //!
-//! The layers, from the socket up:
+//! To serve a protocol of your own: implement [`Protocol`] (bytes in,
+//! bytes out, no socket), make a [`Factory`] of it, pick a [`Mode`] in a
+//! [`Config`], [`Server::bind`] and [`Server::serve`]. A stop comes from the
+//! usual signals (SIGTERM drains, SIGQUIT stops at once) or a [`Stopper`].
 //!
-//! - [`listener`]: bind (socket2), backlog, SO_REUSEADDR/SO_REUSEPORT.
-//! - [`strategy`]: how connections get CPU time, one file per model.
-//! - [`acceptor`], [`tracker`]: the accept loop and the connection
-//!   semaphore/registry the blocking strategies share.
-//! - [`driver`]: moves bytes between a socket and the protocol.
-//! - [`shutdown`], [`signals`]: the stop event and the signals that set it.
-//! - [`sys`]: every `unsafe` call (fork, `_exit`, prctl, signal handlers).
+//! ```
+//! use bytes::BytesMut;
+//! use std::io::{BufRead, BufReader, Write};
+//! use switchyard_server::{factory_of, Config, Mode, Protocol, Server, Step};
 //!
-//! The `server` binary calls [`cli::main`], which parses flags into a
-//! [`Config`] and calls [`serve`].
+//! /// Answers every line with its length: "hello\n" -> "5\n".
+//! #[derive(Default)]
+//! struct LineLength;
+//!
+//! impl Protocol for LineLength {
+//!     fn on_read(&mut self, input: &mut BytesMut, output: &mut BytesMut) -> Step {
+//!         while let Some(end) = input.iter().position(|&b| b == b'\n') {
+//!             let line = input.split_to(end + 1);
+//!             output.extend_from_slice(format!("{}\n", line.len() - 1).as_bytes());
+//!         }
+//!         Step::Continue // a partial line stays in `input` until the rest arrives
+//!     }
+//! }
+//!
+//! let mut config = Config::new(Mode::Event);
+//! config.listen = "127.0.0.1:0".parse().unwrap();
+//! let server = Server::bind(config).unwrap();
+//! let (addr, stopper) = (server.local_addr(), server.stopper());
+//!
+//! let client = std::thread::spawn(move || {
+//!     let mut conn = std::net::TcpStream::connect(addr).unwrap();
+//!     conn.write_all(b"hello\nswitch").unwrap();
+//!     conn.write_all(b"yard\n").unwrap();
+//!     let mut lines = BufReader::new(conn).lines();
+//!     let got = [lines.next().unwrap().unwrap(), lines.next().unwrap().unwrap()];
+//!     stopper.graceful();
+//!     got
+//! });
+//! server.serve(factory_of::<LineLength>()).unwrap();
+//! assert_eq!(client.join().unwrap(), ["5", "10"]);
+//! ```
+//!
+//! Inside, the crate is laid out by concept: `net` (listeners, the accept
+//! policy), `admission` (the connection semaphore, per-address permits),
+//! `lifecycle` (shutdown, drain, signals, deadlines, the poll every loop
+//! sleeps in), `driver` (blocking and non-blocking), `strategy` (one file or
+//! folder per model), `process` (children, scoreboard, metrics, privileges)
+//! and `sys` (the only module with unsafe code). docs/ARCHITECTURE.md in
+//! the repository walks through them.
 #![deny(missing_docs)]
+#![warn(unreachable_pub)]
 // Unsafe code lives in `sys` only; anywhere else it does not compile.
 #![deny(unsafe_code)]
 
-pub mod acceptor;
-pub mod backlog;
-pub mod cli;
-pub mod config;
-pub mod context;
-pub mod driver;
-pub mod listener;
-pub mod metrics;
-pub mod per_ip;
-pub mod poll;
-pub mod privileges;
-pub mod queue;
-pub mod scoreboard;
-pub mod shutdown;
-pub mod signals;
-pub mod strategy;
+mod admission;
+mod config;
+mod context;
+mod driver;
+mod lifecycle;
+mod net;
+mod process;
+mod serve;
+mod strategy;
 #[allow(unsafe_code)]
-pub mod sys;
-pub mod timer;
-pub mod tracker;
-pub mod work;
+mod sys;
 
-use std::io;
-use std::net::SocketAddr;
-use std::sync::Arc;
+pub use config::{cpus, Config, Mode, WorkerMode};
+pub use serve::{Server, Stopper};
+pub use switchyard_common::protocol::factory_of;
+pub use switchyard_common::{Factory, Protocol, Step};
 
-pub use config::{Config, Mode};
-pub use context::Context;
-use shutdown::Shutdown;
-use signals::{Signal, Signals};
-use switchyard_common::Factory;
-
-/// Binds, reports the bound address through `ready`, and serves with the
-/// configured strategy until a stop signal ends it. Signal handlers are
-/// installed before binding, so a SIGTERM right after `ready` is honoured.
-pub fn serve(config: Config, factory: Factory, ready: impl FnOnce(SocketAddr)) -> io::Result<()> {
-    let extra: &[Signal] = match config.mode {
-        Mode::Fork => &[Signal::SIGCHLD],
-        Mode::Prefork => &[Signal::SIGCHLD, Signal::SIGHUP, Signal::SIGTTIN, Signal::SIGTTOU],
-        _ => &[],
-    };
-    let signals = Signals::install(extra)?;
-    acceptor::init_reserve();
-    let listener = listener::bind(
-        config.listen,
-        listener::BindOptions {
-            backlog: config.backlog,
-            reuseport: config.mode == Mode::Reactor || (config.mode == Mode::Prefork && config.reuseport),
-        },
-    )?;
-    match &config.user {
-        Some(user) => privileges::drop_to(user, config.group.as_deref())?,
-        None => privileges::warn_if_root(),
-    }
-    ready(listener.local_addr()?);
-    // Fork children add their counters to the parent's slot: it must be
-    // shared memory there; elsewhere one process owns it.
-    let slot = match config.mode {
-        Mode::Fork => scoreboard::Scoreboard::new(1)?.slots().first().expect("one slot"),
-        _ => scoreboard::Slot::leaked(),
-    };
-    slot.claim(std::process::id());
-    slot.set_state(scoreboard::State::Running);
-    let ctx = Context {
-        shutdown: Shutdown::new(config.grace),
-        per_ip: config.max_conns_per_ip.map(per_ip::PerIp::new),
-        config: Arc::new(config),
-        factory,
-        slot,
-        max_requests: None,
-    };
-    strategy::run(listener, signals, ctx)
-}
+/// The connection state machine over a scripted peer, for the fuzz target
+/// (feature `sim`); not part of the API.
+#[cfg(feature = "sim")]
+#[doc(hidden)]
+pub use driver::sim;

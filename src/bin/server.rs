@@ -1,4 +1,5 @@
-//! The `server` binary: see `switchyard_server::cli`.
+//! The `server` binary: uppercase echo, served by the strategy its flags
+//! choose (see `switchyard::server_cli`).
 fn main() -> std::process::ExitCode {
-    switchyard_server::cli::main()
+    switchyard::server_cli::main(switchyard::server::factory_of::<switchyard::common::UpperEcho>())
 }

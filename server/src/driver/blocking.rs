@@ -2,26 +2,27 @@
 //! its output, repeat. On end-of-file the protocol gets `on_eof`, every
 //! pending byte is written, and the write side is shut.
 //!
-//! Two ways to learn about a stop while blocked in a read:
+//! Two ways to live through a stop:
 //!
 //! - With a [`Lookout`] (single-threaded processes: serial, a fork child, a
-//!   prefork serial worker): each read is preceded by `poll(2)` on the
-//!   socket *and* the signal self-pipe, until the idle deadline or the end of
-//!   the grace period. A signal writes a byte to the pipe, so it is never
-//!   lost between a check and a blocking call. The lookout may also ask to
-//!   be woken for its own chores (serial samples its backlog for
-//!   `--queue-timeout`) without that counting as traffic.
-//! - Without one (thread, pool): reads block with SO_RCVTIMEO as the idle
-//!   timeout; the acceptor thread ends the grace period with
-//!   `shutdown(SHUT_RD)` on every live socket, which reads here as
-//!   end-of-file, so the driver flushes what it received and closes.
-//!
-//! Writes block with SO_SNDTIMEO as the idle timeout (a peer that stops
-//! reading is dropped); an immediate stop interrupts them.
+//!   prefork serial worker), the driver is the process's loop while it
+//!   serves: every read and every write that would block first `poll(2)`s
+//!   the socket *and* the lookout's fd (the signal pipe, or the accept
+//!   loop's epoll fd), until the idle deadline or the end of the drain
+//!   stage. A signal writes a byte to the pipe, so it is never lost between
+//!   a check and a blocking call. The stages of the stop are the ones of
+//!   `lifecycle::drain`: in the grace the connection is served, then reading
+//!   stops, and what is owed gets until the flush grace ends.
+//! - Without one (thread, pool), the driver knows nothing of stops: reads
+//!   and writes block with SO_RCVTIMEO/SO_SNDTIMEO as the idle timeout, and
+//!   the accepting thread reaches every socket through the drain's registry:
+//!   `shutdown(SHUT_RD)` when the grace ends reads here as end-of-file (so
+//!   what was received is answered), `shutdown(SHUT_RDWR)` when the flush
+//!   grace ends fails a blocked write.
 
 use std::io::{self, Write};
 use std::net::TcpStream;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
@@ -29,17 +30,17 @@ use nix::poll::{PollFd, PollFlags, PollTimeout};
 use switchyard_common::{Protocol, Step};
 
 use super::Totals;
-use crate::shutdown::{Phase, Shutdown};
-use crate::signals::Signals;
+use crate::lifecycle::drain::{Drain, Stage};
+use crate::lifecycle::shutdown::Shutdown;
 use crate::sys;
 
 /// Bytes read per read(2) call at most.
-pub const READ_CHUNK: usize = 32 * 1024;
+pub(crate) const READ_CHUNK: usize = 32 * 1024;
 
-/// Why a connection ended, when it ended without an I/O error.
+/// Why a connection ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum End {
-    /// The peer closed its write side; everything was echoed.
+pub(crate) enum End {
+    /// The peer closed its write side; everything was answered.
     Eof,
     /// The protocol asked to close.
     Closed,
@@ -47,16 +48,28 @@ pub enum End {
     Idle,
     /// The grace period of a graceful stop ended.
     Grace,
-    /// Immediate stop.
+    /// The stop's last stage came (immediate stop, or the flush grace ended).
     Stopped,
 }
 
+/// How a connection went.
+#[derive(Debug)]
+pub(crate) struct Served {
+    /// Why it ended, or the I/O error that ended it.
+    pub(crate) end: io::Result<End>,
+    /// Bytes moved, also when it failed.
+    pub(crate) totals: Totals,
+}
+
 /// What a single-threaded process watches besides the socket it serves.
-pub trait Lookout {
-    /// The process's signal pipe.
-    fn signals(&self) -> &Signals;
-    /// A graceful stop began (serial closes its listener).
-    fn on_drain(&mut self) {}
+pub(crate) trait Lookout {
+    /// The fd to poll beside the socket.
+    fn fd(&self) -> BorrowedFd<'_>;
+    /// That fd is readable: handle it (dispatch signals, answer a metrics
+    /// request, ...).
+    fn on_ready(&mut self) -> io::Result<()>;
+    /// The stop reached `stage` (serial closes its listener at the grace).
+    fn on_stage(&mut self, _stage: Stage) {}
     /// When [`Lookout::tick`] wants to run next; `None`: never.
     fn due(&self, _now: Instant) -> Option<Instant> {
         None
@@ -67,107 +80,156 @@ pub trait Lookout {
     }
 }
 
-/// A fork child watches its signals only.
-impl Lookout for Signals {
-    fn signals(&self) -> &Signals {
-        self
-    }
-}
-
 /// Serves one connection to its end.
-pub fn serve(
+pub(crate) fn serve(
     stream: &TcpStream,
     proto: &mut dyn Protocol,
     shutdown: &Shutdown,
     idle: Option<Duration>,
-    mut watch: Option<&mut dyn Lookout>,
-) -> io::Result<(End, Totals)> {
-    let mut totals = Totals::default();
-    if watch.is_none() {
-        stream.set_read_timeout(idle)?;
-    }
-    stream.set_write_timeout(idle)?;
-    let (mut input, mut output) = super::buffer_pair(READ_CHUNK);
-    let mut draining = false;
-    let mut last_input = Instant::now();
-    loop {
-        match shutdown.absorb_signals() {
-            Phase::Running => {}
-            Phase::Immediate => return Ok((End::Stopped, totals)),
-            Phase::Draining if !draining => {
-                draining = true;
-                if let Some(w) = &mut watch {
-                    w.on_drain();
-                }
-                if watch.is_none() {
-                    match shutdown.remaining() {
-                        Some(left) if !left.is_zero() => stream.set_read_timeout(Some(left))?,
-                        _ => return Ok((End::Grace, totals)),
-                    }
-                }
-            }
-            Phase::Draining => {}
-        }
-        if let Some(w) = &mut watch {
-            let deadline = if draining {
-                shutdown.remaining().map(|left| Instant::now() + left)
-            } else {
-                idle.map(|d| last_input + d)
-            };
-            match wait_readable(stream, &mut **w, deadline)? {
-                Ready::Socket => {}
-                Ready::Signal => continue,
-                Ready::Timeout => return Ok((if draining { End::Grace } else { End::Idle }, totals)),
-            }
-        }
-        input.reserve(READ_CHUNK);
-        match sys::read_into(stream, &mut input) {
-            Ok(0) => {
-                proto.on_eof(&mut output);
-                write_out(stream, &mut output, &mut totals, shutdown)?;
-                let _ = stream.shutdown(std::net::Shutdown::Write);
-                return Ok((End::Eof, totals));
-            }
-            Ok(n) => {
-                totals.bytes_in += n as u64;
-                if watch.is_some() {
-                    last_input = Instant::now();
-                }
-                let step = proto.on_read(&mut input, &mut output);
-                write_out(stream, &mut output, &mut totals, shutdown)?;
-                if step == Step::Close {
-                    return Ok((End::Closed, totals));
-                }
-            }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
-                return Ok((if draining { End::Grace } else { End::Idle }, totals));
-            }
-            Err(e) => return Err(e),
-        }
-    }
+    lookout: Option<&mut dyn Lookout>,
+) -> Served {
+    let mut conn = Blocking { stream, totals: Totals::default(), idle, shutdown, drain: Drain::new(), lookout };
+    let end = conn.run(proto);
+    Served { end, totals: conn.totals }
 }
 
+struct Blocking<'a, 'l> {
+    stream: &'a TcpStream,
+    totals: Totals,
+    idle: Option<Duration>,
+    shutdown: &'a Shutdown,
+    drain: Drain,
+    lookout: Option<&'l mut dyn Lookout>,
+}
+
+/// What a wait found.
 enum Ready {
     Socket,
-    Signal,
+    /// The lookout's fd was handled, a chore ran, or the stage moved: look again.
+    Again,
     Timeout,
 }
 
-/// Waits until the socket is readable, a signal arrived, or `deadline`
-/// passed, running the lookout's chores when they fall due. A passed
-/// deadline is only a timeout once a poll found the socket silent: after the
-/// process was stalled (stopped, descheduled) past its deadline, bytes that
-/// arrived meanwhile are traffic, not idleness.
-fn wait_readable(stream: &TcpStream, lookout: &mut dyn Lookout, deadline: Option<Instant>) -> io::Result<Ready> {
-    loop {
+impl Blocking<'_, '_> {
+    fn run(&mut self, proto: &mut dyn Protocol) -> io::Result<End> {
+        if self.lookout.is_none() {
+            self.stream.set_read_timeout(self.idle)?;
+            self.stream.set_write_timeout(self.idle)?;
+        }
+        let (mut input, mut output) = super::buffer_pair(READ_CHUNK);
+        let mut last_input = Instant::now();
+        loop {
+            if self.lookout.is_some() {
+                match self.stage(Instant::now()) {
+                    Stage::Serving | Stage::Grace => {}
+                    Stage::Flush => return Ok(End::Grace),
+                    Stage::Over => return Ok(End::Stopped),
+                }
+                let deadline = match self.drain.stage() {
+                    Stage::Serving => self.idle.map(|d| last_input + d),
+                    _ => self.drain.next_change(self.shutdown),
+                };
+                match self.wait(PollFlags::POLLIN, deadline)? {
+                    Ready::Socket => {}
+                    Ready::Again => continue,
+                    Ready::Timeout if self.drain.serving() => return Ok(End::Idle),
+                    Ready::Timeout => continue, // the stage moves on
+                }
+            }
+            input.reserve(READ_CHUNK);
+            match sys::read_into(self.stream, &mut input) {
+                Ok(0) => {
+                    proto.on_eof(&mut output);
+                    self.write_out(&mut output)?;
+                    let _ = self.stream.shutdown(std::net::Shutdown::Write);
+                    return Ok(End::Eof);
+                }
+                Ok(n) => {
+                    self.totals.bytes_in += n as u64;
+                    last_input = Instant::now();
+                    let step = proto.on_read(&mut input, &mut output);
+                    self.write_out(&mut output)?;
+                    if step == Step::Close {
+                        return Ok(End::Closed);
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
+                    return Ok(End::Idle);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// The drain stage at `now`, telling the lookout of each new one.
+    fn stage(&mut self, now: Instant) -> Stage {
+        let entered: Vec<Stage> = self.drain.advance(self.shutdown, now).collect();
+        if let Some(l) = &mut self.lookout {
+            for s in entered {
+                l.on_stage(s);
+            }
+        }
+        self.drain.stage()
+    }
+
+    /// Writes all of `output`. With a lookout, a write that would block
+    /// waits (for the idle timeout while serving or in the grace, until the
+    /// flush grace ends after it); without one, the socket blocks.
+    fn write_out(&mut self, output: &mut BytesMut) -> io::Result<()> {
+        let mut sent = 0;
+        let mut last_progress = Instant::now();
+        while sent < output.len() {
+            let written = match self.lookout {
+                None => (&mut &*self.stream).write(&output[sent..]),
+                Some(_) => socket2::SockRef::from(self.stream)
+                    .send_with_flags(&output[sent..], libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL),
+            };
+            match written {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => {
+                    sent += n;
+                    last_progress = Instant::now();
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock && self.lookout.is_some() => {
+                    let deadline = match self.stage(Instant::now()) {
+                        Stage::Serving | Stage::Grace => self.idle.map(|d| last_progress + d),
+                        Stage::Flush => self.drain.next_change(self.shutdown),
+                        Stage::Over => return Err(io::Error::new(io::ErrorKind::Interrupted, "stopped")),
+                    };
+                    if let Ready::Timeout = self.wait(PollFlags::POLLOUT, deadline)? {
+                        if self.drain.stage() == Stage::Serving || self.drain.stage() == Stage::Grace {
+                            return Err(io::Error::new(io::ErrorKind::TimedOut, "peer stopped reading"));
+                        }
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        self.totals.bytes_out += sent as u64;
+        output.clear();
+        Ok(())
+    }
+
+    /// Waits until the socket is ready for `flags`, the lookout's fd is
+    /// readable (handled here), or `deadline` passed, running the lookout's
+    /// chores when they fall due. A passed deadline is only a timeout once a
+    /// poll found the socket not ready: after the process was stalled
+    /// (stopped, descheduled) past its deadline, bytes that arrived
+    /// meanwhile are traffic, not idleness.
+    fn wait(&mut self, flags: PollFlags, deadline: Option<Instant>) -> io::Result<Ready> {
+        let lookout = self.lookout.as_mut().expect("only with a lookout");
         let now = Instant::now();
         let chore = lookout.due(now);
         if chore.is_some_and(|c| now >= c) {
             lookout.tick(now)?;
-            continue;
+            return Ok(Ready::Again);
         }
-        let wake = crate::poll::earliest(deadline, chore);
+        let wake = match (deadline, chore) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
         // Whole milliseconds, rounded up so a 0.4 ms remainder does not
         // become a busy 0 ms poll; a passed deadline polls once, at 0.
         let timeout = match wake {
@@ -177,45 +239,25 @@ fn wait_readable(stream: &TcpStream, lookout: &mut dyn Lookout, deadline: Option
                 PollTimeout::try_from(ms.min(i32::MAX as u128) as i32).unwrap_or(PollTimeout::MAX)
             }
         };
-        let signals = lookout.signals();
-        let mut fds = [PollFd::new(stream.as_fd(), PollFlags::POLLIN), PollFd::new(signals.as_fd(), PollFlags::POLLIN)];
-        match nix::poll::poll(&mut fds, timeout) {
-            Ok(0) if deadline.is_some_and(|d| Instant::now() >= d) => return Ok(Ready::Timeout),
-            Ok(0) => continue, // a chore is due
-            Ok(_) => {
-                if fds[1].any().unwrap_or(false) {
-                    signals.drain();
-                    return Ok(Ready::Signal);
-                }
-                return Ok(Ready::Socket);
+        let (socket, other) = {
+            let mut fds = [PollFd::new(self.stream.as_fd(), flags), PollFd::new(lookout.fd(), PollFlags::POLLIN)];
+            match nix::poll::poll(&mut fds, timeout) {
+                Ok(0) => (false, false),
+                Ok(_) => (fds[0].any().unwrap_or(false), fds[1].any().unwrap_or(false)),
+                Err(nix::errno::Errno::EINTR) => (false, true),
+                Err(e) => return Err(e.into()),
             }
-            Err(nix::errno::Errno::EINTR) => return Ok(Ready::Signal),
-            Err(e) => return Err(e.into()),
+        };
+        if other {
+            lookout.on_ready()?;
+            return Ok(Ready::Again);
         }
-    }
-}
-
-/// Writes all of `output`; only an immediate stop interrupts it.
-fn write_out(
-    mut stream: &TcpStream,
-    output: &mut BytesMut,
-    totals: &mut Totals,
-    shutdown: &Shutdown,
-) -> io::Result<()> {
-    let mut sent = 0;
-    while sent < output.len() {
-        match stream.write(&output[sent..]) {
-            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-            Ok(n) => sent += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {
-                if shutdown.absorb_signals() == Phase::Immediate {
-                    return Err(io::Error::new(io::ErrorKind::Interrupted, "immediate stop"));
-                }
-            }
-            Err(e) => return Err(e),
+        if socket {
+            return Ok(Ready::Socket);
         }
+        if deadline.is_some_and(|d| Instant::now() >= d) {
+            return Ok(Ready::Timeout);
+        }
+        Ok(Ready::Again) // a chore is due
     }
-    totals.bytes_out += sent as u64;
-    output.clear();
-    Ok(())
 }

@@ -5,15 +5,17 @@
 //!   fork, thread, pool.
 //! - [`nonblocking`]: a resumable per-connection state machine over mio
 //!   readiness with bounded buffers. Used by the event loops.
-//! - [`sim`]: the non-blocking driver over a scripted in-memory peer, with
-//!   the invariants it must keep. Used by tests and the fuzz target.
+//! - `sim`: the non-blocking driver over a scripted in-memory peer, with
+//!   the invariants it must keep. Compiled for tests and for the fuzz target
+//!   (feature `sim`) only.
 //!
 //! [`Protocol`]: switchyard_common::Protocol
 
 use bytes::BytesMut;
 
-pub mod blocking;
-pub mod nonblocking;
+pub(crate) mod blocking;
+pub(crate) mod nonblocking;
+#[cfg(any(test, feature = "sim"))]
 pub mod sim;
 
 /// An input and an output buffer of at least `chunk` bytes each, carved
@@ -24,7 +26,7 @@ pub mod sim;
 /// the same page offset), which made `on_read` of 4 KiB 1.6 times slower on
 /// the development machine (`cargo bench --bench upper -- on_read`: 428 ns
 /// back to back, 270 ns shifted). `chunk` should be a multiple of 4 KiB.
-pub fn buffer_pair(chunk: usize) -> (BytesMut, BytesMut) {
+pub(crate) fn buffer_pair(chunk: usize) -> (BytesMut, BytesMut) {
     let half = chunk + HALF_PAGE;
     let mut input = BytesMut::with_capacity(2 * half);
     let output = input.split_off(half);
@@ -35,11 +37,11 @@ const HALF_PAGE: usize = 2048;
 
 /// Bytes a connection moved.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct Totals {
+pub(crate) struct Totals {
     /// Bytes read from the peer.
-    pub bytes_in: u64,
+    pub(crate) bytes_in: u64,
     /// Bytes written to the peer.
-    pub bytes_out: u64,
+    pub(crate) bytes_out: u64,
 }
 
 #[cfg(test)]

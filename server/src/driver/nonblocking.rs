@@ -34,12 +34,12 @@ use super::Totals;
 use crate::sys;
 
 /// Bytes offered to one read(2).
-pub const READ_CHUNK: usize = 64 * 1024;
+pub(crate) const READ_CHUNK: usize = 64 * 1024;
 /// Reads one connection may do per readiness event before others get a turn.
-pub const READ_BUDGET: usize = 16;
+pub(crate) const READ_BUDGET: usize = 16;
 
 /// What the connection state machine needs of a non-blocking socket.
-pub trait Socket {
+pub(crate) trait Socket {
     /// Reads into the spare capacity of `buf` (growing its length by what
     /// was read): `Ok(0)` is end-of-file, `WouldBlock` means nothing queued.
     fn read_into(&mut self, buf: &mut BytesMut) -> io::Result<usize>;
@@ -61,7 +61,7 @@ impl Socket for TcpStream {
 
 /// Buffers shared by every connection of one loop.
 #[derive(Debug)]
-pub struct Scratch {
+pub(crate) struct Scratch {
     input: BytesMut,
     output: BytesMut,
     max_buffer: usize,
@@ -70,7 +70,7 @@ pub struct Scratch {
 impl Scratch {
     /// Scratch space for a loop whose connections may hold `max_buffer`
     /// unsent bytes before they are paused.
-    pub fn new(max_buffer: usize) -> Scratch {
+    pub(crate) fn new(max_buffer: usize) -> Scratch {
         let (input, output) = super::buffer_pair(READ_CHUNK);
         Scratch { input, output, max_buffer }
     }
@@ -78,19 +78,19 @@ impl Scratch {
 
 /// What a call did, for the loop's bookkeeping.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct Status {
+pub(crate) struct Status {
     /// Bytes moved in either direction (resets the idle timer).
-    pub progressed: bool,
+    pub(crate) progressed: bool,
     /// Input may be waiting without a new edge (read budget used, or just
     /// resumed from backpressure): call `on_readable` again soon.
-    pub more: bool,
+    pub(crate) more: bool,
     /// The connection is finished: drop it.
-    pub done: bool,
+    pub(crate) done: bool,
 }
 
 /// One connection's state, over a socket `S` (mio's `TcpStream` when
 /// serving).
-pub struct Conn<S = TcpStream> {
+pub(crate) struct Conn<S = TcpStream> {
     stream: S,
     proto: Box<dyn Protocol>,
     /// Input the protocol left unconsumed (empty, unallocated for echo).
@@ -118,7 +118,7 @@ impl<S: std::fmt::Debug> std::fmt::Debug for Conn<S> {
 
 impl<S: Socket> Conn<S> {
     /// Wraps an accepted non-blocking stream.
-    pub fn new(stream: S, proto: Box<dyn Protocol>) -> Conn<S> {
+    pub(crate) fn new(stream: S, proto: Box<dyn Protocol>) -> Conn<S> {
         Conn {
             stream,
             proto,
@@ -132,29 +132,32 @@ impl<S: Socket> Conn<S> {
     }
 
     /// The socket, to register it.
-    pub fn stream_mut(&mut self) -> &mut S {
+    #[cfg(any(test, feature = "sim"))]
+    pub(crate) fn stream_mut(&mut self) -> &mut S {
         &mut self.stream
     }
 
     /// Bytes moved so far.
-    pub fn totals(&self) -> Totals {
+    pub(crate) fn totals(&self) -> Totals {
         self.totals
     }
 
     /// Unsent bytes held by this connection.
-    pub fn unsent(&self) -> usize {
+    #[cfg(any(test, feature = "sim"))]
+    pub(crate) fn unsent(&self) -> usize {
         self.out.len()
     }
 
     /// Bytes of buffer memory this connection holds (capacity, not length).
-    pub fn held(&self) -> usize {
+    #[cfg(any(test, feature = "sim"))]
+    pub(crate) fn held(&self) -> usize {
         self.input.capacity() + self.out.capacity()
     }
 
     /// Reads what has arrived (within the budget), runs the protocol and
     /// writes what the socket takes. `peer_closed`: the readiness event said
     /// the peer's write side is closed, so read on to end-of-file.
-    pub fn on_readable(&mut self, s: &mut Scratch, peer_closed: bool) -> io::Result<Status> {
+    pub(crate) fn on_readable(&mut self, s: &mut Scratch, peer_closed: bool) -> io::Result<Status> {
         self.peer_closed |= peer_closed;
         let mut st = Status::default();
         let mut reads = 0;
@@ -212,7 +215,7 @@ impl<S: Socket> Conn<S> {
     }
 
     /// The socket has room: send what is pending.
-    pub fn on_writable(&mut self, s: &mut Scratch) -> io::Result<Status> {
+    pub(crate) fn on_writable(&mut self, s: &mut Scratch) -> io::Result<Status> {
         let mut st = Status::default();
         self.flush(s, &mut st)?;
         st.done = self.read_closed && self.out.is_empty();
@@ -221,7 +224,7 @@ impl<S: Socket> Conn<S> {
 
     /// Stops reading (the grace period is over): once the output drains, the
     /// connection is done.
-    pub fn stop_reading(&mut self) -> bool {
+    pub(crate) fn stop_reading(&mut self) -> bool {
         self.read_closed = true;
         self.out.is_empty()
     }

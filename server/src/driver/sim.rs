@@ -1,3 +1,4 @@
+#![cfg_attr(not(feature = "sim"), allow(unreachable_pub))]
 //! The non-blocking driver without the network: a scripted in-memory peer
 //! ([`SimSocket`]) and a checker ([`run`]) that replays a script of peer
 //! actions and readiness events against one [`Conn`] and checks, after every

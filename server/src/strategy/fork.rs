@@ -1,139 +1,139 @@
-//! Fork per connection: the parent accepts, forks, closes its copy of the
+//! Fork per connection: the parent accepts, forks, keeps the connection's
+//! admission permit beside the child's pid, closes its copy of the
 //! connection and goes back to accepting; the child closes the listener,
 //! serves its one connection and `_exit`s, never returning into the loop.
 //!
-//! The parent has one thread, always (checked before the first fork). It
-//! reaps every child on SIGCHLD with a `waitpid(-1, WNOHANG)` loop (signals
-//! coalesce, so one SIGCHLD may stand for many exits). At `--max-children`
-//! live children it stops accepting until one exits, as Python's
+//! The parent has one thread, always (checked before every fork). It reaps
+//! its children on SIGCHLD; at `--max-children` live children (the
+//! admission cap) it stops accepting until one exits, as Python's
 //! socketserver does. Children die with the parent (PR_SET_PDEATHSIG).
 //!
-//! Graceful stop: the parent closes the listener and forwards SIGTERM; each
-//! child drains its connection until the peer closes or the grace ends;
-//! children still alive a second after the grace are killed.
+//! Stop: at the grace the parent closes the listener and forwards SIGTERM
+//! (each child drains its connection with its own deadline); children
+//! still alive when the flush grace ends are told to quit and killed a
+//! second later.
 
-use std::collections::HashMap;
 use std::io;
 use std::net::{TcpListener, TcpStream};
-use std::time::{Duration, Instant};
+use std::os::fd::BorrowedFd;
+use std::time::Instant;
 
-use nix::sys::signal::{kill, Signal};
-use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use mio::Events;
+use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 
-use crate::acceptor::Acceptor;
+use crate::admission::Permit;
 use crate::context::Context;
-use crate::driver::blocking;
-use crate::per_ip::IpPermit;
-use crate::shutdown::{Phase, Shutdown};
-use crate::signals::Signals;
-use crate::sys::{self, Forked};
+use crate::driver::blocking::Lookout;
+use crate::lifecycle::deadlines::{Deadlines, Timer};
+use crate::lifecycle::drain::{Drain, Stage, FLUSH_GRACE};
+use crate::lifecycle::poller::Poller;
+use crate::lifecycle::shutdown::Shutdown;
+use crate::lifecycle::signals::{Role, Signals};
+use crate::net::accept::AtCap;
+use crate::net::acceptor::Acceptor;
+use crate::process::children::{self, Children};
+use crate::sys::{self, BlockedSignals, Forked};
 
 /// Runs the fork-per-connection strategy until the server stops.
-pub fn run(listener: TcpListener, signals: Signals, ctx: Context) -> io::Result<()> {
+pub(crate) fn run(listener: TcpListener, signals: Signals, ctx: Context) -> io::Result<()> {
     sys::ensure_single_threaded("fork mode")?;
     let parent = nix::unistd::getpid();
-    let mut acceptor = Acceptor::new(listener, signals, &ctx)?;
-    let mut children = Children::default();
+    listener.set_nonblocking(true)?;
+    let poller = Poller::new(&ctx.shutdown, Some(signals), ctx.config.metrics, Some(ctx.slot))?;
+    let mut acceptor = Acceptor::new(listener, poller, &ctx, AtCap::Wait)?;
+    let mut children: Children<Permit> = Children::new();
+    let mut events = Events::with_capacity(16);
+    let mut drain = Drain::new();
+    let mut timers = Deadlines::new();
     ctx.ready();
-    while ctx.shutdown.is_running() {
-        children.reap();
-        let room = children.len() < ctx.config.max_children;
-        let Some(accepted) = acceptor.next(room)? else { continue };
-        ctx.accepted();
-        let stream = accepted.stream;
-        match sys::fork() {
-            Ok(Forked::Parent(pid)) => {
-                // The permit stays with the parent until the child is reaped.
-                children.live.insert(pid, accepted.permit);
-                drop(stream);
-            }
-            Ok(Forked::Child(blocked)) => {
-                let signals = acceptor.into_child();
-                sys::exit_now(child(stream, signals, blocked, &ctx, parent));
-            }
-            Err(e) => log::warn!("fork: {e}; closing the connection"),
-        }
-    }
-    acceptor.close_listener();
-    children.signal_all(Signal::SIGTERM);
-    let kill_at = ctx.shutdown.deadline().unwrap_or_else(Instant::now) + super::FLUSH_GRACE;
-    let mut killed = false;
     loop {
-        children.reap();
-        if children.len() == 0 {
+        let now = Instant::now();
+        for exit in children.reap() {
+            // The permit drops here: a place is free again.
+            match exit.ended {
+                children::Ended::Exited(0) => {}
+                ended => log::debug!("child {} {ended}", exit.pid),
+            }
+        }
+        for stage in drain.advance(&ctx.shutdown, now) {
+            match stage {
+                Stage::Serving | Stage::Flush => {}
+                Stage::Grace => {
+                    acceptor.close();
+                    let kill_at = ctx.shutdown.deadline().unwrap_or(now) + FLUSH_GRACE;
+                    children.stop_all(Signal::SIGTERM, kill_at);
+                }
+                Stage::Over => children.quit_all(now),
+            }
+        }
+        if children.kill_overdue(now) > 0 {
+            log::info!("killed the children still serving");
+        }
+        if !drain.serving() && children.is_empty() {
             return Ok(());
         }
-        if !killed && (Instant::now() >= kill_at || ctx.shutdown.phase() == Phase::Immediate) {
-            log::info!("killing {} child(ren) still serving", children.len());
-            children.signal_all(Signal::SIGKILL);
-            killed = true;
+        if let Some(conn) = acceptor.accept(now) {
+            match sys::fork() {
+                Ok(Forked::Parent(pid)) => children.add(pid, conn.permit),
+                Ok(Forked::Child(blocked)) => {
+                    // The child's copy of the permit belongs to the parent's
+                    // books: never released here.
+                    std::mem::forget(conn.permit);
+                    let signals = acceptor.into_child();
+                    sys::exit_now(child(conn.stream, signals, blocked, &ctx, parent));
+                }
+                Err(e) => {
+                    log::warn!("fork: {e}; closing the connection");
+                    ctx.handover_failed();
+                }
+            }
+            continue;
         }
-        let timeout =
-            if killed { Duration::from_millis(50) } else { kill_at.saturating_duration_since(Instant::now()) };
-        acceptor.wait(Some(timeout))?;
+        timers.set(Timer::Drain, drain.next_change(&ctx.shutdown));
+        timers.set(Timer::Children, children.next_deadline());
+        acceptor.wait(&mut events, &mut timers)?;
     }
 }
 
 /// The child's whole life; the return value is its exit code.
-fn child(stream: TcpStream, signals: Signals, blocked: sys::BlockedSignals, ctx: &Context, parent: Pid) -> i32 {
-    sys::die_with_parent(Signal::SIGKILL, parent);
-    let mut signals = match signals.reinstall_in_child(&[Signal::SIGCHLD], blocked) {
+fn child(stream: TcpStream, signals: Option<Signals>, blocked: BlockedSignals, ctx: &Context, parent: Pid) -> i32 {
+    children::die_with_parent(parent);
+    let Some(signals) = signals else {
+        blocked.release();
+        return 1;
+    };
+    let mut signals = match signals.reinstall_in_child(Role::ForkChild, blocked) {
         Ok(s) => s,
         Err(e) => {
             log::error!("child {}: signals: {e}", std::process::id());
             return 1;
         }
     };
-    // A fresh stop event: the parent's state is not the child's.
-    let shutdown = Shutdown::new(ctx.config.grace);
-    let mut proto = (ctx.factory)();
-    ctx.finished(blocking::serve(&stream, &mut *proto, &shutdown, ctx.config.idle_timeout, Some(&mut signals)));
+    // A stop event of its own: the parent's state is not the child's.
+    let ctx = Context { shutdown: Shutdown::new(ctx.config.grace), ..ctx.clone() };
+    if let Err(e) = stream.set_nonblocking(false) {
+        log::debug!("child {}: {e}", std::process::id());
+        return 1;
+    }
+    let mut lookout = Signalled { signals: &mut signals, shutdown: &ctx.shutdown };
+    super::serve_blocking(&stream, &ctx, Some(&mut lookout));
     0
 }
 
-/// The parent's live children.
-#[derive(Debug, Default)]
-struct Children {
-    live: HashMap<Pid, Option<IpPermit>>,
+/// A child watches its signals only.
+struct Signalled<'a> {
+    signals: &'a mut Signals,
+    shutdown: &'a Shutdown,
 }
 
-impl Children {
-    fn len(&self) -> usize {
-        self.live.len()
+impl Lookout for Signalled<'_> {
+    fn fd(&self) -> BorrowedFd<'_> {
+        self.signals.as_fd()
     }
 
-    /// Reaps every child that has exited (zombies never linger).
-    fn reap(&mut self) {
-        loop {
-            match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
-                Ok(WaitStatus::StillAlive) => return,
-                Ok(status) => {
-                    if let Some(pid) = status.pid() {
-                        self.live.remove(&pid);
-                    }
-                    match status {
-                        WaitStatus::Exited(pid, code) if code != 0 => log::debug!("child {pid} exited with {code}"),
-                        WaitStatus::Signaled(pid, sig, _) => log::debug!("child {pid} killed by {sig}"),
-                        _ => {}
-                    }
-                }
-                Err(nix::errno::Errno::EINTR) => continue,
-                Err(nix::errno::Errno::ECHILD) => {
-                    self.live.clear();
-                    return;
-                }
-                Err(e) => {
-                    log::warn!("waitpid: {e}");
-                    return;
-                }
-            }
-        }
-    }
-
-    fn signal_all(&self, sig: Signal) {
-        for &pid in self.live.keys() {
-            let _ = kill(pid, sig);
-        }
+    fn on_ready(&mut self) -> io::Result<()> {
+        self.signals.dispatch(self.shutdown);
+        Ok(())
     }
 }

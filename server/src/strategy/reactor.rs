@@ -2,65 +2,58 @@
 //! coroutines"). Each loop has its own SO_REUSEPORT listener on the same
 //! address, so the kernel spreads new connections across loops without a
 //! shared accept queue or a hand-off between threads (docs/ARCHITECTURE.md
-//! says why this was chosen). The main thread only watches signals and wakes
-//! the loops when the shutdown phase changes; every loop logs its counts at
-//! the end so balance can be checked.
+//! says why this was chosen). The loops share the process's admission
+//! semaphore (`--max-conns` is per process) and stop event. The main thread
+//! only dispatches signals, serves metrics, and wakes the loops when the
+//! shutdown phase changes; every loop logs its counts at the end so balance
+//! can be checked.
 
 use std::io;
 use std::net::TcpListener;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use mio::{Events, Poll, Token, Waker};
+use mio::Events;
 
-use super::event::{EventLoop, LoopStats};
+use super::event::EventLoop;
 use crate::context::Context;
-use crate::listener::{self, BindOptions};
-use crate::metrics::Metrics;
-use crate::shutdown::Phase;
-use crate::signals::Signals;
-use crate::sys;
-
-const SIGNALS: Token = Token(0);
-const LOOP_ENDED: Token = Token(1);
-const METRICS: Token = Token(2);
+use crate::lifecycle::poller::Poller;
+use crate::lifecycle::shutdown::Phase;
+use crate::lifecycle::signals::{spawn_masked, Signals};
+use crate::net::listener::{self, BindOptions};
 
 /// Stack size of a loop thread.
 const STACK_SIZE: usize = 1024 * 1024;
 
 /// Runs N event loops until the server stops.
-pub fn run(listener: TcpListener, signals: Signals, ctx: Context) -> io::Result<()> {
+pub(crate) fn run(listener: TcpListener, signals: Signals, ctx: Context) -> io::Result<()> {
     let n = ctx.config.threads.max(1);
     let addr = listener.local_addr()?;
     let mut listeners = vec![listener];
     for _ in 1..n {
         listeners.push(listener::bind(addr, BindOptions { backlog: ctx.config.backlog, reuseport: true })?);
     }
-    let mut poll = Poll::new()?;
-    signals.register(poll.registry(), SIGNALS)?;
-    let ended = Arc::new(Waker::new(poll.registry(), LOOP_ENDED)?);
+    let mut main = Poller::new(&ctx.shutdown, Some(signals), ctx.config.metrics, Some(ctx.slot))?;
     // Counted before the wake, so the main thread never misses an end.
     let finished = Arc::new(AtomicUsize::new(0));
     // Every loop's fds exist before the first loop accepts: a flood of
     // connections cannot make start-up itself run out of fds.
     let mut built = Vec::with_capacity(n);
     for (i, l) in listeners.into_iter().enumerate() {
-        built.push(EventLoop::new(i, l, None, ctx.clone())?);
+        built.push(EventLoop::new(i, l, Poller::new(&ctx.shutdown, None, None, Some(ctx.slot))?, &ctx)?);
     }
     let wakers: Vec<_> = built.iter().map(|lp| lp.waker()).collect();
     let mut loops = Vec::with_capacity(n);
-    for mut lp in built {
-        lp.set_peers(wakers.clone());
+    for lp in built {
         let i = loops.len();
-        let (ended, finished) = (ended.clone(), finished.clone());
-        loops.push(sys::spawn_masked(format!("loop-{i}"), STACK_SIZE, move || {
+        let (ended, finished) = (main.waker(), finished.clone());
+        loops.push(spawn_masked(format!("loop-{i}"), STACK_SIZE, move || {
             let r = lp.run();
             finished.fetch_add(1, Ordering::SeqCst);
             let _ = ended.wake();
             r
         })?);
     }
-    let mut metrics = Metrics::maybe_bind(ctx.config.metrics, poll.registry(), METRICS)?;
     ctx.ready();
     let mut events = Events::with_capacity(8);
     let mut seen = Phase::Running;
@@ -69,35 +62,23 @@ pub fn run(listener: TcpListener, signals: Signals, ctx: Context) -> io::Result<
             log::error!("an event loop ended early; stopping the others");
             ctx.shutdown.stop_now();
         }
-        let phase = ctx.shutdown.absorb_signals();
+        let phase = ctx.shutdown.phase();
         if phase != seen {
             seen = phase;
             for w in &wakers {
                 let _ = w.wake();
             }
         }
-        crate::poll::wait(&mut poll, &mut events, None)?;
-        signals.drain();
-        if let Some(m) = &mut metrics {
-            for ev in events.iter() {
-                if !m.owns(ev.token()) {
-                    continue;
-                }
-                m.on_event(ev, poll.registry(), &|| crate::metrics::render_process(ctx.slot));
-            }
-        }
+        main.wait(&mut events, None)?;
+        main.serve_metrics(|| ctx.page());
     }
     let mut first_err = None;
-    let mut all: Vec<LoopStats> = Vec::with_capacity(n);
     for h in loops {
         match h.join() {
-            Ok(Ok(s)) => all.push(s),
+            Ok(Ok(s)) => log::info!("{s}"),
             Ok(Err(e)) => first_err = first_err.or(Some(e)),
             Err(_) => first_err = first_err.or(Some(io::Error::other("an event loop panicked"))),
         }
-    }
-    for s in &all {
-        log::info!("{s}");
     }
     first_err.map_or(Ok(()), Err)
 }

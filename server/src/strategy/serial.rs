@@ -1,35 +1,98 @@
 //! Serial: the iterative server. Accept one client, serve it to its end,
-//! then accept the next; everyone else waits in the listen backlog. One
-//! thread: while it serves, the driver watches the signal pipe too, and a
-//! graceful stop closes the listener at once (the backlog is refused rather
-//! than left waiting). With `--queue-timeout`, clients that wait longer than
-//! that in the backlog are refused (the acceptor, as the driver's lookout,
-//! samples the backlog while a connection is served).
+//! then accept the next; everyone else waits in the listen backlog.
+//!
+//! One thread, so while it serves, the driver is the process's loop: its
+//! lookout is the acceptor, whose poll (signals, metrics) it watches beside
+//! the socket. A graceful stop closes the listener at once (the backlog is
+//! refused rather than left waiting). The admission cap is 1, so while a
+//! client is served the acceptor is at its cap and, with `--queue-timeout`,
+//! samples the backlog and refuses clients that waited too long.
 
 use std::io;
 use std::net::TcpListener;
+use std::os::fd::{AsFd, BorrowedFd};
+use std::time::Instant;
 
-use crate::acceptor::Acceptor;
+use mio::Events;
+
 use crate::context::Context;
-use crate::driver::blocking;
-use crate::signals::Signals;
-use crate::tracker::Tracker;
+use crate::driver::blocking::Lookout;
+use crate::lifecycle::deadlines::{Deadlines, Timer};
+use crate::lifecycle::drain::{Drain, Stage};
+use crate::lifecycle::poller::{Poller, HEARTBEAT};
+use crate::lifecycle::signals::Signals;
+use crate::net::accept::AtCap;
+use crate::net::acceptor::Acceptor;
 
 /// Runs the serial strategy until the server stops.
-pub fn run(listener: TcpListener, signals: Signals, ctx: Context) -> io::Result<()> {
-    let mut acceptor = Acceptor::new(listener, signals, &ctx)?;
-    let tracker = Tracker::new(1, acceptor.waker());
+pub(crate) fn run(listener: TcpListener, signals: Signals, ctx: Context) -> io::Result<()> {
+    listener.set_nonblocking(true)?;
+    let poller = Poller::new(&ctx.shutdown, Some(signals), ctx.config.metrics, Some(ctx.slot))?;
+    let mut acceptor = Acceptor::new(listener, poller, &ctx, AtCap::Wait)?;
+    let mut events = Events::with_capacity(16);
+    let mut drain = Drain::new();
+    let mut timers = Deadlines::new();
     ctx.ready();
-    while ctx.shutdown.is_running() {
-        if let Some(accepted) = acceptor.next(true)? {
-            ctx.accepted();
-            let _permit = accepted.permit;
-            let conn = tracker.admit(accepted.stream);
-            let mut proto = (ctx.factory)();
-            let served =
-                blocking::serve(&conn, &mut *proto, &ctx.shutdown, ctx.config.idle_timeout, Some(&mut acceptor));
-            ctx.finished(served);
+    loop {
+        let now = Instant::now();
+        for stage in drain.advance(&ctx.shutdown, now) {
+            if stage == Stage::Grace {
+                acceptor.close();
+            }
+        }
+        if !drain.serving() {
+            return Ok(()); // between clients nothing is left to drain
+        }
+        if let Some(conn) = acceptor.accept(now) {
+            conn.stream.set_nonblocking(false)?;
+            let mut busy = Busy { acceptor: &mut acceptor, events: &mut events, beat: Instant::now() };
+            super::serve_blocking(&conn.stream, &ctx, Some(&mut busy));
+            continue; // the permit drops here: the next client may come
+        }
+        timers.set(Timer::Drain, drain.next_change(&ctx.shutdown));
+        acceptor.wait(&mut events, &mut timers)?;
+    }
+}
+
+/// The acceptor while serial serves a client: the driver polls the
+/// acceptor's poll beside the socket (a signal, a metrics request, a new
+/// client in the backlog), closes the listener when the grace begins, and
+/// wakes for the backlog samples and heartbeats.
+struct Busy<'a> {
+    acceptor: &'a mut Acceptor<TcpListener>,
+    events: &'a mut Events,
+    beat: Instant,
+}
+
+impl Lookout for Busy<'_> {
+    fn fd(&self) -> BorrowedFd<'_> {
+        self.acceptor.poller.as_fd()
+    }
+
+    fn on_ready(&mut self) -> io::Result<()> {
+        self.acceptor.wait(self.events, &mut Deadlines::new().with(Timer::Soon, Instant::now()))
+    }
+
+    fn on_stage(&mut self, stage: Stage) {
+        if stage == Stage::Grace {
+            self.acceptor.close();
         }
     }
-    super::drain(&mut acceptor, &tracker, &ctx)
+
+    fn due(&self, now: Instant) -> Option<Instant> {
+        let beat = Some(self.beat + HEARTBEAT);
+        match self.acceptor.deadline(now) {
+            Some(t) => beat.map(|b| b.min(t)),
+            None => beat,
+        }
+    }
+
+    fn tick(&mut self, now: Instant) -> io::Result<()> {
+        if now >= self.beat + HEARTBEAT {
+            self.acceptor.poller.beat();
+            self.beat = now;
+        }
+        self.acceptor.watch(now);
+        Ok(())
+    }
 }

@@ -1,51 +1,96 @@
 //! Thread per connection. The acceptor admits a connection only while fewer
-//! than `--max-conns` are open (a counting semaphore); at the cap it stops
-//! accepting and the listen backlog absorbs the rest. Each connection's
-//! thread is detached when it finishes (no pile of join handles); threads
-//! still serving at shutdown are joined.
+//! than `--max-conns` are open (the admission semaphore); at the cap it
+//! stops accepting, the listen backlog absorbs the rest, and a connection
+//! that closes wakes it. Each connection's thread is detached when it
+//! finishes (no pile of join handles); threads still serving at the end are
+//! joined.
+//!
+//! The connection threads know nothing of stops: the accepting thread
+//! reaches their sockets through the drain's registry.
 
 use std::io;
-use std::net::TcpListener;
+use std::net::{Shutdown as How, TcpListener};
+use std::time::Instant;
 
-use crate::acceptor::Acceptor;
+use mio::Events;
+
 use crate::context::Context;
-use crate::driver::blocking;
-use crate::signals::Signals;
-use crate::sys;
-use crate::tracker::Tracker;
+use crate::lifecycle::deadlines::{Deadlines, Timer};
+use crate::lifecycle::drain::{Drain, Registry, Stage};
+use crate::lifecycle::poller::Poller;
+use crate::lifecycle::signals::{spawn_masked, Signals};
+use crate::net::accept::AtCap;
+use crate::net::acceptor::Acceptor;
 
 /// Stack size of a connection thread: the driver needs little.
-pub const STACK_SIZE: usize = 256 * 1024;
+pub(crate) const STACK_SIZE: usize = 256 * 1024;
 
 /// Runs the thread-per-connection strategy until the server stops.
-pub fn run(listener: TcpListener, signals: Signals, ctx: Context) -> io::Result<()> {
-    let mut acceptor = Acceptor::new(listener, signals, &ctx)?;
-    let tracker = Tracker::new(ctx.config.max_conns, acceptor.waker());
+pub(crate) fn run(listener: TcpListener, signals: Signals, ctx: Context) -> io::Result<()> {
+    listener.set_nonblocking(true)?;
+    let poller = Poller::new(&ctx.shutdown, Some(signals), ctx.config.metrics, Some(ctx.slot))?;
+    let registry = Registry::new(poller.waker());
+    let mut acceptor = Acceptor::new(listener, poller, &ctx, AtCap::Wait)?;
+    let mut events = Events::with_capacity(16);
+    let mut drain = Drain::new();
+    let mut timers = Deadlines::new();
     ctx.ready();
-    while ctx.shutdown.is_running() {
-        let room = tracker.has_room() || {
-            tracker.want_wake(true);
-            tracker.has_room()
-        };
-        let next = acceptor.next(room);
-        tracker.want_wake(false);
-        let Some(accepted) = next? else { continue };
-        ctx.accepted();
-        let permit = accepted.permit;
-        let conn = tracker.admit(accepted.stream);
-        let key = conn.key();
-        let c = ctx.clone();
-        let spawned = sys::spawn_masked(format!("conn-{key}"), STACK_SIZE, move || {
-            let _permit = permit;
-            let mut proto = (c.factory)();
-            c.finished(blocking::serve(&conn, &mut *proto, &c.shutdown, c.config.idle_timeout, None));
-        });
-        match spawned {
-            Ok(handle) => tracker.attach(key, handle),
-            // The closure (and with it the connection) was dropped: the
-            // client sees a close, the server goes on.
-            Err(e) => log::warn!("cannot spawn a connection thread: {e}"),
+    loop {
+        let now = Instant::now();
+        for stage in drain.advance(&ctx.shutdown, now) {
+            stop(stage, &mut acceptor, &registry);
+        }
+        if !drain.serving() && registry.is_empty() {
+            break;
+        }
+        if let Some(conn) = acceptor.accept(now) {
+            let permit = conn.permit;
+            let stream = registry.register(conn.stream);
+            let key = stream.key();
+            let c = ctx.clone();
+            let spawned = spawn_masked(format!("conn-{key}"), STACK_SIZE, move || {
+                let _permit = permit;
+                super::serve_blocking(&stream, &c, None);
+            });
+            match spawned {
+                Ok(handle) => registry.attach(key, handle),
+                // The closure (and with it the connection) was dropped: the
+                // client sees a close, the server goes on.
+                Err(e) => {
+                    log::warn!("cannot spawn a connection thread: {e}; closing the connection");
+                    ctx.handover_failed();
+                }
+            }
+            continue;
+        }
+        timers.set(Timer::Drain, drain.next_change(&ctx.shutdown));
+        acceptor.wait(&mut events, &mut timers)?;
+    }
+    for t in registry.take_threads() {
+        let _ = t.join();
+    }
+    Ok(())
+}
+
+/// A stage of the stop for a strategy whose connections other threads
+/// serve (thread, pool): close the listener, then make reads see
+/// end-of-file (the drivers answer what they received and close), then
+/// shut every socket both ways.
+pub(super) fn stop(stage: Stage, acceptor: &mut Acceptor<TcpListener>, registry: &Registry) {
+    match stage {
+        Stage::Serving => {}
+        Stage::Grace => {
+            acceptor.close();
+            registry.wake_when_empty();
+        }
+        Stage::Flush => {
+            let n = registry.shutdown_all(How::Read);
+            if n > 0 {
+                log::info!("grace over: closing {n} connection(s) after flushing");
+            }
+        }
+        Stage::Over => {
+            registry.shutdown_all(How::Both);
         }
     }
-    super::drain(&mut acceptor, &tracker, &ctx)
 }

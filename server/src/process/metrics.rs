@@ -1,7 +1,9 @@
 //! `--metrics ADDR`: the scoreboard as Prometheus text over HTTP
 //! (`GET /metrics`), served from inside the owner's own poll loop (the
 //! prefork master, which never runs threads) by a tiny non-blocking HTTP/1.0
-//! responder: read the request head, answer, close.
+//! responder: read the request head, answer, close. The endpoint does not
+//! know what a page holds: when a request for it is complete it says so
+//! ([`Metrics::wants_page`]) and the owner renders it ([`render`]).
 //!
 //! Names (every counter also per worker, labelled `pid`):
 //! `switchyard_connections_accepted_total`, `switchyard_connections_active`,
@@ -15,7 +17,6 @@
 use std::fmt::Write as _;
 use std::io::{self, Read, Write};
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
 use mio::event::Event;
@@ -23,7 +24,7 @@ use mio::net::{TcpListener, TcpStream};
 use mio::{Interest, Registry, Token};
 use slab::Slab;
 
-use crate::scoreboard::Slot;
+use super::scoreboard::{now_ms, Counter, Slot};
 
 /// Requests in flight at most; more wait in the backlog.
 const MAX_CLIENTS: usize = 16;
@@ -32,27 +33,27 @@ const MAX_HEAD: usize = 8 * 1024;
 
 /// Counters of workers that have exited, so totals never go down.
 #[derive(Debug, Default, Clone, Copy)]
-pub struct Retired {
+pub(crate) struct Retired {
     /// Connections accepted by exited workers.
-    pub accepted: u64,
+    pub(crate) accepted: u64,
     /// Bytes received by exited workers.
-    pub bytes_in: u64,
+    pub(crate) bytes_in: u64,
     /// Bytes sent by exited workers.
-    pub bytes_out: u64,
+    pub(crate) bytes_out: u64,
     /// Accept errors of exited workers.
-    pub accept_errors: u64,
+    pub(crate) accept_errors: u64,
     /// Connections refused by exited workers.
-    pub refused: u64,
+    pub(crate) refused: u64,
 }
 
 impl Retired {
     /// Adds an exiting worker's counters.
-    pub fn add(&mut self, s: &Slot) {
-        self.accepted += s.accepted.load(Relaxed);
-        self.bytes_in += s.bytes_in.load(Relaxed);
-        self.bytes_out += s.bytes_out.load(Relaxed);
-        self.accept_errors += s.accept_errors.load(Relaxed);
-        self.refused += s.refused.load(Relaxed);
+    pub(crate) fn add(&mut self, s: Slot) {
+        self.accepted += s.get(Counter::Accepted);
+        self.bytes_in += s.get(Counter::BytesIn);
+        self.bytes_out += s.get(Counter::BytesOut);
+        self.accept_errors += s.get(Counter::AcceptErrors);
+        self.refused += s.get(Counter::Refused);
     }
 }
 
@@ -60,13 +61,15 @@ impl Retired {
 struct Client {
     stream: TcpStream,
     head: Vec<u8>,
+    /// The request is for the page, which the owner has yet to render.
+    wants_page: bool,
     reply: Vec<u8>,
     sent: usize,
 }
 
 /// The endpoint: a listener and the requests being answered.
 #[derive(Debug)]
-pub struct Metrics {
+pub(crate) struct Metrics {
     listener: TcpListener,
     base: Token,
     clients: Slab<Client>,
@@ -74,7 +77,7 @@ pub struct Metrics {
 
 impl Metrics {
     /// Binds `addr` and registers it as `base`; clients get tokens above it.
-    pub fn bind(addr: SocketAddr, registry: &Registry, base: Token) -> io::Result<Metrics> {
+    pub(crate) fn bind(addr: SocketAddr, registry: &Registry, base: Token) -> io::Result<Metrics> {
         let mut listener = TcpListener::bind(addr)
             .map_err(|e| io::Error::new(e.kind(), format!("metrics: cannot bind {addr}: {e}")))?;
         registry.register(&mut listener, base, Interest::READABLE)?;
@@ -82,35 +85,62 @@ impl Metrics {
         Ok(Metrics { listener, base, clients: Slab::new() })
     }
 
-    /// The bound address.
-    pub fn local_addr(&self) -> io::Result<SocketAddr> {
-        self.listener.local_addr()
-    }
-
     /// Whether `token` belongs to this endpoint.
-    pub fn owns(&self, token: Token) -> bool {
+    pub(crate) fn owns(&self, token: Token) -> bool {
         token.0 >= self.base.0 && token.0 <= self.base.0 + MAX_CLIENTS
     }
 
     /// Binds `addr` if it is given (the `--metrics` flag).
-    pub fn maybe_bind(addr: Option<SocketAddr>, registry: &Registry, base: Token) -> io::Result<Option<Metrics>> {
+    pub(crate) fn maybe_bind(
+        addr: Option<SocketAddr>,
+        registry: &Registry,
+        base: Token,
+    ) -> io::Result<Option<Metrics>> {
         addr.map(|a| Metrics::bind(a, registry, base)).transpose()
     }
 
-    /// Handles a readiness event; `render` makes the page.
-    pub fn on_event(&mut self, ev: &Event, registry: &Registry, render: &dyn Fn() -> String) {
+    /// Handles a readiness event of one of its tokens.
+    pub(crate) fn on_event(&mut self, ev: &Event, registry: &Registry) {
         if ev.token() == self.base {
             self.accept(registry);
             return;
         }
         let key = ev.token().0 - self.base.0 - 1;
         let done = match self.clients.get_mut(key) {
-            Some(c) => serve(c, render).unwrap_or(true),
+            Some(c) => advance(c).unwrap_or(true),
             None => false,
         };
         if done {
-            let mut c = self.clients.remove(key);
-            let _ = registry.deregister(&mut c.stream);
+            self.drop_client(key, registry);
+        }
+    }
+
+    /// Whether a complete request for the page waits for [`Metrics::answer`].
+    pub(crate) fn wants_page(&self) -> bool {
+        self.clients.iter().any(|(_, c)| c.wants_page)
+    }
+
+    /// Answers every request waiting for the page with `page`.
+    pub(crate) fn answer(&mut self, page: &str, registry: &Registry) {
+        let waiting: Vec<usize> = self.clients.iter().filter(|(_, c)| c.wants_page).map(|(k, _)| k).collect();
+        for key in waiting {
+            let c = &mut self.clients[key];
+            c.wants_page = false;
+            c.reply = reply("200 OK", "text/plain; version=0.0.4; charset=utf-8", page);
+            if advance(c).unwrap_or(true) {
+                self.drop_client(key, registry);
+            }
+        }
+    }
+
+    fn drop_client(&mut self, key: usize, registry: &Registry) {
+        let was_full = self.clients.len() == MAX_CLIENTS;
+        let mut c = self.clients.remove(key);
+        let _ = registry.deregister(&mut c.stream);
+        if was_full {
+            // The listener is edge-triggered: requests that queued while
+            // every place was taken raise no new event.
+            self.accept(registry);
         }
     }
 
@@ -121,7 +151,13 @@ impl Metrics {
                     let entry = self.clients.vacant_entry();
                     let token = Token(self.base.0 + 1 + entry.key());
                     if registry.register(&mut stream, token, Interest::READABLE | Interest::WRITABLE).is_ok() {
-                        entry.insert(Client { stream, head: Vec::new(), reply: Vec::new(), sent: 0 });
+                        entry.insert(Client {
+                            stream,
+                            head: Vec::new(),
+                            wants_page: false,
+                            reply: Vec::new(),
+                            sent: 0,
+                        });
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
@@ -135,7 +171,7 @@ impl Metrics {
     }
 
     /// Stops serving (a stopping master).
-    pub fn close(&mut self, registry: &Registry) {
+    pub(crate) fn close(&mut self, registry: &Registry) {
         let _ = registry.deregister(&mut self.listener);
         for mut c in self.clients.drain() {
             let _ = registry.deregister(&mut c.stream);
@@ -143,9 +179,13 @@ impl Metrics {
     }
 }
 
-/// Advances one request; true when the connection is finished.
-fn serve(c: &mut Client, render: &dyn Fn() -> String) -> io::Result<bool> {
+/// Advances one request: reads its head, then sends the reply (once there
+/// is one); true when the connection is finished.
+fn advance(c: &mut Client) -> io::Result<bool> {
     if c.reply.is_empty() {
+        if c.wants_page {
+            return Ok(false);
+        }
         let mut buf = [0u8; 2048];
         loop {
             match c.stream.read(&mut buf) {
@@ -163,7 +203,13 @@ fn serve(c: &mut Client, render: &dyn Fn() -> String) -> io::Result<bool> {
         if !complete && c.head.len() <= MAX_HEAD {
             return Ok(false);
         }
-        c.reply = respond(&c.head, render);
+        match route(&c.head) {
+            Some(r) => c.reply = r,
+            None => {
+                c.wants_page = true;
+                return Ok(false);
+            }
+        }
     }
     while c.sent < c.reply.len() {
         match c.stream.write(&c.reply[c.sent..]) {
@@ -176,20 +222,24 @@ fn serve(c: &mut Client, render: &dyn Fn() -> String) -> io::Result<bool> {
     Ok(true)
 }
 
-fn respond(head: &[u8], render: &dyn Fn() -> String) -> Vec<u8> {
+/// The reply to a request head, or `None` for a request of the page.
+fn route(head: &[u8]) -> Option<Vec<u8>> {
     let line = head.split(|&b| b == b'\n').next().unwrap_or_default();
     let line = String::from_utf8_lossy(line);
     let mut parts = line.split_whitespace();
     let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
-    let (status, ctype, body) = if head.len() > MAX_HEAD {
-        ("431 Request Header Fields Too Large", "text/plain", "request head too large\n".to_string())
+    if head.len() > MAX_HEAD {
+        Some(reply("431 Request Header Fields Too Large", "text/plain", "request head too large\n"))
     } else if method != "GET" {
-        ("405 Method Not Allowed", "text/plain", "only GET\n".to_string())
+        Some(reply("405 Method Not Allowed", "text/plain", "only GET\n"))
     } else if path == "/metrics" || path.starts_with("/metrics?") {
-        ("200 OK", "text/plain; version=0.0.4; charset=utf-8", render())
+        None
     } else {
-        ("404 Not Found", "text/plain", "try /metrics\n".to_string())
-    };
+        Some(reply("404 Not Found", "text/plain", "try /metrics\n"))
+    }
+}
+
+fn reply(status: &str, ctype: &str, body: &str) -> Vec<u8> {
     format!(
         "HTTP/1.0 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
@@ -199,8 +249,8 @@ fn respond(head: &[u8], render: &dyn Fn() -> String) -> Vec<u8> {
 
 /// The page of a single-process server (or a fork parent, whose children
 /// count into the same shared slot).
-pub fn render_process(slot: &Slot) -> String {
-    let uptime = Duration::from_millis(crate::scoreboard::now_ms().saturating_sub(slot.started_ms.load(Relaxed)));
+pub(crate) fn render_process(slot: Slot) -> String {
+    let uptime = Duration::from_millis(now_ms().saturating_sub(slot.started_ms()));
     render(&[(std::process::id(), slot)], Retired::default(), 0, 0, uptime)
 }
 
@@ -213,7 +263,7 @@ struct Snapshot {
     silent_ms: u64,
 }
 
-/// The counters of a page, in the order of `COUNTERS`.
+/// The counters of a page, in the order of [`Counter::ALL`].
 const COUNTERS: [(&str, &str, &str); 6] = [
     ("connections_accepted_total", "counter", "Connections accepted."),
     ("connections_active", "gauge", "Connections open now."),
@@ -228,21 +278,10 @@ const COUNTERS: [(&str, &str, &str); 6] = [
 ];
 
 /// The exposition text for `workers` (pid, slot), plus master-level figures.
-pub fn render(workers: &[(u32, &Slot)], retired: Retired, spawns: u64, deaths: u64, uptime: Duration) -> String {
+pub(crate) fn render(workers: &[(u32, Slot)], retired: Retired, spawns: u64, deaths: u64, uptime: Duration) -> String {
     let snaps: Vec<Snapshot> = workers
         .iter()
-        .map(|(pid, s)| Snapshot {
-            pid: *pid,
-            values: [
-                s.accepted.load(Relaxed),
-                s.active.load(Relaxed),
-                s.bytes_in.load(Relaxed),
-                s.bytes_out.load(Relaxed),
-                s.accept_errors.load(Relaxed),
-                s.refused.load(Relaxed),
-            ],
-            silent_ms: s.silent_ms(),
-        })
+        .map(|(pid, s)| Snapshot { pid: *pid, values: Counter::ALL.map(|c| s.get(c)), silent_ms: s.silent_ms() })
         .collect();
     let base = [retired.accepted, 0, retired.bytes_in, retired.bytes_out, retired.accept_errors, retired.refused];
     let mut out = String::with_capacity(4096);

@@ -7,7 +7,8 @@
 //! Times are milliseconds since the loop started (`u64`), taken once per
 //! poll wake-up.
 //!
-//! Caller: `strategy::event`.
+//! Caller: the event loop (`strategy::event`), which puts [`IdleQueue::next_in`]
+//! in its deadline table.
 
 use slab::Slab;
 
@@ -15,7 +16,7 @@ const NIL: u32 = u32::MAX;
 
 /// Per-connection links; embed one in each slab entry.
 #[derive(Debug, Clone, Copy)]
-pub struct Links {
+pub(crate) struct Links {
     prev: u32,
     next: u32,
     at: u64,
@@ -29,14 +30,14 @@ impl Default for Links {
 }
 
 /// Implemented by slab entries that carry [`Links`].
-pub trait HasLinks {
+pub(crate) trait HasLinks {
     /// The entry's links.
     fn links(&mut self) -> &mut Links;
 }
 
 /// The queue, ordered by last activity.
 #[derive(Debug)]
-pub struct IdleQueue {
+pub(crate) struct IdleQueue {
     head: u32,
     tail: u32,
     timeout_ms: u64,
@@ -44,12 +45,12 @@ pub struct IdleQueue {
 
 impl IdleQueue {
     /// A queue whose entries expire `timeout_ms` after their last activity.
-    pub fn new(timeout_ms: u64) -> IdleQueue {
+    pub(crate) fn new(timeout_ms: u64) -> IdleQueue {
         IdleQueue { head: NIL, tail: NIL, timeout_ms }
     }
 
     /// Marks `key` active at `now` (inserting it if it is not queued).
-    pub fn touch<T: HasLinks>(&mut self, slab: &mut Slab<T>, key: usize, now: u64) {
+    pub(crate) fn touch<T: HasLinks>(&mut self, slab: &mut Slab<T>, key: usize, now: u64) {
         let l = *slab[key].links();
         if l.linked && l.at == now {
             return;
@@ -68,7 +69,7 @@ impl IdleQueue {
     }
 
     /// Takes `key` out of the queue (before it leaves the slab).
-    pub fn remove<T: HasLinks>(&mut self, slab: &mut Slab<T>, key: usize) {
+    pub(crate) fn remove<T: HasLinks>(&mut self, slab: &mut Slab<T>, key: usize) {
         let l = *slab[key].links();
         if !l.linked {
             return;
@@ -87,7 +88,7 @@ impl IdleQueue {
     }
 
     /// The first entry whose timeout has passed at `now`, if any.
-    pub fn expired<T: HasLinks>(&self, slab: &mut Slab<T>, now: u64) -> Option<usize> {
+    pub(crate) fn expired<T: HasLinks>(&self, slab: &mut Slab<T>, now: u64) -> Option<usize> {
         if self.head == NIL {
             return None;
         }
@@ -96,7 +97,7 @@ impl IdleQueue {
     }
 
     /// Milliseconds from `now` until the head expires.
-    pub fn next_in<T: HasLinks>(&self, slab: &mut Slab<T>, now: u64) -> Option<u64> {
+    pub(crate) fn next_in<T: HasLinks>(&self, slab: &mut Slab<T>, now: u64) -> Option<u64> {
         if self.head == NIL {
             return None;
         }

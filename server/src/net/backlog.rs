@@ -14,28 +14,19 @@
 //! meanwhile). A refused client sees its connection closed, within the limit
 //! plus one sample.
 //!
-//! The pool's own queue holds accepted connections with their accept time
-//! and is swept by [`crate::strategy::pool`] directly.
-//!
-//! Callers: [`crate::acceptor::Acceptor`] (which also serves as the serial
-//! strategy's lookout while it serves a connection), and the event loops
-//! while they are at `--max-conns`.
+//! This is the decision only: [`BacklogWatch::sample`] says when the
+//! waiting clients must go; the accept policy (`net::accept`) samples the
+//! listener and refuses them. The pool's own queue holds accepted
+//! connections with their accept time and is swept by the pool itself.
 
 use std::io;
-use std::net::TcpListener;
 use std::os::fd::AsFd;
 use std::time::{Duration, Instant};
 
 use nix::poll::{PollFd, PollFlags, PollTimeout};
 
-use crate::acceptor::{accept_guarded, shed_one};
-
 /// How often a busy process looks at its backlog.
-pub const SAMPLE: Duration = Duration::from_millis(100);
-
-/// Refuses connections at most per check: the backlog is finite, but a
-/// flood must not pin the caller.
-const MAX_REFUSED: usize = 4096;
+pub(crate) const SAMPLE: Duration = Duration::from_millis(100);
 
 /// Samples further apart than this do not prove that clients waited all
 /// along.
@@ -43,7 +34,7 @@ const GAP: Duration = Duration::from_millis(3 * SAMPLE.as_millis() as u64);
 
 /// Watches one listener's backlog while its process cannot accept.
 #[derive(Debug)]
-pub struct BacklogWatch {
+pub(crate) struct BacklogWatch {
     limit: Duration,
     /// Since when every sample found clients waiting.
     waiting_since: Option<Instant>,
@@ -53,73 +44,51 @@ pub struct BacklogWatch {
 
 impl BacklogWatch {
     /// A watch that refuses clients waiting longer than `limit`.
-    pub fn new(limit: Duration) -> BacklogWatch {
+    pub(crate) fn new(limit: Duration) -> BacklogWatch {
         BacklogWatch { limit, waiting_since: None, last_sample: None, next_sample: None }
     }
 
-    /// When [`BacklogWatch::check`] is due (now, if it never ran since the
+    /// When [`BacklogWatch::sample`] is due (now, if it never ran since the
     /// last reset).
-    pub fn due(&self, now: Instant) -> Instant {
+    pub(crate) fn due(&self, now: Instant) -> Instant {
         self.next_sample.unwrap_or(now)
     }
 
     /// The process takes connections again: forget what was seen.
-    pub fn reset(&mut self) {
+    pub(crate) fn reset(&mut self) {
         self.waiting_since = None;
         self.last_sample = None;
         self.next_sample = None;
     }
 
-    /// Samples the backlog of the non-blocking `listener` (the caller cannot
-    /// accept now). Returns how many waiting clients it refused.
-    pub fn check(&mut self, listener: &TcpListener, now: Instant) -> io::Result<usize> {
-        self.check_with(listener, || shed_one(listener.accept()), now)
-    }
-
-    /// [`BacklogWatch::check`] for any listener: `accept_and_close` takes one
-    /// waiting client and closes it (`Ok(false)`: none was waiting).
-    pub fn check_with(
-        &mut self,
-        listener: &impl AsFd,
-        mut accept_and_close: impl FnMut() -> io::Result<bool>,
-        now: Instant,
-    ) -> io::Result<usize> {
+    /// Records a sample taken at `now` (the caller cannot accept now):
+    /// `waiting` says whether clients wait in the backlog. True when they
+    /// have waited at every sample for the whole limit: refuse them now.
+    pub(crate) fn sample(&mut self, waiting: bool, now: Instant) -> bool {
         self.next_sample = Some(now + SAMPLE);
         if self.last_sample.replace(now).is_some_and(|last| now.saturating_duration_since(last) > GAP) {
             self.waiting_since = None;
         }
-        if !has_waiting(listener)? {
+        if !waiting {
             self.waiting_since = None;
-            return Ok(0);
+            return false;
         }
         let since = *self.waiting_since.get_or_insert(now);
         if now.duration_since(since) < self.limit {
-            return Ok(0);
+            return false;
         }
         self.waiting_since = None;
-        let mut refused = 0;
-        while refused < MAX_REFUSED {
-            match accept_guarded(&mut accept_and_close) {
-                Ok(true) => refused += 1,
-                Ok(false) => break,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                // Out of fds, an aborted connection: what is left waits
-                // for the next check.
-                Err(_) => break,
-            }
-        }
-        if refused > 0 {
-            log::warn!(
-                "refused {refused} connection(s) that waited over --queue-timeout {:?} for a worker",
-                self.limit
-            );
-        }
-        Ok(refused)
+        true
+    }
+
+    /// The limit.
+    pub(crate) fn limit(&self) -> Duration {
+        self.limit
     }
 }
 
 /// Whether a client waits in `listener`'s backlog (a zero-timeout poll).
-fn has_waiting(listener: &impl AsFd) -> io::Result<bool> {
+pub(crate) fn has_waiting(listener: &impl AsFd) -> io::Result<bool> {
     let mut fds = [PollFd::new(listener.as_fd(), PollFlags::POLLIN)];
     match nix::poll::poll(&mut fds, PollTimeout::ZERO) {
         Ok(n) => Ok(n > 0 && fds[0].any().unwrap_or(false)),
@@ -131,7 +100,7 @@ fn has_waiting(listener: &impl AsFd) -> io::Result<bool> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::net::TcpStream;
+    use std::net::{TcpListener, TcpStream};
 
     fn listener() -> TcpListener {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -147,13 +116,22 @@ mod tests {
         c
     }
 
+    /// Samples `l` at `t0 + at`; refuses (accepts and closes) the waiting
+    /// clients when the watch says so; returns how many it refused.
+    fn check(w: &mut BacklogWatch, l: &TcpListener, t0: Instant, at: Duration) -> usize {
+        if !w.sample(has_waiting(l).unwrap(), t0 + at) {
+            return 0;
+        }
+        std::iter::from_fn(|| l.accept().ok()).count()
+    }
+
     /// Samples every [`SAMPLE`] from `from` to `to` (both included, in
     /// simulated time); returns how many were refused.
     fn sample(w: &mut BacklogWatch, l: &TcpListener, from: Duration, to: Duration, t0: Instant) -> usize {
         let mut refused = 0;
         let mut t = from;
         while t <= to {
-            refused += w.check(l, t0 + t).unwrap();
+            refused += check(w, l, t0, t);
             t += SAMPLE;
         }
         refused
@@ -169,14 +147,10 @@ mod tests {
         let mut w = BacklogWatch::new(Duration::from_secs(2));
         let t0 = Instant::now();
         assert_eq!(sample(&mut w, &l, ms(0), ms(900), t0), 0, "nothing waits");
-        let c = client(&l);
+        let _c = client(&l);
         assert_eq!(sample(&mut w, &l, ms(1000), ms(2900), t0), 0, "waiting since 1 s, 1.9 s < limit");
-        assert_eq!(w.check(&l, t0 + ms(3000)).unwrap(), 1, "2 s: refused");
+        assert_eq!(check(&mut w, &l, t0, ms(3000)), 1, "2 s: refused");
         assert!(!has_waiting(&l).unwrap());
-        // The refused client sees its connection end.
-        c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        let mut buf = [0u8; 1];
-        assert!(matches!(std::io::Read::read(&mut &c, &mut buf), Ok(0) | Err(_)));
     }
 
     #[test]
@@ -188,11 +162,11 @@ mod tests {
         assert_eq!(sample(&mut w, &l, ms(0), ms(900), t0), 0);
         // Someone else (a sibling worker) takes the client...
         let (taken, _) = l.accept().unwrap();
-        assert_eq!(w.check(&l, t0 + ms(1000)).unwrap(), 0);
+        assert_eq!(check(&mut w, &l, t0, ms(1000)), 0);
         // ...and a new one arrives: it has not waited the limit.
         let _d = client(&l);
         assert_eq!(sample(&mut w, &l, ms(1100), ms(3000), t0), 0, "1.9 s of waiting");
-        assert_eq!(w.check(&l, t0 + ms(3100)).unwrap(), 1);
+        assert_eq!(check(&mut w, &l, t0, ms(3100)), 1);
         drop(taken);
     }
 
@@ -204,9 +178,9 @@ mod tests {
         let _c = client(&l);
         assert_eq!(sample(&mut w, &l, ms(0), ms(1000), t0), 0);
         // Stopped for 1.5 s: nobody looked, so this is a fresh start...
-        assert_eq!(w.check(&l, t0 + ms(2500)).unwrap(), 0, "a gap proves no wait");
+        assert_eq!(check(&mut w, &l, t0, ms(2500)), 0, "a gap proves no wait");
         assert_eq!(sample(&mut w, &l, ms(2600), ms(4400), t0), 0);
         // ...and 2 s of samples later the client is refused.
-        assert_eq!(w.check(&l, t0 + ms(4500)).unwrap(), 1);
+        assert_eq!(check(&mut w, &l, t0, ms(4500)), 1);
     }
 }

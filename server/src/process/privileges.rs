@@ -5,14 +5,14 @@
 //! real, effective and saved id is the target's, and regaining root fails,
 //! or the server refuses to run.
 //!
-//! Caller: `lib::serve`, once, before any strategy starts threads or forks.
+//! Caller: `serve`, once, before any strategy starts threads or forks.
 
 use std::io;
 
 use nix::unistd::{Gid, Group, Uid, User};
 
 /// Drops to `user` (and `group`, by default the user's primary group).
-pub fn drop_to(user: &str, group: Option<&str>) -> io::Result<()> {
+pub(crate) fn drop_to(user: &str, group: Option<&str>) -> io::Result<()> {
     let u = User::from_name(user)
         .map_err(io::Error::from)?
         .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, format!("no user named {user}")))?;
@@ -47,7 +47,7 @@ fn verify(uid: Uid, gid: Gid) -> io::Result<()> {
 }
 
 /// Warns when the server runs as root and was not asked to drop privileges.
-pub fn warn_if_root() {
+pub(crate) fn warn_if_root() {
     if Uid::effective().is_root() {
         log::warn!("running as root without --user: consider --user nobody");
     }

@@ -2,8 +2,9 @@
 //! restart binds, optional SO_REUSEPORT, the backlog, close-on-exec; and the
 //! per-connection options applied after accept.
 //!
-//! Callers: `lib::serve` (once per server), `strategy::prefork` (one socket
-//! per worker with `--reuseport`), and the strategies after each accept.
+//! Callers: `serve` (once per server), `strategy::reactor` and
+//! `strategy::prefork` (one SO_REUSEPORT socket per loop or worker), and the
+//! accept policy after each accept.
 
 use std::io;
 use std::net::{SocketAddr, TcpListener};
@@ -12,17 +13,17 @@ use socket2::{Domain, Protocol, Socket, Type};
 
 /// Options for [`bind`].
 #[derive(Debug, Clone, Copy)]
-pub struct BindOptions {
+pub(crate) struct BindOptions {
     /// listen(2) backlog.
-    pub backlog: i32,
+    pub(crate) backlog: i32,
     /// Set SO_REUSEPORT (several sockets on one port; the kernel spreads
     /// connections across them).
-    pub reuseport: bool,
+    pub(crate) reuseport: bool,
 }
 
 /// Binds and listens on `addr`. A port in use is reported as
 /// `AddrInUse` with the address in the message.
-pub fn bind(addr: SocketAddr, opts: BindOptions) -> io::Result<TcpListener> {
+pub(crate) fn bind(addr: SocketAddr, opts: BindOptions) -> io::Result<TcpListener> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM.cloexec(), Some(Protocol::TCP))?;
     socket.set_reuse_address(true)?;
     if opts.reuseport {
@@ -44,7 +45,7 @@ pub fn bind(addr: SocketAddr, opts: BindOptions) -> io::Result<TcpListener> {
 
 /// Options applied to every accepted connection: TCP_NODELAY, and
 /// SO_SNDBUF/SO_RCVBUF when `buffer` is given (`--socket-buffer`).
-pub fn configure<S: std::os::fd::AsFd>(stream: &S, nodelay: bool, buffer: Option<usize>) -> io::Result<()> {
+pub(crate) fn configure<S: std::os::fd::AsFd>(stream: &S, nodelay: bool, buffer: Option<usize>) -> io::Result<()> {
     let sock = socket2::SockRef::from(stream);
     if nodelay {
         sock.set_tcp_nodelay(true)?;

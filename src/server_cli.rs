@@ -1,7 +1,10 @@
 //! The `server` command line: parses flags into a [`Config`], prints one
 //! `listening on ...` line on stdout, logs to stderr, and maps errors to exit
-//! codes (1: runtime, 2: usage). The `server` binary (root package,
-//! `src/bin/server.rs`) is just a call to [`main`]; `anyhow` lives only here.
+//! codes (1: runtime, 2: usage). The `server` binary is
+//! `main(factory_of::<UpperEcho>())`; a program serving a protocol of its
+//! own calls [`main`] with its factory and gets every flag, signal and the
+//! graceful stop unchanged. clap, anyhow and env_logger live here, not in
+//! the server library.
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -9,16 +12,24 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use crate::work::{with_work, Work};
-use crate::{config, Config, Mode};
+use clap::builder::{PossibleValuesParser, TypedValueParser};
 use clap::Parser;
-use switchyard_common::{protocol::factory_of, UpperEcho};
+use switchyard_server::{cpus, Config, Factory, Mode, Server, WorkerMode};
+
+fn mode_names() -> PossibleValuesParser {
+    PossibleValuesParser::new(Mode::ALL.map(Mode::name))
+}
+
+fn worker_names() -> PossibleValuesParser {
+    PossibleValuesParser::new(WorkerMode::ALL.map(WorkerMode::name))
+}
 
 /// Uppercase echo over TCP, served by the concurrency strategy you choose.
 #[derive(Debug, Parser)]
 #[command(name = "server", version, about, long_about = None)]
 struct Args {
     /// Concurrency strategy.
-    #[arg(long, value_enum, default_value_t = Mode::Thread)]
+    #[arg(long, value_parser = mode_names().map(|s| s.parse::<Mode>().expect("a listed name")), default_value = "thread")]
     mode: Mode,
     /// Address to listen on (port 0 picks a free port; never 0.0.0.0 unless you ask).
     #[arg(long, default_value = "127.0.0.1:7878")]
@@ -61,7 +72,7 @@ struct Args {
     #[arg(long)]
     workers: Option<usize>,
     /// What each prefork worker runs.
-    #[arg(long, value_enum, default_value_t = WorkerMode::Event)]
+    #[arg(long, value_parser = worker_names().map(|s| s.parse::<WorkerMode>().expect("a listed name")), default_value = "event")]
     worker: WorkerMode,
     /// Prefork: one SO_REUSEPORT socket per worker (kept by the master) instead of one shared listener.
     #[arg(long)]
@@ -95,30 +106,6 @@ struct Args {
     work: Option<Work>,
 }
 
-/// What a prefork worker runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-enum WorkerMode {
-    /// One client at a time per worker (Apache prefork, gunicorn sync).
-    Serial,
-    /// A thread per connection in each worker (Apache worker MPM).
-    Thread,
-    /// A thread pool in each worker.
-    Pool,
-    /// An event loop in each worker (nginx).
-    Event,
-}
-
-impl From<WorkerMode> for Mode {
-    fn from(w: WorkerMode) -> Mode {
-        match w {
-            WorkerMode::Serial => Mode::Serial,
-            WorkerMode::Thread => Mode::Thread,
-            WorkerMode::Pool => Mode::Pool,
-            WorkerMode::Event => Mode::Event,
-        }
-    }
-}
-
 fn parse_secs(s: &str) -> Result<Duration, String> {
     let v: f64 = s.parse().map_err(|_| format!("`{s}` is not a number of seconds"))?;
     if !v.is_finite() || v < 0.0 {
@@ -140,7 +127,7 @@ impl Args {
             anyhow::ensure!(t > 0, "--threads must be at least 1");
             c.threads = t;
         } else if self.mode == Mode::Reactor {
-            c.threads = config::cpus();
+            c.threads = cpus();
         }
         c.queue = self.queue;
         c.idle_timeout = self.idle_timeout.filter(|d| !d.is_zero());
@@ -152,7 +139,7 @@ impl Args {
             anyhow::ensure!(w > 0, "--workers must be at least 1");
             c.workers = w;
         }
-        c.worker = self.worker.into();
+        c.worker = self.worker;
         c.reuseport = self.reuseport;
         c.worker_timeout = self.worker_timeout.filter(|d| !d.is_zero());
         anyhow::ensure!(self.max_requests != Some(0), "--max-requests must be at least 1");
@@ -168,8 +155,9 @@ impl Args {
     }
 }
 
-/// The whole `server` program.
-pub fn main() -> ExitCode {
+/// The whole `server` program, serving protocols from `factory` (wrapped
+/// by `--work` when given).
+pub fn main(factory: Factory) -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
         .format_timestamp_millis()
         .init();
@@ -182,7 +170,11 @@ pub fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    match run(config, work) {
+    let factory = match work {
+        Some(w) => with_work(factory, w),
+        None => factory,
+    };
+    match run(config, factory) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -191,22 +183,20 @@ pub fn main() -> ExitCode {
     }
 }
 
-fn run(config: Config, work: Option<Work>) -> anyhow::Result<()> {
+fn run(config: Config, factory: Factory) -> anyhow::Result<()> {
     let mode = config.mode;
-    let mut factory = factory_of::<UpperEcho>();
-    if let Some(w) = work {
-        factory = with_work(factory, w);
-    }
-    crate::serve(config, factory, |addr| {
-        let mut out = std::io::stdout().lock();
-        let _ = writeln!(out, "listening on {addr} mode={mode} pid={}", std::process::id());
-        let _ = out.flush();
-    })
-    .map_err(|e| {
+    let describe = |e: std::io::Error| {
         if e.kind() == std::io::ErrorKind::AddrInUse {
             anyhow::anyhow!("{e}")
         } else {
             anyhow::Error::new(e).context(format!("{mode} server"))
         }
-    })
+    };
+    let server = Server::bind(config).map_err(describe)?;
+    {
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "listening on {} mode={mode} pid={}", server.local_addr(), std::process::id());
+        let _ = out.flush();
+    }
+    server.serve(factory).map_err(describe)
 }

@@ -15,7 +15,7 @@ use std::time::Instant;
 
 /// A FIFO of `T` shared by one producer and many consumers.
 #[derive(Debug)]
-pub struct Queue<T> {
+pub(crate) struct Queue<T> {
     state: Mutex<State<T>>,
     ready: Condvar,
 }
@@ -39,14 +39,14 @@ impl<T> Queue<T> {
     }
 
     /// Appends `item`, queued at `now`, and wakes one consumer.
-    pub fn push(&self, item: T, now: Instant) {
+    pub(crate) fn push(&self, item: T, now: Instant) {
         self.lock().items.push_back((now, item));
         self.ready.notify_one();
     }
 
     /// The oldest item, waiting until there is one; `None` once the queue is
     /// closed and empty.
-    pub fn pop(&self) -> Option<T> {
+    pub(crate) fn pop(&self) -> Option<T> {
         let mut s = self.lock();
         loop {
             if let Some((_, item)) = s.items.pop_front() {
@@ -60,20 +60,20 @@ impl<T> Queue<T> {
     }
 
     /// No more pushes: consumers take what is left, then get `None`.
-    pub fn close(&self) {
+    pub(crate) fn close(&self) {
         self.lock().closed = true;
         self.ready.notify_all();
     }
 
     /// Takes out every item queued before `cutoff`.
-    pub fn expire(&self, cutoff: Instant) -> Vec<T> {
+    pub(crate) fn expire(&self, cutoff: Instant) -> Vec<T> {
         let mut s = self.lock();
         let n = s.items.iter().take_while(|(t, _)| *t < cutoff).count();
         s.items.drain(..n).map(|(_, item)| item).collect()
     }
 
     /// When the oldest item was queued.
-    pub fn oldest(&self) -> Option<Instant> {
+    pub(crate) fn oldest(&self) -> Option<Instant> {
         self.lock().items.front().map(|(t, _)| *t)
     }
 }

@@ -10,14 +10,14 @@
 //! - `sleep:MS`: sleep MS milliseconds on every read (a blocking call inside
 //!   the handler, like a slow database query).
 //!
-//! Caller: `cli` builds the factory; strategies never know.
+//! Caller: the server CLI (`--work`) wraps the factory; strategies never know.
 
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use switchyard_common::{Factory, Protocol, Step};
+use switchyard_server::{Factory, Protocol, Step};
 
 /// What the handler does besides the protocol.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -81,7 +81,8 @@ fn burn(mut x: u64, n: u64) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use switchyard_common::{protocol::factory_of, UpperEcho};
+    use switchyard_common::UpperEcho;
+    use switchyard_server::factory_of;
 
     #[test]
     fn parses_and_rejects() {

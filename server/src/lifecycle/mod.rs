@@ -1,0 +1,10 @@
+//! A process's life, written once for every strategy: the stop event
+//! ([`shutdown`]), the stages of a stop ([`drain`]), the signal table
+//! ([`signals`]), the deadline table of a loop ([`deadlines`]), and the poll
+//! every loop sleeps in ([`poller`]: signals, heartbeats, metrics, a waker).
+
+pub(crate) mod deadlines;
+pub(crate) mod drain;
+pub(crate) mod poller;
+pub(crate) mod shutdown;
+pub(crate) mod signals;

@@ -1,0 +1,102 @@
+//! An acceptor: one listener, its accept policy, and the poll it is watched
+//! in. Every in-process strategy has one (serial, fork, thread and pool one
+//! per process, each event loop its own) and calls the same three things:
+//! [`Acceptor::accept`] for the next connection, [`Acceptor::wait`] to sleep
+//! until there may be one (or a signal, a metrics request, a deadline), and
+//! [`Acceptor::close`] when the drain's grace begins.
+
+use std::io;
+use std::os::fd::AsRawFd;
+use std::time::Instant;
+
+use mio::Events;
+
+use super::accept::{AcceptPolicy, Accepted, AtCap, Listen, Outcome};
+use crate::context::Context;
+use crate::lifecycle::deadlines::{Deadlines, Timer};
+use crate::lifecycle::poller::{Poller, LISTENER};
+
+/// A listener, its policy, and its poll.
+#[derive(Debug)]
+pub(crate) struct Acceptor<L> {
+    /// The poll (the owner registers its own sources here, and waits in it).
+    pub(crate) poller: Poller,
+    listener: Option<L>,
+    policy: AcceptPolicy,
+    ctx: Context,
+}
+
+impl<L: Listen + AsRawFd> Acceptor<L> {
+    /// Watches `listener` (non-blocking) in `poller`; a place freed in the
+    /// process's admission wakes the poll.
+    pub(crate) fn new(listener: L, poller: Poller, ctx: &Context, at_cap: AtCap) -> io::Result<Acceptor<L>> {
+        poller.listen(&listener)?;
+        ctx.admission.wake_on_room(poller.waker());
+        Ok(Acceptor { poller, listener: Some(listener), policy: AcceptPolicy::new(ctx, at_cap), ctx: ctx.clone() })
+    }
+
+    /// Closes the listener: new clients are refused from now on.
+    pub(crate) fn close(&mut self) {
+        if let Some(l) = self.listener.take() {
+            self.poller.unlisten(&l);
+        }
+    }
+
+    /// The next connection through the policy, or `None` when the loop
+    /// should sleep (nothing waits, at the cap, backing off, closed).
+    pub(crate) fn accept(&mut self, now: Instant) -> Option<Accepted<L::Stream>> {
+        let l = self.listener.as_ref()?;
+        while self.policy.should_try(now) {
+            match self.policy.accept(l, now) {
+                Outcome::Accepted(c) => return Some(c),
+                Outcome::Again => {}
+                Outcome::Empty | Outcome::Full | Outcome::Paused => break,
+            }
+        }
+        None
+    }
+
+    /// A loop with an accept budget used it up: more may wait.
+    pub(crate) fn budget_used(&mut self) {
+        self.policy.budget_used();
+    }
+
+    /// At the cap while the process serves (serial): lets the policy sample
+    /// the backlog for `--queue-timeout` when due.
+    pub(crate) fn watch(&mut self, now: Instant) {
+        if let Some(l) = &self.listener {
+            if self.policy.should_try(now) {
+                let outcome = self.policy.accept(l, now);
+                debug_assert!(!matches!(outcome, Outcome::Accepted(_)), "accepted past the cap");
+            }
+        }
+    }
+
+    /// When the policy wants to be asked again without an event.
+    pub(crate) fn deadline(&self, now: Instant) -> Option<Instant> {
+        self.listener.as_ref()?;
+        self.policy.deadline(now)
+    }
+
+    /// Sleeps until an event or the earliest of `timers` (with the policy's
+    /// own deadline set as [`Timer::Accept`]); notes a readable listener
+    /// and answers metrics requests. `events` holds what happened, for the
+    /// owner's own sources.
+    pub(crate) fn wait(&mut self, events: &mut Events, timers: &mut Deadlines) -> io::Result<()> {
+        timers.set(Timer::Accept, self.deadline(Instant::now()));
+        self.poller.wait(events, timers.earliest())?;
+        if events.iter().any(|ev| ev.token() == LISTENER) {
+            self.policy.readable();
+        }
+        let ctx = &self.ctx;
+        self.poller.serve_metrics(|| ctx.page());
+        Ok(())
+    }
+
+    /// In a forked child: the listener and the poll close; the signal pipe
+    /// is handed back for the child to reinstall.
+    pub(crate) fn into_child(self) -> Option<crate::lifecycle::signals::Signals> {
+        drop(self.listener);
+        self.poller.into_signals()
+    }
+}

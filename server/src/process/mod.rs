@@ -1,0 +1,9 @@
+//! Processes and what they share: the child supervisor of fork and prefork
+//! ([`children`]), the shared-memory scoreboard of counters ([`scoreboard`]),
+//! the Prometheus endpoint that renders it ([`metrics`]), and the privilege
+//! drop after binding ([`privileges`]).
+
+pub(crate) mod children;
+pub(crate) mod metrics;
+pub(crate) mod privileges;
+pub(crate) mod scoreboard;

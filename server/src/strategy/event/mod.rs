@@ -1,0 +1,316 @@
+//! Event: one thread, one `mio::Poll`, every connection a resumable state
+//! machine (the coroutine-style server, done as nginx and Redis do it).
+//! Connections live in a `slab` keyed by their token; the non-blocking
+//! driver moves their bytes; an [`IdleQueue`] expires silent connections in
+//! O(1) per event.
+//!
+//! [`EventLoop`] is also the unit of the `reactor` strategy (one loop per
+//! thread) and of prefork's event workers.
+//!
+//! One iteration: the stages of a stop, then sleep until the earliest
+//! deadline (drain, idle, a revisit, the accept policy), then serve every
+//! connection that has an event (`conn_event` → `Conn::on_readable` →
+//! `Protocol::on_read` → write), then the ones with input left over, then
+//! accept (at most [`ACCEPT_BUDGET`] per wake-up, so a connection flood
+//! cannot starve open connections), then expire the idle ones.
+//!
+//! Stop: the listener closes at the grace; connections are served until
+//! they close or the grace ends; then they stop reading and flush; what is
+//! left when the flush grace ends is dropped.
+
+mod idle;
+
+use std::io;
+use std::sync::Arc;
+use std::time::Instant;
+
+use mio::net::TcpListener;
+use mio::{Events, Interest, Token, Waker};
+use slab::Slab;
+
+use crate::admission::Permit;
+use crate::context::Context;
+use crate::driver::nonblocking::{Conn, Scratch, Status};
+use crate::lifecycle::deadlines::{Deadlines, Timer};
+use crate::lifecycle::drain::{Drain, Stage};
+use crate::lifecycle::poller::{Poller, RESERVED};
+use crate::lifecycle::signals::Signals;
+use crate::net::accept::AtCap;
+use crate::net::acceptor::Acceptor;
+use idle::{HasLinks, IdleQueue, Links};
+
+/// Connections accepted per wake-up at most.
+pub(crate) const ACCEPT_BUDGET: usize = 256;
+
+/// Runs the single-threaded event loop until the server stops.
+pub(crate) fn run(listener: std::net::TcpListener, signals: Signals, ctx: Context) -> io::Result<()> {
+    let poller = Poller::new(&ctx.shutdown, Some(signals), ctx.config.metrics, Some(ctx.slot))?;
+    let event_loop = EventLoop::new(0, listener, poller, &ctx)?;
+    ctx.ready();
+    let stats = event_loop.run()?;
+    log::info!("{stats}");
+    Ok(())
+}
+
+/// What one loop did, reported when it ends.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct LoopStats {
+    /// Loop number.
+    pub(crate) id: usize,
+    /// Connections accepted.
+    pub(crate) accepted: u64,
+    /// Most connections open at once.
+    pub(crate) peak: usize,
+    /// Connections closed by the idle timeout.
+    pub(crate) idle_closed: u64,
+}
+
+impl std::fmt::Display for LoopStats {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "loop {}: accepted {} connections, peak {} open, {} closed idle",
+            self.id, self.accepted, self.peak, self.idle_closed
+        )
+    }
+}
+
+struct Entry {
+    conn: Conn,
+    links: Links,
+    _permit: Permit,
+}
+
+impl HasLinks for Entry {
+    fn links(&mut self) -> &mut Links {
+        &mut self.links
+    }
+}
+
+/// One event loop: an acceptor, and the connections it accepted.
+pub(crate) struct EventLoop {
+    acceptor: Acceptor<TcpListener>,
+    conns: Slab<Entry>,
+    idle: Option<IdleQueue>,
+    scratch: Scratch,
+    again: Vec<usize>,
+    again_spare: Vec<usize>,
+    /// Accepted since the last poll: their idle clocks start at the next
+    /// poll's stamp (the stamp of this one may be older than the accept).
+    fresh: Vec<usize>,
+    ctx: Context,
+    epoch: Instant,
+    now_ms: u64,
+    drain: Drain,
+    timers: Deadlines,
+    stats: LoopStats,
+}
+
+impl EventLoop {
+    /// A loop that accepts on `listener` and sleeps in `poller` (which owns
+    /// the process's signals in event mode, not in the reactor's loops).
+    pub(crate) fn new(id: usize, listener: std::net::TcpListener, poller: Poller, ctx: &Context) -> io::Result<Self> {
+        listener.set_nonblocking(true)?;
+        let acceptor = Acceptor::new(TcpListener::from_std(listener), poller, ctx, AtCap::Wait)?;
+        Ok(EventLoop {
+            acceptor,
+            conns: Slab::new(),
+            idle: ctx.config.idle_timeout.map(|d| IdleQueue::new(d.as_millis().max(1) as u64)),
+            scratch: Scratch::new(ctx.config.max_buffer),
+            again: Vec::new(),
+            again_spare: Vec::new(),
+            fresh: Vec::new(),
+            ctx: ctx.clone(),
+            epoch: Instant::now(),
+            now_ms: 0,
+            drain: Drain::new(),
+            timers: Deadlines::new(),
+            stats: LoopStats { id, ..LoopStats::default() },
+        })
+    }
+
+    /// Wakes the loop from another thread (it then re-reads the shutdown
+    /// phase).
+    pub(crate) fn waker(&self) -> Arc<Waker> {
+        self.acceptor.poller.waker()
+    }
+
+    /// Serves until the shutdown event ends the loop.
+    pub(crate) fn run(mut self) -> io::Result<LoopStats> {
+        let mut events = Events::with_capacity(1024);
+        loop {
+            let now = Instant::now();
+            for stage in self.drain.advance(&self.ctx.shutdown, now) {
+                self.stop(stage);
+            }
+            if !self.drain.serving() && self.conns.is_empty() {
+                return Ok(self.stats);
+            }
+            self.timers.set(Timer::Drain, self.drain.next_change(&self.ctx.shutdown));
+            // Input left over, or connections accepted since the last stamp
+            // (their idle clocks start at the next): poll without sleeping.
+            self.timers.set(Timer::Soon, (!self.again.is_empty() || !self.fresh.is_empty()).then_some(now));
+            let now_ms = self.ms_since_epoch(now);
+            let idle_in = self.idle.as_ref().and_then(|q| q.next_in(&mut self.conns, now_ms));
+            self.timers.set(Timer::Idle, idle_in.map(|ms| now + std::time::Duration::from_millis(ms)));
+            self.acceptor.wait(&mut events, &mut self.timers)?;
+            let now = Instant::now();
+            self.now_ms = self.ms_since_epoch(now);
+            if let Some(q) = &mut self.idle {
+                for key in self.fresh.drain(..) {
+                    if self.conns.contains(key) {
+                        q.touch(&mut self.conns, key, self.now_ms);
+                    }
+                }
+            }
+            for ev in events.iter() {
+                let Token(key) = ev.token();
+                if key < RESERVED {
+                    let closed = ev.is_read_closed() || ev.is_error();
+                    self.conn_event(key, ev.is_readable() || closed, closed, ev.is_writable());
+                }
+            }
+            self.revisit();
+            self.accept(now);
+            self.expire_idle();
+        }
+    }
+
+    fn ms_since_epoch(&self, now: Instant) -> u64 {
+        now.duration_since(self.epoch).as_millis() as u64
+    }
+
+    /// One stage of the stop: close the listener, stop reading, drop.
+    fn stop(&mut self, stage: Stage) {
+        match stage {
+            Stage::Serving => {}
+            Stage::Grace => {
+                self.acceptor.close();
+                log::debug!("loop {}: listener closed, {} connection(s) draining", self.stats.id, self.conns.len());
+            }
+            Stage::Flush => {
+                let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
+                for key in keys {
+                    if self.conns[key].conn.stop_reading() {
+                        self.close(key);
+                    }
+                }
+            }
+            Stage::Over => {
+                let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
+                for key in keys {
+                    self.close(key);
+                }
+            }
+        }
+    }
+
+    fn conn_event(&mut self, key: usize, readable: bool, peer_closed: bool, writable: bool) {
+        let Some(e) = self.conns.get_mut(key) else { return };
+        let mut st = Status::default();
+        let result = (|| {
+            if writable {
+                merge(&mut st, e.conn.on_writable(&mut self.scratch)?);
+            }
+            if readable && !st.done {
+                merge(&mut st, e.conn.on_readable(&mut self.scratch, peer_closed)?);
+            }
+            io::Result::Ok(())
+        })();
+        match result {
+            Err(err) => {
+                log::debug!("connection {key}: {err}");
+                self.close(key);
+            }
+            Ok(()) if st.done => self.close(key),
+            Ok(()) => {
+                if st.more {
+                    self.again.push(key);
+                }
+                if st.progressed {
+                    if let Some(q) = &mut self.idle {
+                        q.touch(&mut self.conns, key, self.now_ms);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Serves connections that still have input without a new edge.
+    fn revisit(&mut self) {
+        if self.again.is_empty() {
+            return;
+        }
+        std::mem::swap(&mut self.again, &mut self.again_spare);
+        let mut keys = std::mem::take(&mut self.again_spare);
+        for &key in &keys {
+            self.conn_event(key, true, false, false);
+        }
+        keys.clear();
+        self.again_spare = keys;
+    }
+
+    /// Takes new connections through the accept policy, within the budget.
+    fn accept(&mut self, now: Instant) {
+        for _ in 0..ACCEPT_BUDGET {
+            let Some(c) = self.acceptor.accept(now) else { return };
+            let mut stream = c.stream;
+            let entry = self.conns.vacant_entry();
+            let key = entry.key();
+            if let Err(e) = self.acceptor.poller.registry().register(
+                &mut stream,
+                Token(key),
+                Interest::READABLE | Interest::WRITABLE,
+            ) {
+                log::warn!("{}: cannot register the connection: {e}; closing it", c.peer);
+                self.ctx.handover_failed();
+                continue;
+            }
+            entry.insert(Entry {
+                conn: Conn::new(stream, (self.ctx.factory)()),
+                links: Links::default(),
+                _permit: c.permit,
+            });
+            if self.idle.is_some() {
+                self.fresh.push(key);
+            }
+            self.stats.accepted += 1;
+            self.stats.peak = self.stats.peak.max(self.conns.len());
+        }
+        self.acceptor.budget_used();
+    }
+
+    /// Closes connections idle for the timeout as of `now_ms`, the time
+    /// this iteration's activity was stamped with. Not a fresh clock: a
+    /// process stalled (stopped, descheduled) between the poll and here
+    /// would otherwise close connections it just served.
+    fn expire_idle(&mut self) {
+        let now = self.now_ms;
+        while let Some(key) = self.idle.as_ref().and_then(|q| q.expired(&mut self.conns, now)) {
+            log::debug!("connection {key}: idle timeout");
+            self.stats.idle_closed += 1;
+            self.close(key);
+        }
+    }
+
+    fn close(&mut self, key: usize) {
+        if !self.conns.contains(key) {
+            return;
+        }
+        if let Some(q) = &mut self.idle {
+            q.remove(&mut self.conns, key);
+        }
+        // Dropping the entry frees its admission place (waking any loop
+        // that waits for room) and closes the socket, which leaves the poll.
+        let e = self.conns.remove(key);
+        let t = e.conn.totals();
+        self.ctx.closed(t);
+        log::trace!("connection {key} closed: {} bytes in, {} out", t.bytes_in, t.bytes_out);
+    }
+}
+
+fn merge(into: &mut Status, s: Status) {
+    into.progressed |= s.progressed;
+    into.more |= s.more;
+    into.done |= s.done;
+}

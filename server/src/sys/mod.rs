@@ -1,0 +1,186 @@
+//! Every `unsafe` block of the server lives in this folder, each with its
+//! `SAFETY:` argument; the rest of the crate denies unsafe code. What needs
+//! it: fork (and proving its precondition), `_exit`, reading into a
+//! buffer's spare capacity, the shared memory of the scoreboard, one
+//! `epoll_ctl` flag mio lacks, and the signal handler ([`signal`]).
+//!
+//! This module depends on nothing else in the crate.
+
+pub(crate) mod signal;
+
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::sync::atomic::AtomicU64;
+
+use bytes::BytesMut;
+use nix::sys::signal::{pthread_sigmask, SigSet, SigmaskHow};
+use nix::unistd::Pid;
+
+/// The result of [`fork`], as seen by each side.
+#[derive(Debug)]
+pub(crate) enum Forked {
+    /// We are the parent; this is the child.
+    Parent(Pid),
+    /// We are the child; every signal is blocked until the child has set up
+    /// its own handling and releases them.
+    Child(BlockedSignals),
+}
+
+/// Signals held back in a new child (they stay pending, none is lost).
+#[derive(Debug)]
+#[must_use = "release the signals once the child handles them"]
+pub(crate) struct BlockedSignals(SigSet);
+
+impl BlockedSignals {
+    /// Restores the signal mask: pending signals are delivered now.
+    pub(crate) fn release(self) {
+        let _ = pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&self.0), None);
+    }
+}
+
+/// Number of threads in this process, from `/proc/self/stat`.
+fn thread_count() -> io::Result<usize> {
+    let stat = std::fs::read_to_string("/proc/self/stat")?;
+    // Fields after the command name (which may hold spaces, so split after
+    // its closing parenthesis): state is field 3, num_threads field 20.
+    stat.rsplit_once(')')
+        .and_then(|(_, rest)| rest.split_whitespace().nth(17))
+        .and_then(|n| n.parse().ok())
+        .ok_or_else(|| io::Error::other("cannot read num_threads from /proc/self/stat"))
+}
+
+/// Fails unless this process has exactly one thread, the precondition of
+/// [`fork`] (which checks it again at every call). Strategies that fork
+/// call it at start, so a violation is a clear start-up error.
+pub(crate) fn ensure_single_threaded(who: &str) -> io::Result<()> {
+    match thread_count()? {
+        1 => Ok(()),
+        n => Err(io::Error::other(format!("{who} must fork from a single-threaded process, found {n} threads"))),
+    }
+}
+
+/// Forks this process. The precondition (exactly one thread, so that the
+/// child, which runs normal code: it allocates and logs, cannot inherit a
+/// lock held by another thread) is checked at every call, not assumed; a
+/// process with more threads gets an error and no child.
+///
+/// Every signal is blocked across the fork: a signal sent to the new child
+/// before it has its own handling stays pending instead of landing in the
+/// parent's bookkeeping (the child releases it with
+/// [`BlockedSignals::release`]).
+pub(crate) fn fork() -> io::Result<Forked> {
+    ensure_single_threaded("fork")?;
+    let mut old = SigSet::empty();
+    pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&SigSet::all()), Some(&mut old)).map_err(io::Error::from)?;
+    // SAFETY: the process has exactly one thread (checked just above; only
+    // this thread could have started another since, and it did not), so no
+    // lock can be held by another thread across the fork and the child may
+    // run arbitrary code.
+    let forked = unsafe { nix::unistd::fork() };
+    match forked {
+        Ok(nix::unistd::ForkResult::Child) => Ok(Forked::Child(BlockedSignals(old))),
+        Ok(nix::unistd::ForkResult::Parent { child }) => {
+            let _ = pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&old), None);
+            Ok(Forked::Parent(child))
+        }
+        Err(e) => {
+            let _ = pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&old), None);
+            Err(e.into())
+        }
+    }
+}
+
+/// Ends the process at once, without running destructors or `atexit`
+/// handlers and without flushing stdio buffers inherited from the parent.
+/// A forked child ends through here and never returns into the parent's loop.
+pub(crate) fn exit_now(code: i32) -> ! {
+    // SAFETY: `_exit` is async-signal-safe and takes no pointers; ending the
+    // process without unwinding is the point.
+    unsafe { libc::_exit(code) }
+}
+
+/// Reads from a socket into the spare capacity of `buf` (at most what is
+/// spare; reserve first) and returns how many bytes arrived. No zeroing, no
+/// copy.
+pub(crate) fn read_into<S: AsFd>(sock: &S, buf: &mut BytesMut) -> io::Result<usize> {
+    let sock = socket2::SockRef::from(sock);
+    let spare = buf.spare_capacity_mut();
+    let n = sock.recv(spare)?;
+    debug_assert!(n <= spare.len());
+    // SAFETY: `recv` initialised the first `n` bytes of the spare capacity,
+    // and `n` is at most the spare length, so the new length covers only
+    // initialised bytes within the allocation.
+    unsafe { buf.set_len(buf.len() + n) };
+    Ok(n)
+}
+
+/// Maps `n` zeroed atomic words in memory shared with every process forked
+/// afterwards (`MAP_SHARED | MAP_ANONYMOUS`). Never unmapped: the words live
+/// as long as the process.
+pub(crate) fn map_shared_words(n: usize) -> io::Result<&'static [AtomicU64]> {
+    use nix::sys::mman::{mmap_anonymous, MapFlags, ProtFlags};
+    let n = n.max(1);
+    let len = std::num::NonZeroUsize::new(n * std::mem::size_of::<AtomicU64>()).expect("non-zero");
+    // SAFETY: a fresh anonymous mapping aliases nothing; we pass no address
+    // hint and no fd.
+    let ptr = unsafe { mmap_anonymous(None, len, ProtFlags::PROT_READ | ProtFlags::PROT_WRITE, MapFlags::MAP_SHARED) }
+        .map_err(io::Error::from)?;
+    // SAFETY: the mapping is page-aligned (enough for `AtomicU64`), `len`
+    // bytes long, zero-filled by the kernel (zero is a valid `AtomicU64`),
+    // never unmapped (so `'static`), and only ever accessed through atomics,
+    // which are sound to share between processes on Linux.
+    Ok(unsafe { std::slice::from_raw_parts(ptr.as_ptr().cast::<AtomicU64>(), n) })
+}
+
+/// Registers a listening socket in `poll` for readability, edge-triggered,
+/// with `EPOLLEXCLUSIVE`: when several processes (prefork workers) wait on
+/// one shared listener, the kernel wakes one of them per connection instead
+/// of all (no thundering herd). mio has no flag for it; the event carries
+/// `token` exactly as mio's own registrations do, so mio reads it as usual,
+/// and mio's `deregister` removes it.
+pub(crate) fn register_listener<L: AsRawFd>(poll: &mio::Poll, listener: &L, token: mio::Token) -> io::Result<()> {
+    let mut ev = libc::epoll_event {
+        events: (libc::EPOLLIN | libc::EPOLLET | libc::EPOLLEXCLUSIVE) as u32,
+        u64: token.0 as u64,
+    };
+    // SAFETY: both fds are open (borrowed from live owners) and `ev` is a
+    // valid, initialised epoll_event that the kernel only reads.
+    let r = unsafe { libc::epoll_ctl(poll.as_raw_fd(), libc::EPOLL_CTL_ADD, listener.as_raw_fd(), &mut ev) };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// The epoll fd of `poll`, borrowed for as long as `poll` is (mio exposes
+/// only the raw fd), to `poll(2)` it beside other fds.
+pub(crate) fn poll_fd(poll: &mio::Poll) -> BorrowedFd<'_> {
+    // SAFETY: the fd is owned by `poll`, open for as long as `poll` lives,
+    // and the borrow cannot outlive `poll`.
+    unsafe { BorrowedFd::borrow_raw(poll.as_raw_fd()) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_threads_and_refuses_to_fork_from_many() {
+        // The test harness runs tests on threads of its own: this process has
+        // several, so fork must refuse.
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let t = std::thread::spawn(move || rx.recv());
+        assert!(thread_count().unwrap() >= 2);
+        let err = fork().expect_err("fork from a multi-threaded process");
+        assert!(err.to_string().contains("single-threaded"), "{err}");
+        drop(tx);
+        let _ = t.join();
+    }
+
+    #[test]
+    fn shared_words_start_zeroed() {
+        let w = map_shared_words(1000).unwrap();
+        assert_eq!(w.len(), 1000);
+        assert!(w.iter().all(|x| x.load(std::sync::atomic::Ordering::Relaxed) == 0));
+    }
+}
