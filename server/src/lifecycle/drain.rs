@@ -209,6 +209,27 @@ impl Registry {
         live.len()
     }
 
+    /// Applies a stage of the stop to every registered connection: from the
+    /// grace on, the accepting thread is woken when the last one leaves;
+    /// when the grace ends, reads see end-of-file (the drivers answer what
+    /// they received and close); when the flush grace ends, every socket is
+    /// shut both ways.
+    pub(crate) fn on_stage(&self, stage: Stage) {
+        match stage {
+            Stage::Serving => {}
+            Stage::Grace => self.wake_when_empty(),
+            Stage::Flush => {
+                let n = self.shutdown_all(How::Read);
+                if n > 0 {
+                    log::info!("grace over: closing {n} connection(s) after flushing");
+                }
+            }
+            Stage::Over => {
+                self.shutdown_all(How::Both);
+            }
+        }
+    }
+
     /// Takes the handles of threads still serving, to join them.
     pub(crate) fn take_threads(&self) -> Vec<JoinHandle<()>> {
         self.lock().iter_mut().filter_map(|(_, e)| e.thread.take()).collect()

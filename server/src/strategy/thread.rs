@@ -9,7 +9,7 @@
 //! reaches their sockets through the drain's registry.
 
 use std::io;
-use std::net::{Shutdown as How, TcpListener};
+use std::net::TcpListener;
 use std::time::Instant;
 
 use mio::Events;
@@ -38,7 +38,10 @@ pub(crate) fn run(listener: TcpListener, signals: Signals, ctx: Context) -> io::
     loop {
         let now = Instant::now();
         for stage in drain.advance(&ctx.shutdown, now) {
-            stop(stage, &mut acceptor, &registry);
+            if stage == Stage::Grace {
+                acceptor.close();
+            }
+            registry.on_stage(stage);
         }
         if !drain.serving() && registry.is_empty() {
             break;
@@ -70,27 +73,4 @@ pub(crate) fn run(listener: TcpListener, signals: Signals, ctx: Context) -> io::
         let _ = t.join();
     }
     Ok(())
-}
-
-/// A stage of the stop for a strategy whose connections other threads
-/// serve (thread, pool): close the listener, then make reads see
-/// end-of-file (the drivers answer what they received and close), then
-/// shut every socket both ways.
-pub(super) fn stop(stage: Stage, acceptor: &mut Acceptor<TcpListener>, registry: &Registry) {
-    match stage {
-        Stage::Serving => {}
-        Stage::Grace => {
-            acceptor.close();
-            registry.wake_when_empty();
-        }
-        Stage::Flush => {
-            let n = registry.shutdown_all(How::Read);
-            if n > 0 {
-                log::info!("grace over: closing {n} connection(s) after flushing");
-            }
-        }
-        Stage::Over => {
-            registry.shutdown_all(How::Both);
-        }
-    }
 }

@@ -25,7 +25,7 @@ use crate::admission::Permit;
 use crate::context::Context;
 use crate::driver::Totals;
 use crate::lifecycle::deadlines::{Deadlines, Timer};
-use crate::lifecycle::drain::{Drain, Registered, Registry};
+use crate::lifecycle::drain::{Drain, Registered, Registry, Stage};
 use crate::lifecycle::poller::Poller;
 use crate::lifecycle::signals::{spawn_masked, Signals};
 use crate::net::accept::AtCap;
@@ -56,7 +56,10 @@ pub(crate) fn run(listener: TcpListener, signals: Signals, ctx: Context) -> io::
     loop {
         let now = Instant::now();
         for stage in drain.advance(&ctx.shutdown, now) {
-            super::thread::stop(stage, &mut acceptor, &registry);
+            if stage == Stage::Grace {
+                acceptor.close();
+            }
+            registry.on_stage(stage);
         }
         if !drain.serving() && registry.is_empty() {
             break;
