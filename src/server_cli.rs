@@ -1,8 +1,9 @@
 //! The `server` command line: parses flags into a [`Config`], prints one
 //! `listening on ...` line on stdout, logs to stderr, and maps errors to exit
-//! codes (1: runtime, 2: usage). The `server` binary is
-//! `main(factory_of::<UpperEcho>())`; a program serving a protocol of its
-//! own calls [`main`] with its factory and gets every flag, signal and the
+//! codes (1: runtime, 2: usage). The `server` binary is [`echo_main`]
+//! (uppercase echo, as a state machine or, with `--handler async`, as a
+//! coroutine); a program serving a protocol of its own calls [`main`] with
+//! its protocol factory or handler and gets every flag, signal and the
 //! graceful stop unchanged. clap, anyhow and env_logger live here, not in
 //! the server library.
 
@@ -14,7 +15,8 @@ use std::time::Duration;
 use crate::work::{with_work, Work};
 use clap::builder::{PossibleValuesParser, TypedValueParser};
 use clap::Parser;
-use switchyard_server::{cpus, Config, Factory, Mode, Server, WorkerMode};
+use switchyard_common::UpperEcho;
+use switchyard_server::{cpus, factory_of, Config, Mode, Server, Service, WorkerMode};
 
 fn mode_names() -> PossibleValuesParser {
     PossibleValuesParser::new(Mode::ALL.map(Mode::name))
@@ -101,9 +103,12 @@ struct Args {
     /// With --user: the group to drop to (default: the user's primary group).
     #[arg(long, value_name = "NAME", requires = "user")]
     group: Option<String>,
-    /// Benchmarking aid: make handlers compute (cpu:N rounds per byte) or block (sleep:MS per read).
+    /// Benchmarking aid: make handlers compute (cpu:N rounds per byte) or wait (sleep:MS per read).
     #[arg(long, value_name = "cpu:N|sleep:MS")]
     work: Option<Work>,
+    /// The uppercase echo as a sans-IO state machine or as an async fn (the `server` binary only).
+    #[arg(long, value_name = "STYLE", value_parser = ["sans-io", "async"])]
+    handler: Option<String>,
 }
 
 fn parse_secs(s: &str) -> Result<Duration, String> {
@@ -155,14 +160,50 @@ impl Args {
     }
 }
 
-/// The whole `server` program, serving protocols from `factory` (wrapped
-/// by `--work` when given).
-pub fn main(factory: Factory) -> ExitCode {
+/// The `server` binary: uppercase echo, as a state machine (`--handler
+/// sans-io`, the default) or as a coroutine (`--handler async`).
+pub fn echo_main() -> ExitCode {
+    start(|args| {
+        let service = match args.handler.as_deref() {
+            Some("async") => crate::echo::upper_echo_with(args.work).into(),
+            _ => match args.work {
+                Some(w) => with_work(factory_of::<UpperEcho>(), w).into(),
+                None => factory_of::<UpperEcho>().into(),
+            },
+        };
+        Ok(service)
+    })
+}
+
+/// A whole server program for `service` (a protocol factory or a handler):
+/// every flag, signal and the graceful stop of `server`. `--work` wraps a
+/// protocol (a handler does its own waiting); `--handler` is for the
+/// `server` binary only.
+pub fn main(service: impl Into<Service>) -> ExitCode {
+    let service = service.into();
+    start(move |args| {
+        anyhow::ensure!(args.handler.is_none(), "--handler: this program serves one handler of its own");
+        Ok(match (service, args.work) {
+            (s, None) => s,
+            (Service::Protocol(f), Some(w)) => with_work(f, w).into(),
+            (Service::Handler(_), Some(_)) => anyhow::bail!("--work applies to protocols, not handlers"),
+        })
+    })
+}
+
+/// Parses the flags, makes the service from them, and runs the server.
+fn start(service: impl FnOnce(&Args) -> anyhow::Result<Service>) -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
         .format_timestamp_millis()
         .init();
     let args = Args::parse();
-    let work = args.work;
+    let service = match service(&args) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
     let config = match args.into_config() {
         Ok(c) => c,
         Err(e) => {
@@ -170,11 +211,7 @@ pub fn main(factory: Factory) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let factory = match work {
-        Some(w) => with_work(factory, w),
-        None => factory,
-    };
-    match run(config, factory) {
+    match run(config, service) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -183,7 +220,7 @@ pub fn main(factory: Factory) -> ExitCode {
     }
 }
 
-fn run(config: Config, factory: Factory) -> anyhow::Result<()> {
+fn run(config: Config, service: Service) -> anyhow::Result<()> {
     let mode = config.mode;
     let describe = |e: std::io::Error| {
         if e.kind() == std::io::ErrorKind::AddrInUse {
@@ -198,5 +235,5 @@ fn run(config: Config, factory: Factory) -> anyhow::Result<()> {
         let _ = writeln!(out, "listening on {} mode={mode} pid={}", server.local_addr(), std::process::id());
         let _ = out.flush();
     }
-    server.serve(factory).map_err(describe)
+    server.serve(service).map_err(describe)
 }

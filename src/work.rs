@@ -69,7 +69,7 @@ impl Protocol for Working {
 
 /// `n` dependent xorshift steps: the compiler cannot skip or vectorize them.
 #[inline(never)]
-fn burn(mut x: u64, n: u64) -> u64 {
+pub(crate) fn burn(mut x: u64, n: u64) -> u64 {
     for _ in 0..n {
         x ^= x << 13;
         x ^= x >> 7;

@@ -4,22 +4,21 @@
 
 use std::sync::Arc;
 
-use switchyard_common::Factory;
-
 use crate::admission::Admission;
 use crate::config::{Config, Mode};
 use crate::driver::Totals;
 use crate::lifecycle::shutdown::Shutdown;
 use crate::process::metrics;
 use crate::process::scoreboard::{Counter, Slot, State};
+use crate::serve::Service;
 
 /// One process's shared state; cheap to clone.
 #[derive(Clone)]
 pub(crate) struct Context {
     /// What the server was asked to do (`mode` is what this process runs).
     pub(crate) config: Arc<Config>,
-    /// Makes one protocol per connection.
-    pub(crate) factory: Factory,
+    /// What serves each connection: a protocol or a handler.
+    pub(crate) service: Service,
     /// The process's stop event.
     pub(crate) shutdown: Shutdown,
     /// The process's connection semaphore and per-address limit.
@@ -32,7 +31,7 @@ pub(crate) struct Context {
 
 impl Context {
     /// The context of a process that runs `config.mode`.
-    pub(crate) fn new(config: Arc<Config>, factory: Factory, slot: Slot, max_requests: Option<u64>) -> Context {
+    pub(crate) fn new(config: Arc<Config>, service: Service, slot: Slot, max_requests: Option<u64>) -> Context {
         let cap = match config.mode {
             Mode::Serial => 1,
             Mode::Fork => config.max_children,
@@ -43,7 +42,7 @@ impl Context {
             shutdown: Shutdown::new(config.grace),
             admission: Admission::new(cap, config.max_conns_per_ip),
             config,
-            factory,
+            service,
             slot,
             max_requests,
         }
@@ -66,6 +65,11 @@ impl Context {
         self.slot.sub(Counter::Active, 1);
         self.slot.add(Counter::BytesIn, t.bytes_in);
         self.slot.add(Counter::BytesOut, t.bytes_out);
+    }
+
+    /// Counts a handler that returned an error or panicked.
+    pub(crate) fn handler_failed(&self) {
+        self.slot.add(Counter::HandlerErrors, 1);
     }
 
     /// Counts connections closed at once without being served.

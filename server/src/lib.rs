@@ -65,16 +65,19 @@ mod admission;
 mod config;
 mod context;
 mod driver;
+pub mod handler;
 mod lifecycle;
 mod net;
 mod process;
+mod queue;
 mod serve;
 mod strategy;
 #[allow(unsafe_code)]
 mod sys;
 
 pub use config::{cpus, Config, Mode, WorkerMode};
-pub use serve::{Server, Stopper};
+pub use handler::{handler, Connection, Handler};
+pub use serve::{Server, Service, Stopper};
 pub use switchyard_common::protocol::factory_of;
 pub use switchyard_common::{Factory, Protocol, Step};
 

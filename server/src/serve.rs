@@ -8,6 +8,8 @@ use std::sync::Arc;
 
 use switchyard_common::Factory;
 
+use crate::handler::Handler;
+
 use crate::config::{Config, Mode};
 use crate::context::Context;
 use crate::lifecycle::signals::{self, Role, Signal, Signals};
@@ -57,10 +59,10 @@ impl Server {
         Stopper(())
     }
 
-    /// Serves connections with a protocol from `factory` until the server
-    /// stops (a signal or a [`Stopper`]); returns once every connection has
-    /// been drained.
-    pub fn serve(self, factory: Factory) -> io::Result<()> {
+    /// Serves every connection with `service` (a protocol [`Factory`] or a
+    /// [`Handler`]) until the server stops (a signal or a [`Stopper`]);
+    /// returns once every connection has been drained.
+    pub fn serve(self, service: impl Into<Service>) -> io::Result<()> {
         // Fork children count into their parent's slot: it must be shared
         // memory there; elsewhere one process owns it.
         let slot = match self.config.mode {
@@ -68,8 +70,38 @@ impl Server {
             _ => Slot::leaked(),
         };
         slot.claim(std::process::id());
-        let ctx = Context::new(Arc::new(self.config), factory, slot, None);
+        let ctx = Context::new(Arc::new(self.config), service.into(), slot, None);
         crate::strategy::run(self.listener, self.signals, ctx)
+    }
+}
+
+/// What serves each connection.
+#[derive(Clone)]
+pub enum Service {
+    /// A sans-IO state machine per connection (the fastest; every driver).
+    Protocol(Factory),
+    /// A coroutine per connection (`async fn`), see [`Handler`].
+    Handler(Handler),
+}
+
+impl From<Factory> for Service {
+    fn from(f: Factory) -> Service {
+        Service::Protocol(f)
+    }
+}
+
+impl From<Handler> for Service {
+    fn from(h: Handler) -> Service {
+        Service::Handler(h)
+    }
+}
+
+impl std::fmt::Debug for Service {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Service::Protocol(_) => "Service::Protocol",
+            Service::Handler(_) => "Service::Handler",
+        })
     }
 }
 

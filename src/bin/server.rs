@@ -1,5 +1,5 @@
 //! The `server` binary: uppercase echo, served by the strategy its flags
 //! choose (see `switchyard::server_cli`).
 fn main() -> std::process::ExitCode {
-    switchyard::server_cli::main(switchyard::server::factory_of::<switchyard::common::UpperEcho>())
+    switchyard::server_cli::echo_main()
 }

@@ -1,6 +1,8 @@
 //! The blocking driver: read, hand the bytes to the protocol, write all of
-//! its output, repeat. On end-of-file the protocol gets `on_eof`, every
-//! pending byte is written, and the write side is shut.
+//! its output, repeat ([`serve`]). On end-of-file the protocol gets
+//! `on_eof`, every pending byte is written, and the write side is shut.
+//! Its socket side, [`BlockingIo`], is shared with the coroutine handlers
+//! of the blocking strategies (`handler::Connection`).
 //!
 //! Two ways to live through a stop:
 //!
@@ -11,8 +13,8 @@
 //!   loop's epoll fd), until the idle deadline or the end of the drain
 //!   stage. A signal writes a byte to the pipe, so it is never lost between
 //!   a check and a blocking call. The stages of the stop are the ones of
-//!   `lifecycle::drain`: in the grace the connection is served, then reading
-//!   stops, and what is owed gets until the flush grace ends.
+//!   `lifecycle::drain`: in the grace the connection is served, then reads
+//!   see end-of-file, and what is owed gets until the flush grace ends.
 //! - Without one (thread, pool), the driver knows nothing of stops: reads
 //!   and writes block with SO_RCVTIMEO/SO_SNDTIMEO as the idle timeout, and
 //!   the accepting thread reaches every socket through the drain's registry:
@@ -20,9 +22,11 @@
 //!   what was received is answered), `shutdown(SHUT_RDWR)` when the flush
 //!   grace ends fails a blocked write.
 
-use std::io::{self, Write};
+use std::cell::RefCell;
+use std::io::{self, Read as _, Write};
 use std::net::TcpStream;
 use std::os::fd::{AsFd, BorrowedFd};
+use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
@@ -30,7 +34,7 @@ use nix::poll::{PollFd, PollFlags, PollTimeout};
 use switchyard_common::{Protocol, Step};
 
 use super::Totals;
-use crate::lifecycle::drain::{Drain, Stage};
+use crate::lifecycle::drain::{Drain, Registered, Stage};
 use crate::lifecycle::shutdown::Shutdown;
 use crate::sys;
 
@@ -52,15 +56,6 @@ pub(crate) enum End {
     Stopped,
 }
 
-/// How a connection went.
-#[derive(Debug)]
-pub(crate) struct Served {
-    /// Why it ended, or the I/O error that ended it.
-    pub(crate) end: io::Result<End>,
-    /// Bytes moved, also when it failed.
-    pub(crate) totals: Totals,
-}
-
 /// What a single-threaded process watches besides the socket it serves.
 pub(crate) trait Lookout {
     /// The fd to poll beside the socket.
@@ -80,26 +75,67 @@ pub(crate) trait Lookout {
     }
 }
 
-/// Serves one connection to its end.
-pub(crate) fn serve(
-    stream: &TcpStream,
-    proto: &mut dyn Protocol,
-    shutdown: &Shutdown,
-    idle: Option<Duration>,
-    lookout: Option<&mut dyn Lookout>,
-) -> Served {
-    let mut conn = Blocking { stream, totals: Totals::default(), idle, shutdown, drain: Drain::new(), lookout };
-    let end = conn.run(proto);
-    Served { end, totals: conn.totals }
+/// A lookout, shared between the process loop that owns it and the
+/// connection it serves meanwhile.
+pub(crate) type SharedLookout = Rc<RefCell<dyn Lookout>>;
+
+/// The socket a blocking connection owns.
+#[derive(Debug)]
+pub(crate) enum Sock {
+    /// A socket of its own (serial, fork child).
+    Plain(TcpStream),
+    /// A socket in the drain's registry (thread, pool).
+    Registered(Registered),
 }
 
-struct Blocking<'a, 'l> {
-    stream: &'a TcpStream,
+impl Sock {
+    fn get(&self) -> &TcpStream {
+        match self {
+            Sock::Plain(s) => s,
+            Sock::Registered(r) => r,
+        }
+    }
+}
+
+/// What a read found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Got {
+    /// This many bytes.
+    Data(usize),
+    /// End of input: the peer closed its side, or the server ended the
+    /// input (the idle timeout, the end of the grace).
+    Eof(End),
+    /// The connection must end now (immediate stop).
+    Stopped,
+    /// The caller's own deadline (`wake_at`) came first: nothing was read.
+    Due,
+}
+
+/// What a write did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Wrote {
+    /// This many bytes (at least one).
+    Sent(usize),
+    /// The caller's own deadline came first: nothing was written.
+    Due,
+}
+
+/// A blocking connection's socket side: reads and writes that honour the
+/// idle timeout, the drain's stages and the lookout, and count bytes.
+pub(crate) struct BlockingIo {
+    sock: Sock,
     totals: Totals,
     idle: Option<Duration>,
-    shutdown: &'a Shutdown,
+    shutdown: Shutdown,
     drain: Drain,
-    lookout: Option<&'l mut dyn Lookout>,
+    lookout: Option<SharedLookout>,
+    last_input: Instant,
+}
+
+impl std::fmt::Debug for BlockingIo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BlockingIo").field("sock", &self.sock).field("totals", &self.totals).finish()
+    }
 }
 
 /// What a wait found.
@@ -108,128 +144,178 @@ enum Ready {
     /// The lookout's fd was handled, a chore ran, or the stage moved: look again.
     Again,
     Timeout,
+    /// The caller's own deadline.
+    Due,
 }
 
-impl Blocking<'_, '_> {
-    fn run(&mut self, proto: &mut dyn Protocol) -> io::Result<End> {
-        if self.lookout.is_none() {
-            self.stream.set_read_timeout(self.idle)?;
-            self.stream.set_write_timeout(self.idle)?;
+impl BlockingIo {
+    /// The socket side of a connection served on this thread.
+    pub(crate) fn new(
+        sock: Sock,
+        shutdown: &Shutdown,
+        idle: Option<Duration>,
+        lookout: Option<SharedLookout>,
+    ) -> io::Result<BlockingIo> {
+        if lookout.is_none() {
+            sock.get().set_read_timeout(idle)?;
+            sock.get().set_write_timeout(idle)?;
         }
-        let (mut input, mut output) = super::buffer_pair(READ_CHUNK);
-        let mut last_input = Instant::now();
+        Ok(BlockingIo {
+            sock,
+            totals: Totals::default(),
+            idle,
+            shutdown: shutdown.clone(),
+            drain: Drain::new(),
+            lookout,
+            last_input: Instant::now(),
+        })
+    }
+
+    /// Bytes moved so far.
+    pub(crate) fn totals(&self) -> Totals {
+        self.totals
+    }
+
+    /// Reads what arrived into the spare capacity of `buf`.
+    pub(crate) fn read_into(&mut self, buf: &mut BytesMut, wake_at: Option<Instant>) -> io::Result<Got> {
+        self.read_with(wake_at, |s| sys::read_into(s, buf))
+    }
+
+    /// Reads what arrived into `buf`.
+    pub(crate) fn read(&mut self, buf: &mut [u8], wake_at: Option<Instant>) -> io::Result<Got> {
+        self.read_with(wake_at, |mut s| s.read(buf))
+    }
+
+    fn read_with(
+        &mut self,
+        wake_at: Option<Instant>,
+        mut read: impl FnMut(&TcpStream) -> io::Result<usize>,
+    ) -> io::Result<Got> {
         loop {
-            if self.lookout.is_some() {
+            if self.lookout.is_some() || wake_at.is_some() {
                 match self.stage(Instant::now()) {
                     Stage::Serving | Stage::Grace => {}
-                    Stage::Flush => return Ok(End::Grace),
-                    Stage::Over => return Ok(End::Stopped),
+                    Stage::Flush => return Ok(Got::Eof(End::Grace)),
+                    Stage::Over => return Ok(Got::Stopped),
                 }
                 let deadline = match self.drain.stage() {
-                    Stage::Serving => self.idle.map(|d| last_input + d),
-                    _ => self.drain.next_change(self.shutdown),
+                    Stage::Serving => self.idle.map(|d| self.last_input + d),
+                    _ => self.drain.next_change(&self.shutdown),
                 };
-                match self.wait(PollFlags::POLLIN, deadline)? {
+                match self.wait(PollFlags::POLLIN, deadline, wake_at)? {
                     Ready::Socket => {}
                     Ready::Again => continue,
-                    Ready::Timeout if self.drain.serving() => return Ok(End::Idle),
+                    Ready::Due => return Ok(Got::Due),
+                    Ready::Timeout if self.drain.serving() => return Ok(Got::Eof(End::Idle)),
                     Ready::Timeout => continue, // the stage moves on
                 }
             }
-            input.reserve(READ_CHUNK);
-            match sys::read_into(self.stream, &mut input) {
-                Ok(0) => {
-                    proto.on_eof(&mut output);
-                    self.write_out(&mut output)?;
-                    let _ = self.stream.shutdown(std::net::Shutdown::Write);
-                    return Ok(End::Eof);
-                }
+            match read(self.sock.get()) {
+                Ok(0) => return Ok(Got::Eof(End::Eof)),
                 Ok(n) => {
                     self.totals.bytes_in += n as u64;
-                    last_input = Instant::now();
-                    let step = proto.on_read(&mut input, &mut output);
-                    self.write_out(&mut output)?;
-                    if step == Step::Close {
-                        return Ok(End::Closed);
-                    }
+                    self.last_input = Instant::now();
+                    return Ok(Got::Data(n));
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                // SO_RCVTIMEO (no lookout): the idle timeout.
                 Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
-                    return Ok(End::Idle);
+                    return Ok(Got::Eof(End::Idle));
                 }
                 Err(e) => return Err(e),
             }
         }
     }
 
+    /// Writes some of `data`. With a lookout, a write that would block
+    /// waits (for the idle timeout while serving or in the grace, until the
+    /// flush grace ends after it); without one, the socket blocks.
+    pub(crate) fn write(&mut self, data: &[u8], wake_at: Option<Instant>) -> io::Result<Wrote> {
+        let mut waited_since = Instant::now();
+        loop {
+            let polled = self.lookout.is_some() || wake_at.is_some();
+            let written = if polled {
+                socket2::SockRef::from(self.sock.get()).send_with_flags(data, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL)
+            } else {
+                (&mut self.sock.get()).write(data)
+            };
+            match written {
+                Ok(0) if !data.is_empty() => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => {
+                    self.totals.bytes_out += n as u64;
+                    return Ok(Wrote::Sent(n));
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock && polled => {
+                    let deadline = match self.stage(Instant::now()) {
+                        Stage::Serving | Stage::Grace => self.idle.map(|d| waited_since + d),
+                        Stage::Flush => self.drain.next_change(&self.shutdown),
+                        Stage::Over => return Err(io::Error::new(io::ErrorKind::Interrupted, "stopped")),
+                    };
+                    match self.wait(PollFlags::POLLOUT, deadline, wake_at)? {
+                        Ready::Due => return Ok(Wrote::Due),
+                        Ready::Timeout if matches!(self.drain.stage(), Stage::Serving | Stage::Grace) => {
+                            return Err(io::Error::new(io::ErrorKind::TimedOut, "peer stopped reading"));
+                        }
+                        Ready::Socket => waited_since = Instant::now(),
+                        Ready::Timeout | Ready::Again => {}
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Writes all of `data`.
+    pub(crate) fn write_all(&mut self, mut data: &[u8]) -> io::Result<()> {
+        while !data.is_empty() {
+            if let Wrote::Sent(n) = self.write(data, None)? {
+                data = &data[n..];
+            }
+        }
+        Ok(())
+    }
+
+    /// Shuts the write side (the peer reads end-of-file).
+    pub(crate) fn shutdown_write(&self) {
+        let _ = self.sock.get().shutdown(std::net::Shutdown::Write);
+    }
+
     /// The drain stage at `now`, telling the lookout of each new one.
     fn stage(&mut self, now: Instant) -> Stage {
-        let entered: Vec<Stage> = self.drain.advance(self.shutdown, now).collect();
-        if let Some(l) = &mut self.lookout {
+        let entered: Vec<Stage> = self.drain.advance(&self.shutdown, now).collect();
+        if let Some(l) = &self.lookout {
             for s in entered {
-                l.on_stage(s);
+                l.borrow_mut().on_stage(s);
             }
         }
         self.drain.stage()
     }
 
-    /// Writes all of `output`. With a lookout, a write that would block
-    /// waits (for the idle timeout while serving or in the grace, until the
-    /// flush grace ends after it); without one, the socket blocks.
-    fn write_out(&mut self, output: &mut BytesMut) -> io::Result<()> {
-        let mut sent = 0;
-        let mut last_progress = Instant::now();
-        while sent < output.len() {
-            let written = match self.lookout {
-                None => (&mut &*self.stream).write(&output[sent..]),
-                Some(_) => socket2::SockRef::from(self.stream)
-                    .send_with_flags(&output[sent..], libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL),
-            };
-            match written {
-                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                Ok(n) => {
-                    sent += n;
-                    last_progress = Instant::now();
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock && self.lookout.is_some() => {
-                    let deadline = match self.stage(Instant::now()) {
-                        Stage::Serving | Stage::Grace => self.idle.map(|d| last_progress + d),
-                        Stage::Flush => self.drain.next_change(self.shutdown),
-                        Stage::Over => return Err(io::Error::new(io::ErrorKind::Interrupted, "stopped")),
-                    };
-                    if let Ready::Timeout = self.wait(PollFlags::POLLOUT, deadline)? {
-                        if self.drain.stage() == Stage::Serving || self.drain.stage() == Stage::Grace {
-                            return Err(io::Error::new(io::ErrorKind::TimedOut, "peer stopped reading"));
-                        }
-                    }
-                }
-                Err(e) => return Err(e),
-            }
-        }
-        self.totals.bytes_out += sent as u64;
-        output.clear();
-        Ok(())
-    }
-
     /// Waits until the socket is ready for `flags`, the lookout's fd is
-    /// readable (handled here), or `deadline` passed, running the lookout's
-    /// chores when they fall due. A passed deadline is only a timeout once a
-    /// poll found the socket not ready: after the process was stalled
-    /// (stopped, descheduled) past its deadline, bytes that arrived
+    /// readable (handled here), `deadline` passed, or `wake_at`, running the
+    /// lookout's chores when they fall due. A passed deadline is only a
+    /// timeout once a poll found the socket not ready: after the process was
+    /// stalled (stopped, descheduled) past its deadline, bytes that arrived
     /// meanwhile are traffic, not idleness.
-    fn wait(&mut self, flags: PollFlags, deadline: Option<Instant>) -> io::Result<Ready> {
-        let lookout = self.lookout.as_mut().expect("only with a lookout");
+    fn wait(&mut self, flags: PollFlags, deadline: Option<Instant>, wake_at: Option<Instant>) -> io::Result<Ready> {
         let now = Instant::now();
-        let chore = lookout.due(now);
-        if chore.is_some_and(|c| now >= c) {
-            lookout.tick(now)?;
-            return Ok(Ready::Again);
+        if wake_at.is_some_and(|t| now >= t) {
+            return Ok(Ready::Due);
         }
-        let wake = match (deadline, chore) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
+        let chore = match &self.lookout {
+            Some(l) => {
+                let mut l = l.borrow_mut();
+                let chore = l.due(now);
+                if chore.is_some_and(|c| now >= c) {
+                    l.tick(now)?;
+                    return Ok(Ready::Again);
+                }
+                chore
+            }
+            None => None,
         };
+        let wake = [deadline, chore, wake_at].into_iter().flatten().min();
         // Whole milliseconds, rounded up so a 0.4 ms remainder does not
         // become a busy 0 ms poll; a passed deadline polls once, at 0.
         let timeout = match wake {
@@ -240,24 +326,62 @@ impl Blocking<'_, '_> {
             }
         };
         let (socket, other) = {
-            let mut fds = [PollFd::new(self.stream.as_fd(), flags), PollFd::new(lookout.fd(), PollFlags::POLLIN)];
+            let lookout = self.lookout.as_ref().map(|l| l.borrow());
+            let mut fds = vec![PollFd::new(self.sock.get().as_fd(), flags)];
+            if let Some(l) = &lookout {
+                fds.push(PollFd::new(l.fd(), PollFlags::POLLIN));
+            }
             match nix::poll::poll(&mut fds, timeout) {
                 Ok(0) => (false, false),
-                Ok(_) => (fds[0].any().unwrap_or(false), fds[1].any().unwrap_or(false)),
-                Err(nix::errno::Errno::EINTR) => (false, true),
+                Ok(_) => (fds[0].any().unwrap_or(false), fds.get(1).is_some_and(|f| f.any().unwrap_or(false))),
+                Err(nix::errno::Errno::EINTR) => (false, lookout.is_some()),
                 Err(e) => return Err(e.into()),
             }
         };
         if other {
-            lookout.on_ready()?;
+            if let Some(l) = &self.lookout {
+                l.borrow_mut().on_ready()?;
+            }
             return Ok(Ready::Again);
         }
         if socket {
             return Ok(Ready::Socket);
         }
-        if deadline.is_some_and(|d| Instant::now() >= d) {
+        let now = Instant::now();
+        if deadline.is_some_and(|d| now >= d) {
             return Ok(Ready::Timeout);
         }
+        if wake_at.is_some_and(|t| now >= t) {
+            return Ok(Ready::Due);
+        }
         Ok(Ready::Again) // a chore is due
+    }
+}
+
+/// Serves one connection with `proto` to its end; returns why it ended (or
+/// the error that ended it) and the bytes it moved.
+pub(crate) fn serve(io: &mut BlockingIo, proto: &mut dyn Protocol) -> io::Result<End> {
+    let (mut input, mut output) = super::buffer_pair(READ_CHUNK);
+    loop {
+        input.reserve(READ_CHUNK);
+        match io.read_into(&mut input, None)? {
+            Got::Data(_) => {
+                let step = proto.on_read(&mut input, &mut output);
+                io.write_all(&output)?;
+                output.clear();
+                if step == Step::Close {
+                    return Ok(End::Closed);
+                }
+            }
+            Got::Eof(End::Eof) => {
+                proto.on_eof(&mut output);
+                io.write_all(&output)?;
+                io.shutdown_write();
+                return Ok(End::Eof);
+            }
+            Got::Eof(end) => return Ok(end),
+            Got::Stopped => return Ok(End::Stopped),
+            Got::Due => {} // no deadline of its own was given
+        }
     }
 }

@@ -74,6 +74,13 @@ impl Scratch {
         let (input, output) = super::buffer_pair(READ_CHUNK);
         Scratch { input, output, max_buffer }
     }
+
+    /// Forgets whatever a connection left here (its protocol panicked
+    /// mid-call): no byte of it may reach the next connection.
+    pub(crate) fn reset(&mut self) {
+        self.input.clear();
+        self.output.clear();
+    }
 }
 
 /// What a call did, for the loop's bookkeeping.

@@ -24,6 +24,8 @@ pub(crate) enum Timer {
     Queue,
     /// Something the owner must do again soon (a revisit, a retry).
     Soon,
+    /// The event loop: the earliest timer of its handlers.
+    Tasks,
     /// Prefork: the next respawn after a boot failure.
     Respawn,
     /// Fork, prefork: the next child to kill.
@@ -33,7 +35,7 @@ pub(crate) enum Timer {
 }
 
 impl Timer {
-    const COUNT: usize = 8;
+    const COUNT: usize = 9;
 }
 
 /// Named deadlines, earliest first on demand.
@@ -82,6 +84,7 @@ const ALL: [Timer; Timer::COUNT] = [
     Timer::Idle,
     Timer::Queue,
     Timer::Soon,
+    Timer::Tasks,
     Timer::Respawn,
     Timer::Children,
     Timer::Health,

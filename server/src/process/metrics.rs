@@ -34,26 +34,18 @@ const MAX_HEAD: usize = 8 * 1024;
 /// Counters of workers that have exited, so totals never go down.
 #[derive(Debug, Default, Clone, Copy)]
 pub(crate) struct Retired {
-    /// Connections accepted by exited workers.
-    pub(crate) accepted: u64,
-    /// Bytes received by exited workers.
-    pub(crate) bytes_in: u64,
-    /// Bytes sent by exited workers.
-    pub(crate) bytes_out: u64,
-    /// Accept errors of exited workers.
-    pub(crate) accept_errors: u64,
-    /// Connections refused by exited workers.
-    pub(crate) refused: u64,
+    /// By counter, in the order of [`Counter::ALL`] (the gauge stays 0).
+    totals: [u64; Counter::ALL.len()],
 }
 
 impl Retired {
     /// Adds an exiting worker's counters.
     pub(crate) fn add(&mut self, s: Slot) {
-        self.accepted += s.get(Counter::Accepted);
-        self.bytes_in += s.get(Counter::BytesIn);
-        self.bytes_out += s.get(Counter::BytesOut);
-        self.accept_errors += s.get(Counter::AcceptErrors);
-        self.refused += s.get(Counter::Refused);
+        for (i, c) in Counter::ALL.into_iter().enumerate() {
+            if c != Counter::Active {
+                self.totals[i] += s.get(c);
+            }
+        }
     }
 }
 
@@ -259,12 +251,12 @@ pub(crate) fn render_process(slot: Slot) -> String {
 #[derive(Debug, Clone, Copy)]
 struct Snapshot {
     pid: u32,
-    values: [u64; 6],
+    values: [u64; Counter::ALL.len()],
     silent_ms: u64,
 }
 
 /// The counters of a page, in the order of [`Counter::ALL`].
-const COUNTERS: [(&str, &str, &str); 6] = [
+const COUNTERS: [(&str, &str, &str); Counter::ALL.len()] = [
     ("connections_accepted_total", "counter", "Connections accepted."),
     ("connections_active", "gauge", "Connections open now."),
     ("bytes_received_total", "counter", "Bytes received from clients."),
@@ -275,6 +267,7 @@ const COUNTERS: [(&str, &str, &str); 6] = [
         "counter",
         "Connections closed unserved (--max-conns-per-ip, --queue-timeout, out of fds).",
     ),
+    ("handler_errors_total", "counter", "Connection handlers that returned an error or panicked."),
 ];
 
 /// The exposition text for `workers` (pid, slot), plus master-level figures.
@@ -283,7 +276,7 @@ pub(crate) fn render(workers: &[(u32, Slot)], retired: Retired, spawns: u64, dea
         .iter()
         .map(|(pid, s)| Snapshot { pid: *pid, values: Counter::ALL.map(|c| s.get(c)), silent_ms: s.silent_ms() })
         .collect();
-    let base = [retired.accepted, 0, retired.bytes_in, retired.bytes_out, retired.accept_errors, retired.refused];
+    let base = retired.totals;
     let mut out = String::with_capacity(4096);
     for (i, (name, kind, help)) in COUNTERS.iter().enumerate() {
         let _ = writeln!(out, "# HELP switchyard_{name} {help}\n# TYPE switchyard_{name} {kind}");

@@ -40,17 +40,20 @@ pub(crate) enum Counter {
     /// Connections closed at once without being served: over
     /// `--max-conns-per-ip`, over `--queue-timeout`, or shed when out of fds.
     Refused = 9,
+    /// Handlers that returned an error or panicked.
+    HandlerErrors = 10,
 }
 
 impl Counter {
     /// Every counter, in page order.
-    pub(crate) const ALL: [Counter; 6] = [
+    pub(crate) const ALL: [Counter; 7] = [
         Counter::Accepted,
         Counter::Active,
         Counter::BytesIn,
         Counter::BytesOut,
         Counter::AcceptErrors,
         Counter::Refused,
+        Counter::HandlerErrors,
     ];
 }
 

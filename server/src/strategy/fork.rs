@@ -13,9 +13,11 @@
 //! still alive when the flush grace ends are told to quit and killed a
 //! second later.
 
+use std::cell::RefCell;
 use std::io;
-use std::net::{TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::BorrowedFd;
+use std::rc::Rc;
 use std::time::Instant;
 
 use mio::Events;
@@ -24,7 +26,7 @@ use nix::unistd::Pid;
 
 use crate::admission::Permit;
 use crate::context::Context;
-use crate::driver::blocking::Lookout;
+use crate::driver::blocking::{Lookout, SharedLookout, Sock};
 use crate::lifecycle::deadlines::{Deadlines, Timer};
 use crate::lifecycle::drain::{Drain, Stage, FLUSH_GRACE};
 use crate::lifecycle::poller::Poller;
@@ -81,7 +83,7 @@ pub(crate) fn run(listener: TcpListener, signals: Signals, ctx: Context) -> io::
                     // books: never released here.
                     std::mem::forget(conn.permit);
                     let signals = acceptor.into_child();
-                    sys::exit_now(child(conn.stream, signals, blocked, &ctx, parent));
+                    sys::exit_now(child(conn.stream, conn.peer, signals, blocked, &ctx, parent));
                 }
                 Err(e) => {
                     log::warn!("fork: {e}; closing the connection");
@@ -97,13 +99,20 @@ pub(crate) fn run(listener: TcpListener, signals: Signals, ctx: Context) -> io::
 }
 
 /// The child's whole life; the return value is its exit code.
-fn child(stream: TcpStream, signals: Option<Signals>, blocked: BlockedSignals, ctx: &Context, parent: Pid) -> i32 {
+fn child(
+    stream: TcpStream,
+    peer: SocketAddr,
+    signals: Option<Signals>,
+    blocked: BlockedSignals,
+    ctx: &Context,
+    parent: Pid,
+) -> i32 {
     children::die_with_parent(parent);
     let Some(signals) = signals else {
         blocked.release();
         return 1;
     };
-    let mut signals = match signals.reinstall_in_child(Role::ForkChild, blocked) {
+    let signals = match signals.reinstall_in_child(Role::ForkChild, blocked) {
         Ok(s) => s,
         Err(e) => {
             log::error!("child {}: signals: {e}", std::process::id());
@@ -116,24 +125,24 @@ fn child(stream: TcpStream, signals: Option<Signals>, blocked: BlockedSignals, c
         log::debug!("child {}: {e}", std::process::id());
         return 1;
     }
-    let mut lookout = Signalled { signals: &mut signals, shutdown: &ctx.shutdown };
-    super::serve_blocking(&stream, &ctx, Some(&mut lookout));
+    let lookout: SharedLookout = Rc::new(RefCell::new(Signalled { signals, shutdown: ctx.shutdown.clone() }));
+    super::serve_blocking(Sock::Plain(stream), peer, &ctx, Some(lookout));
     0
 }
 
 /// A child watches its signals only.
-struct Signalled<'a> {
-    signals: &'a mut Signals,
-    shutdown: &'a Shutdown,
+struct Signalled {
+    signals: Signals,
+    shutdown: Shutdown,
 }
 
-impl Lookout for Signalled<'_> {
+impl Lookout for Signalled {
     fn fd(&self) -> BorrowedFd<'_> {
         self.signals.as_fd()
     }
 
     fn on_ready(&mut self) -> io::Result<()> {
-        self.signals.dispatch(self.shutdown);
+        self.signals.dispatch(&self.shutdown);
         Ok(())
     }
 }

@@ -18,13 +18,19 @@
 //! [`Drain`](crate::lifecycle::drain::Drain) (one `match` over the stages of
 //! a stop), a deadline table, and a driver.
 
+use std::cell::RefCell;
 use std::io;
-use std::net::TcpStream;
+use std::net::SocketAddr;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::rc::Rc;
 
 use crate::config::Mode;
 use crate::context::Context;
-use crate::driver::blocking::{self, End, Lookout};
+use crate::driver::blocking::{self, BlockingIo, End, SharedLookout, Sock};
+use crate::driver::Totals;
+use crate::handler::{block_on, panic_message, Connection};
 use crate::lifecycle::signals::Signals;
+use crate::serve::Service;
 
 pub(crate) mod event;
 pub(crate) mod fork;
@@ -47,17 +53,57 @@ pub(crate) fn run(listener: std::net::TcpListener, signals: Signals, ctx: Contex
     }
 }
 
-/// Serves one connection with the blocking driver, counts it, and logs how
-/// it ended (peer faults below error level). Serial, fork children, thread
-/// and pool workers serve through here.
-fn serve_blocking(stream: &TcpStream, ctx: &Context, lookout: Option<&mut dyn Lookout>) {
-    let mut proto = (ctx.factory)();
-    let served = blocking::serve(stream, &mut *proto, &ctx.shutdown, ctx.config.idle_timeout, lookout);
-    let t = served.totals;
-    match served.end {
-        Ok(End::Idle) => log::debug!("connection closed: idle for {:?}", ctx.config.idle_timeout.unwrap_or_default()),
-        Ok(end) => log::trace!("connection ended: {end:?}, {} bytes in, {} out", t.bytes_in, t.bytes_out),
-        Err(e) => log::debug!("connection failed: {e}"),
+/// Serves one connection on this thread (serial, fork children, thread and
+/// pool workers): a protocol through the blocking driver, or a handler
+/// through `block_on` over the same socket side. Counts it, and logs how it
+/// ended (peer faults below error level).
+fn serve_blocking(sock: Sock, peer: SocketAddr, ctx: &Context, lookout: Option<SharedLookout>) {
+    let io = match BlockingIo::new(sock, &ctx.shutdown, ctx.config.idle_timeout, lookout.clone()) {
+        Ok(io) => io,
+        Err(e) => {
+            log::debug!("{peer}: {e}");
+            ctx.closed(Totals::default());
+            return;
+        }
+    };
+    let totals = match &ctx.service {
+        Service::Protocol(factory) => {
+            let mut io = io;
+            let mut proto = factory();
+            match blocking::serve(&mut io, &mut *proto) {
+                Ok(End::Idle) => {
+                    log::debug!("{peer}: closed, idle for {:?}", ctx.config.idle_timeout.unwrap_or_default())
+                }
+                Ok(end) => log::trace!("{peer}: ended: {end:?}"),
+                Err(e) => log::debug!("{peer}: {e}"),
+            }
+            io.totals()
+        }
+        Service::Handler(h) => {
+            let io = Rc::new(RefCell::new(io));
+            let future = h(Connection::blocking(io.clone(), peer));
+            let ran = catch_unwind(AssertUnwindSafe(|| block_on(future, &ctx.shutdown, lookout.as_ref())));
+            handler_ended(ctx, peer, ran.map_err(|p| panic_message(p.as_ref())));
+            let t = io.borrow().totals();
+            t
+        }
+    };
+    log::trace!("{peer}: {} bytes in, {} out", totals.bytes_in, totals.bytes_out);
+    ctx.closed(totals);
+}
+
+/// Logs and counts how a handler ended: `Ok(None)` when the stop's last
+/// stage dropped it.
+fn handler_ended(ctx: &Context, peer: SocketAddr, ran: Result<Option<io::Result<()>>, String>) {
+    match ran {
+        Ok(Some(Ok(()))) | Ok(None) => {}
+        Ok(Some(Err(e))) => {
+            log::debug!("{peer}: handler: {e}");
+            ctx.handler_failed();
+        }
+        Err(panic) => {
+            log::warn!("{peer}: handler panicked: {panic}; connection closed");
+            ctx.handler_failed();
+        }
     }
-    ctx.closed(t);
 }

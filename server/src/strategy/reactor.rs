@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use mio::Events;
 
-use super::event::EventLoop;
+use super::event::{self, EventLoop};
 use crate::context::Context;
 use crate::lifecycle::poller::Poller;
 use crate::lifecycle::shutdown::Phase;
@@ -39,16 +39,16 @@ pub(crate) fn run(listener: TcpListener, signals: Signals, ctx: Context) -> io::
     // Every loop's fds exist before the first loop accepts: a flood of
     // connections cannot make start-up itself run out of fds.
     let mut built = Vec::with_capacity(n);
-    for (i, l) in listeners.into_iter().enumerate() {
-        built.push(EventLoop::new(i, l, Poller::new(&ctx.shutdown, None, None, Some(ctx.slot))?, &ctx)?);
+    for l in listeners {
+        built.push(event::acceptor(l, Poller::new(&ctx.shutdown, None, None, Some(ctx.slot))?, &ctx)?);
     }
-    let wakers: Vec<_> = built.iter().map(|lp| lp.waker()).collect();
+    let wakers: Vec<_> = built.iter().map(|a| a.poller.waker()).collect();
     let mut loops = Vec::with_capacity(n);
-    for lp in built {
+    for acceptor in built {
         let i = loops.len();
-        let (ended, finished) = (main.waker(), finished.clone());
+        let (ended, finished, c) = (main.waker(), finished.clone(), ctx.clone());
         loops.push(spawn_masked(format!("loop-{i}"), STACK_SIZE, move || {
-            let r = lp.run();
+            let r = EventLoop::with(i, acceptor, &c).run();
             finished.fetch_add(1, Ordering::SeqCst);
             let _ = ended.wake();
             r

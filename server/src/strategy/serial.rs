@@ -8,15 +8,17 @@
 //! client is served the acceptor is at its cap and, with `--queue-timeout`,
 //! samples the backlog and refuses clients that waited too long.
 
+use std::cell::RefCell;
 use std::io;
 use std::net::TcpListener;
 use std::os::fd::{AsFd, BorrowedFd};
+use std::rc::Rc;
 use std::time::Instant;
 
 use mio::Events;
 
 use crate::context::Context;
-use crate::driver::blocking::Lookout;
+use crate::driver::blocking::{Lookout, SharedLookout, Sock};
 use crate::lifecycle::deadlines::{Deadlines, Timer};
 use crate::lifecycle::drain::{Drain, Stage};
 use crate::lifecycle::poller::{Poller, HEARTBEAT};
@@ -28,49 +30,51 @@ use crate::net::acceptor::Acceptor;
 pub(crate) fn run(listener: TcpListener, signals: Signals, ctx: Context) -> io::Result<()> {
     listener.set_nonblocking(true)?;
     let poller = Poller::new(&ctx.shutdown, Some(signals), ctx.config.metrics, Some(ctx.slot))?;
-    let mut acceptor = Acceptor::new(listener, poller, &ctx, AtCap::Wait)?;
-    let mut events = Events::with_capacity(16);
+    let acceptor = Acceptor::new(listener, poller, &ctx, AtCap::Wait)?;
+    let door = Rc::new(RefCell::new(Door { acceptor, events: Events::with_capacity(16), beat: Instant::now() }));
+    let lookout: SharedLookout = door.clone();
     let mut drain = Drain::new();
     let mut timers = Deadlines::new();
     ctx.ready();
     loop {
         let now = Instant::now();
         for stage in drain.advance(&ctx.shutdown, now) {
-            if stage == Stage::Grace {
-                acceptor.close();
-            }
+            door.borrow_mut().on_stage(stage);
         }
         if !drain.serving() {
             return Ok(()); // between clients nothing is left to drain
         }
-        if let Some(conn) = acceptor.accept(now) {
+        let accepted = door.borrow_mut().acceptor.accept(now);
+        if let Some(conn) = accepted {
             conn.stream.set_nonblocking(false)?;
-            let mut busy = Busy { acceptor: &mut acceptor, events: &mut events, beat: Instant::now() };
-            super::serve_blocking(&conn.stream, &ctx, Some(&mut busy));
+            super::serve_blocking(Sock::Plain(conn.stream), conn.peer, &ctx, Some(lookout.clone()));
             continue; // the permit drops here: the next client may come
         }
         timers.set(Timer::Drain, drain.next_change(&ctx.shutdown));
-        acceptor.wait(&mut events, &mut timers)?;
+        let mut door = door.borrow_mut();
+        let Door { acceptor, events, .. } = &mut *door;
+        acceptor.wait(events, &mut timers)?;
     }
 }
 
-/// The acceptor while serial serves a client: the driver polls the
-/// acceptor's poll beside the socket (a signal, a metrics request, a new
-/// client in the backlog), closes the listener when the grace begins, and
-/// wakes for the backlog samples and heartbeats.
-struct Busy<'a> {
-    acceptor: &'a mut Acceptor<TcpListener>,
-    events: &'a mut Events,
+/// The acceptor, and what serial watches through it while it serves a
+/// client: the driver polls the acceptor's poll beside the socket (a
+/// signal, a metrics request, a new client in the backlog), closes the
+/// listener when the grace begins, and wakes for the backlog samples and
+/// heartbeats.
+struct Door {
+    acceptor: Acceptor<TcpListener>,
+    events: Events,
     beat: Instant,
 }
 
-impl Lookout for Busy<'_> {
+impl Lookout for Door {
     fn fd(&self) -> BorrowedFd<'_> {
         self.acceptor.poller.as_fd()
     }
 
     fn on_ready(&mut self) -> io::Result<()> {
-        self.acceptor.wait(self.events, &mut Deadlines::new().with(Timer::Soon, Instant::now()))
+        self.acceptor.wait(&mut self.events, &mut Deadlines::new().with(Timer::Soon, Instant::now()))
     }
 
     fn on_stage(&mut self, stage: Stage) {
@@ -80,11 +84,8 @@ impl Lookout for Busy<'_> {
     }
 
     fn due(&self, now: Instant) -> Option<Instant> {
-        let beat = Some(self.beat + HEARTBEAT);
-        match self.acceptor.deadline(now) {
-            Some(t) => beat.map(|b| b.min(t)),
-            None => beat,
-        }
+        let beat = self.beat + HEARTBEAT;
+        Some(self.acceptor.deadline(now).map_or(beat, |t| t.min(beat)))
     }
 
     fn tick(&mut self, now: Instant) -> io::Result<()> {

@@ -15,6 +15,7 @@ use std::time::Instant;
 use mio::Events;
 
 use crate::context::Context;
+use crate::driver::blocking::Sock;
 use crate::lifecycle::deadlines::{Deadlines, Timer};
 use crate::lifecycle::drain::{Drain, Registry, Stage};
 use crate::lifecycle::poller::Poller;
@@ -47,13 +48,13 @@ pub(crate) fn run(listener: TcpListener, signals: Signals, ctx: Context) -> io::
             break;
         }
         if let Some(conn) = acceptor.accept(now) {
-            let permit = conn.permit;
+            let (permit, peer) = (conn.permit, conn.peer);
             let stream = registry.register(conn.stream);
             let key = stream.key();
             let c = ctx.clone();
             let spawned = spawn_masked(format!("conn-{key}"), STACK_SIZE, move || {
                 let _permit = permit;
-                super::serve_blocking(&stream, &c, None);
+                super::serve_blocking(Sock::Registered(stream), peer, &c, None);
             });
             match spawned {
                 Ok(handle) => registry.attach(key, handle),

@@ -1,18 +1,21 @@
 //! Event: one thread, one `mio::Poll`, every connection a resumable state
-//! machine (the coroutine-style server, done as nginx and Redis do it).
-//! Connections live in a `slab` keyed by their token; the non-blocking
-//! driver moves their bytes; an [`IdleQueue`] expires silent connections in
-//! O(1) per event.
+//! machine (done as nginx and Redis do it) or a coroutine (a handler's task,
+//! the gevent model). Connections live in a `slab` keyed by their token: a
+//! protocol's bytes are moved by the non-blocking driver, a handler's task
+//! is polled when its socket is ready (`handler`'s executor); an
+//! [`IdleQueue`] expires silent connections in O(1) per event.
 //!
 //! [`EventLoop`] is also the unit of the `reactor` strategy (one loop per
 //! thread) and of prefork's event workers.
 //!
 //! One iteration: the stages of a stop, then sleep until the earliest
-//! deadline (drain, idle, a revisit, the accept policy), then serve every
-//! connection that has an event (`conn_event` → `Conn::on_readable` →
-//! `Protocol::on_read` → write), then the ones with input left over, then
-//! accept (at most [`ACCEPT_BUDGET`] per wake-up, so a connection flood
-//! cannot starve open connections), then expire the idle ones.
+//! deadline (drain, idle, a revisit, handlers' timers, the accept policy),
+//! then serve every connection that has an event (`conn_event` →
+//! `Conn::on_readable` → `Protocol::on_read` → write; or wake the task),
+//! then the woken tasks (each polled once), then the connections with input
+//! left over, then accept (at most [`ACCEPT_BUDGET`] per wake-up, so a
+//! connection flood cannot starve open connections), then expire the idle
+//! ones.
 //!
 //! Stop: the listener closes at the grace; connections are served until
 //! they close or the grace ends; then they stop reading and flush; what is
@@ -21,22 +24,28 @@
 mod idle;
 
 use std::io;
+use std::net::SocketAddr;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Instant;
 
 use mio::net::TcpListener;
-use mio::{Events, Interest, Token, Waker};
+use mio::{Events, Interest, Token};
 use slab::Slab;
 
 use crate::admission::Permit;
 use crate::context::Context;
 use crate::driver::nonblocking::{Conn, Scratch, Status};
+use crate::driver::Totals;
+use crate::handler::{self, Connection, LoopIo, Polled, RunQueue, Task};
 use crate::lifecycle::deadlines::{Deadlines, Timer};
 use crate::lifecycle::drain::{Drain, Stage};
 use crate::lifecycle::poller::{Poller, RESERVED};
 use crate::lifecycle::signals::Signals;
 use crate::net::accept::AtCap;
 use crate::net::acceptor::Acceptor;
+use crate::serve::Service;
 use idle::{HasLinks, IdleQueue, Links};
 
 /// Connections accepted per wake-up at most.
@@ -50,6 +59,17 @@ pub(crate) fn run(listener: std::net::TcpListener, signals: Signals, ctx: Contex
     let stats = event_loop.run()?;
     log::info!("{stats}");
     Ok(())
+}
+
+/// An event loop's acceptor: `listener` (made non-blocking) watched in
+/// `poller`.
+pub(crate) fn acceptor(
+    listener: std::net::TcpListener,
+    poller: Poller,
+    ctx: &Context,
+) -> io::Result<Acceptor<TcpListener>> {
+    listener.set_nonblocking(true)?;
+    Acceptor::new(TcpListener::from_std(listener), poller, ctx, AtCap::Wait)
 }
 
 /// What one loop did, reported when it ends.
@@ -76,9 +96,26 @@ impl std::fmt::Display for LoopStats {
 }
 
 struct Entry {
-    conn: Conn,
+    kind: Kind,
     links: Links,
     _permit: Permit,
+}
+
+/// What serves a connection.
+enum Kind {
+    /// A protocol, through the non-blocking driver.
+    Machine(Conn),
+    /// A handler's task, and the socket it shares with its `Connection`.
+    Task { task: Task, io: Rc<LoopIo>, peer: SocketAddr },
+}
+
+impl Kind {
+    fn totals(&self) -> Totals {
+        match self {
+            Kind::Machine(c) => c.totals(),
+            Kind::Task { io, .. } => io.totals(),
+        }
+    }
 }
 
 impl HasLinks for Entry {
@@ -98,6 +135,11 @@ pub(crate) struct EventLoop {
     /// Accepted since the last poll: their idle clocks start at the next
     /// poll's stamp (the stamp of this one may be older than the accept).
     fresh: Vec<usize>,
+    /// Handlers' tasks that are ready to run.
+    run_queue: Arc<RunQueue>,
+    /// Tasks started (a task's generation tells its wakers apart from the
+    /// ones of an earlier task in the same slot).
+    tasks_started: u64,
     ctx: Context,
     epoch: Instant,
     now_ms: u64,
@@ -110,9 +152,14 @@ impl EventLoop {
     /// A loop that accepts on `listener` and sleeps in `poller` (which owns
     /// the process's signals in event mode, not in the reactor's loops).
     pub(crate) fn new(id: usize, listener: std::net::TcpListener, poller: Poller, ctx: &Context) -> io::Result<Self> {
-        listener.set_nonblocking(true)?;
-        let acceptor = Acceptor::new(TcpListener::from_std(listener), poller, ctx, AtCap::Wait)?;
-        Ok(EventLoop {
+        Ok(EventLoop::with(id, acceptor(listener, poller, ctx)?, ctx))
+    }
+
+    /// A loop around an acceptor made by [`acceptor`] (the reactor makes
+    /// them before it starts the loops' threads, and each loop on its own).
+    pub(crate) fn with(id: usize, acceptor: Acceptor<TcpListener>, ctx: &Context) -> Self {
+        let run_queue = RunQueue::new(acceptor.poller.waker());
+        EventLoop {
             acceptor,
             conns: Slab::new(),
             idle: ctx.config.idle_timeout.map(|d| IdleQueue::new(d.as_millis().max(1) as u64)),
@@ -120,24 +167,21 @@ impl EventLoop {
             again: Vec::new(),
             again_spare: Vec::new(),
             fresh: Vec::new(),
+            run_queue,
+            tasks_started: 0,
             ctx: ctx.clone(),
             epoch: Instant::now(),
             now_ms: 0,
             drain: Drain::new(),
             timers: Deadlines::new(),
             stats: LoopStats { id, ..LoopStats::default() },
-        })
-    }
-
-    /// Wakes the loop from another thread (it then re-reads the shutdown
-    /// phase).
-    pub(crate) fn waker(&self) -> Arc<Waker> {
-        self.acceptor.poller.waker()
+        }
     }
 
     /// Serves until the shutdown event ends the loop.
     pub(crate) fn run(mut self) -> io::Result<LoopStats> {
         let mut events = Events::with_capacity(1024);
+        self.run_queue.enter();
         loop {
             let now = Instant::now();
             for stage in self.drain.advance(&self.ctx.shutdown, now) {
@@ -147,15 +191,19 @@ impl EventLoop {
                 return Ok(self.stats);
             }
             self.timers.set(Timer::Drain, self.drain.next_change(&self.ctx.shutdown));
-            // Input left over, or connections accepted since the last stamp
-            // (their idle clocks start at the next): poll without sleeping.
-            self.timers.set(Timer::Soon, (!self.again.is_empty() || !self.fresh.is_empty()).then_some(now));
+            // Input left over, tasks to run, or connections accepted since
+            // the last stamp (their idle clocks start at the next): poll
+            // without sleeping.
+            let soon = !self.again.is_empty() || !self.fresh.is_empty() || !self.run_queue.is_empty();
+            self.timers.set(Timer::Soon, soon.then_some(now));
+            self.timers.set(Timer::Tasks, handler::next_timer());
             let now_ms = self.ms_since_epoch(now);
             let idle_in = self.idle.as_ref().and_then(|q| q.next_in(&mut self.conns, now_ms));
             self.timers.set(Timer::Idle, idle_in.map(|ms| now + std::time::Duration::from_millis(ms)));
             self.acceptor.wait(&mut events, &mut self.timers)?;
             let now = Instant::now();
             self.now_ms = self.ms_since_epoch(now);
+            handler::fire_timers(now);
             if let Some(q) = &mut self.idle {
                 for key in self.fresh.drain(..) {
                     if self.conns.contains(key) {
@@ -167,9 +215,16 @@ impl EventLoop {
                 let Token(key) = ev.token();
                 if key < RESERVED {
                     let closed = ev.is_read_closed() || ev.is_error();
-                    self.conn_event(key, ev.is_readable() || closed, closed, ev.is_writable());
+                    match self.conns.get(key).map(|e| &e.kind) {
+                        Some(Kind::Task { io, .. }) => io.on_event(ev.is_readable(), ev.is_writable(), closed),
+                        Some(Kind::Machine(_)) => {
+                            self.conn_event(key, ev.is_readable() || closed, closed, ev.is_writable())
+                        }
+                        None => {}
+                    }
                 }
             }
+            self.run_tasks();
             self.revisit();
             self.accept(now);
             self.expire_idle();
@@ -191,8 +246,15 @@ impl EventLoop {
             Stage::Flush => {
                 let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
                 for key in keys {
-                    if self.conns[key].conn.stop_reading() {
-                        self.close(key);
+                    match &mut self.conns[key].kind {
+                        Kind::Machine(conn) => {
+                            if conn.stop_reading() {
+                                self.close(key);
+                            }
+                        }
+                        // Reads see end-of-file; what the handler writes
+                        // still goes out until the flush grace ends.
+                        Kind::Task { io, .. } => io.end_input(),
                     }
                 }
             }
@@ -206,17 +268,30 @@ impl EventLoop {
     }
 
     fn conn_event(&mut self, key: usize, readable: bool, peer_closed: bool, writable: bool) {
-        let Some(e) = self.conns.get_mut(key) else { return };
+        let Some(Entry { kind: Kind::Machine(conn), .. }) = self.conns.get_mut(key) else { return };
         let mut st = Status::default();
-        let result = (|| {
+        let scratch = &mut self.scratch;
+        let result = catch_unwind(AssertUnwindSafe(|| {
             if writable {
-                merge(&mut st, e.conn.on_writable(&mut self.scratch)?);
+                merge(&mut st, conn.on_writable(scratch)?);
             }
             if readable && !st.done {
-                merge(&mut st, e.conn.on_readable(&mut self.scratch, peer_closed)?);
+                merge(&mut st, conn.on_readable(scratch, peer_closed)?);
             }
             io::Result::Ok(())
-        })();
+        }));
+        let result = match result {
+            Ok(r) => r,
+            Err(panic) => {
+                // The protocol panicked: this connection ends, and nothing it
+                // left in the scratch buffers reaches another.
+                self.scratch.reset();
+                log::warn!("connection {key}: protocol panicked: {}", handler::panic_message(panic.as_ref()));
+                self.ctx.handler_failed();
+                self.close(key);
+                return;
+            }
+        };
         match result {
             Err(err) => {
                 log::debug!("connection {key}: {err}");
@@ -231,6 +306,36 @@ impl EventLoop {
                     if let Some(q) = &mut self.idle {
                         q.touch(&mut self.conns, key, self.now_ms);
                     }
+                }
+            }
+        }
+    }
+
+    /// Polls every handler task that was woken, once each.
+    fn run_tasks(&mut self) {
+        for (key, generation) in self.run_queue.take() {
+            let Some(Entry { kind: Kind::Task { task, io, peer }, .. }) = self.conns.get_mut(key) else { continue };
+            if task.generation() != generation {
+                continue; // a waker of an earlier task in this slot
+            }
+            match task.poll() {
+                Polled::Pending => {
+                    if io.take_progress() {
+                        if let Some(q) = &mut self.idle {
+                            q.touch(&mut self.conns, key, self.now_ms);
+                        }
+                    }
+                }
+                Polled::Done(Ok(())) => self.close(key),
+                Polled::Done(Err(e)) => {
+                    log::debug!("{peer}: handler: {e}");
+                    self.ctx.handler_failed();
+                    self.close(key);
+                }
+                Polled::Panicked(m) => {
+                    log::warn!("{peer}: handler panicked: {m}; connection closed");
+                    self.ctx.handler_failed();
+                    self.close(key);
                 }
             }
         }
@@ -266,11 +371,17 @@ impl EventLoop {
                 self.ctx.handover_failed();
                 continue;
             }
-            entry.insert(Entry {
-                conn: Conn::new(stream, (self.ctx.factory)()),
-                links: Links::default(),
-                _permit: c.permit,
-            });
+            let kind = match &self.ctx.service {
+                Service::Protocol(factory) => Kind::Machine(Conn::new(stream, factory())),
+                Service::Handler(h) => {
+                    let io = Rc::new(LoopIo::new(stream));
+                    self.tasks_started += 1;
+                    let future = h(Connection::on_loop(io.clone(), c.peer));
+                    let task = Task::new(key, self.tasks_started, future, &self.run_queue);
+                    Kind::Task { task, io, peer: c.peer }
+                }
+            };
+            entry.insert(Entry { kind, links: Links::default(), _permit: c.permit });
             if self.idle.is_some() {
                 self.fresh.push(key);
             }
@@ -303,7 +414,7 @@ impl EventLoop {
         // Dropping the entry frees its admission place (waking any loop
         // that waits for room) and closes the socket, which leaves the poll.
         let e = self.conns.remove(key);
-        let t = e.conn.totals();
+        let t = e.kind.totals();
         self.ctx.closed(t);
         log::trace!("connection {key} closed: {} bytes in, {} out", t.bytes_in, t.bytes_out);
     }

@@ -47,7 +47,7 @@ pub(super) fn run(
     let mut config = (*master.config).clone();
     config.mode = config.worker.mode();
     config.metrics = None;
-    let ctx = Context::new(Arc::new(config), master.factory.clone(), prep.slot, prep.max_requests);
+    let ctx = Context::new(Arc::new(config), master.service.clone(), prep.slot, prep.max_requests);
     prep.slot.set_pid(std::process::id());
     prep.slot.beat();
     // The strategy marks the slot Running once it is set up (Context::ready).

@@ -11,18 +11,16 @@
 //! in the listen backlog, where their wait could not be bounded: a client
 //! would wait there, and then again in the queue.
 
-mod queue;
-
 use std::io;
-use std::net::TcpListener;
+use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
 use std::time::Instant;
 
 use mio::Events;
-use queue::Queue;
 
 use crate::admission::Permit;
 use crate::context::Context;
+use crate::driver::blocking::Sock;
 use crate::driver::Totals;
 use crate::lifecycle::deadlines::{Deadlines, Timer};
 use crate::lifecycle::drain::{Drain, Registered, Registry, Stage};
@@ -30,6 +28,7 @@ use crate::lifecycle::poller::Poller;
 use crate::lifecycle::signals::{spawn_masked, Signals};
 use crate::net::accept::AtCap;
 use crate::net::acceptor::Acceptor;
+use crate::queue::Queue;
 
 /// Runs the thread-pool strategy until the server stops.
 pub(crate) fn run(listener: TcpListener, signals: Signals, ctx: Context) -> io::Result<()> {
@@ -38,14 +37,14 @@ pub(crate) fn run(listener: TcpListener, signals: Signals, ctx: Context) -> io::
     let registry = Registry::new(poller.waker());
     let at_cap = if ctx.config.queue_timeout.is_some() { AtCap::Refuse } else { AtCap::Wait };
     let mut acceptor = Acceptor::new(listener, poller, &ctx, at_cap)?;
-    let queue = Arc::new(Queue::<(Registered, Permit)>::default());
+    let queue = Arc::new(Queue::<(Registered, SocketAddr, Permit)>::default());
     let mut workers = Vec::with_capacity(ctx.config.threads.max(1));
     for i in 0..ctx.config.threads.max(1) {
         let queue = queue.clone();
         let c = ctx.clone();
         workers.push(spawn_masked(format!("pool-{i}"), super::thread::STACK_SIZE, move || {
-            while let Some((conn, _permit)) = queue.pop() {
-                super::serve_blocking(&conn, &c, None);
+            while let Some((conn, peer, _permit)) = queue.pop() {
+                super::serve_blocking(Sock::Registered(conn), peer, &c, None);
             }
         })?);
     }
@@ -76,7 +75,7 @@ pub(crate) fn run(listener: TcpListener, signals: Signals, ctx: Context) -> io::
             timers.set(Timer::Queue, queue.oldest().map(|t| t + limit));
         }
         if let Some(conn) = acceptor.accept(now) {
-            queue.push((registry.register(conn.stream), conn.permit), Instant::now());
+            queue.push((registry.register(conn.stream), conn.peer, conn.permit), Instant::now());
             continue;
         }
         timers.set(Timer::Drain, drain.next_change(&ctx.shutdown));

@@ -1,13 +1,15 @@
-//! The pool's hand-off queue: the acceptor pushes accepted connections, the
-//! workers pop them (producer/consumer on a mutex and a condition variable).
-//! Every item keeps the time it was queued, so the acceptor can take out the
-//! ones that waited too long (`--queue-timeout`) even while every worker is
-//! busy: a worker held by a slow client never makes a queued client hang.
+//! A producer/consumer queue on a mutex and a condition variable: producers
+//! push, consumer threads pop (waiting while it is empty), and closing it
+//! lets the consumers take what is left and then stop. Every item keeps the
+//! time it was queued, so a producer can take out the ones that waited too
+//! long.
 //!
-//! The queue itself is unbounded; the pool bounds it by admitting at most
-//! threads + `--queue` connections (its tracker).
-//!
-//! Callers: [`crate::strategy::pool`].
+//! The queue itself is unbounded; its users bound it. Callers: the pool
+//! strategy (accepted connections for its workers: the admission cap of
+//! threads + `--queue` bounds it, and `--queue-timeout` expires items even
+//! while every worker is busy, so a worker held by a slow client never makes
+//! a queued client hang), and the handlers' offload pool (`run_blocking`
+//! jobs, at most one per suspended task).
 
 use std::collections::VecDeque;
 use std::sync::{Condvar, Mutex, MutexGuard};
