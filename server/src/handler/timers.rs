@@ -106,14 +106,9 @@ impl Sleep {
     }
 }
 
-impl Future for Sleep {
-    type Output = ();
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        if Instant::now() >= self.at {
-            self.cancel();
-            return Poll::Ready(());
-        }
+impl Sleep {
+    /// Registers the deadline with `cx`'s waker (or updates the waker).
+    fn arm(&mut self, cx: &mut Context<'_>) {
         let at = self.at;
         match self.entry {
             Some((seq, key)) => TIMERS.with(|t| {
@@ -136,6 +131,18 @@ impl Future for Sleep {
                 self.entry = Some(entry);
             }
         }
+    }
+}
+
+impl Future for Sleep {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        if Instant::now() >= self.at {
+            self.cancel();
+            return Poll::Ready(());
+        }
+        self.arm(cx);
         Poll::Pending
     }
 }
@@ -185,7 +192,11 @@ impl<F: Future> Future for Timeout<F> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
+        // The deadline is known before the future runs: a blocking
+        // connection's read waits only until then.
+        this.sleep.arm(cx);
         if let Poll::Ready(v) = this.future.poll(cx) {
+            this.sleep.cancel();
             return Poll::Ready(Ok(v));
         }
         match Pin::new(this.sleep).poll(cx) {
