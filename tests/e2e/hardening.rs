@@ -1,18 +1,20 @@
 //! Hardening: what the server does when the machine or the operator pushes
 //! back. Load shedding when fds run out (clients are closed at once instead
-//! of hanging in the backlog), and dropping root privileges after binding.
-
-mod support;
+//! of hanging in the backlog), per-address limits, slow clients that hold
+//! every worker, and dropping root privileges after binding.
 
 use std::io::{self, Read, Write};
-use std::net::TcpStream;
+use std::net::{SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread;
 use std::time::{Duration, Instant};
 
-use support::{poll_every, Mode, Server};
-
-const EVENT: Mode = Mode { name: "event", concurrent: true, forks: false, args: &[] };
-const THREAD: Mode = Mode { name: "thread", concurrent: true, forks: false, args: &[] };
-const REACTOR: Mode = Mode { name: "reactor", concurrent: true, forks: false, args: &["--threads", "2"] };
+use crate::support::modes::{Mode, EVENT, FORK, POOL, PREFORK_SERIAL, REACTOR, SERIAL, THREAD};
+use crate::support::net::{close_cleanly, roundtrip, try_connect_from};
+use crate::support::process::{is_root, poll_every};
+use crate::support::procfs;
+use crate::support::server::{Launch, Server};
 
 /// How one client fared against a server that is out of fds.
 #[derive(Debug, PartialEq, Eq)]
@@ -44,7 +46,7 @@ fn fate(s: &mut TcpStream, limit: Duration) -> (Fate, Duration) {
 /// left waiting in the backlog. Every client is either served or closed
 /// within a second; none hangs for the 4 s bound.
 fn sheds_load_when_out_of_fds(mode: &Mode) {
-    let server = Server::start_with_nofile(mode, &[], 64);
+    let server = Launch::new(mode, &[]).nofile(64).start();
     let mut clients = Vec::new();
     for i in 0..150 {
         match TcpStream::connect_timeout(&server.addr, Duration::from_secs(2)) {
@@ -111,15 +113,6 @@ fn reactor_sheds_load_when_out_of_fds() {
     sheds_load_when_out_of_fds(&REACTOR);
 }
 
-fn status_line(pid: i32, key: &str) -> String {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read /proc status");
-    s.lines().find(|l| l.starts_with(key)).unwrap_or_else(|| panic!("{key} not in status")).to_string()
-}
-
-fn is_root() -> bool {
-    nix::unistd::Uid::effective().is_root()
-}
-
 /// `--user nobody`: bound as root, then every uid and gid is nobody's, no
 /// supplementary group but nobody's, no capability left (so setuid(0)
 /// fails), and it still serves.
@@ -133,16 +126,14 @@ fn user_flag_drops_root_for_good() {
     let (uid, gid) = (nobody.uid.as_raw(), nobody.gid.as_raw());
     for mode in [EVENT, THREAD] {
         let server = Server::start(&mode, &["--user", "nobody"]);
-        let ids = |key: &str| -> Vec<u32> {
-            status_line(server.pid, key).split_whitespace().skip(1).map(|v| v.parse().unwrap()).collect()
-        };
+        let ids = |key: &str| procfs::status_ids(server.pid, key);
         assert_eq!(ids("Uid:"), vec![uid; 4], "{}: real, effective, saved, fs uid", mode.name);
         assert_eq!(ids("Gid:"), vec![gid; 4], "{}: real, effective, saved, fs gid", mode.name);
         assert_eq!(ids("Groups:"), vec![gid], "{}: supplementary groups", mode.name);
-        assert_eq!(status_line(server.pid, "CapEff:"), "CapEff:\t0000000000000000", "{}", mode.name);
-        assert_eq!(status_line(server.pid, "CapPrm:"), "CapPrm:\t0000000000000000", "{}", mode.name);
+        assert_eq!(procfs::status_line(server.pid, "CapEff:"), "CapEff:\t0000000000000000", "{}", mode.name);
+        assert_eq!(procfs::status_line(server.pid, "CapPrm:"), "CapPrm:\t0000000000000000", "{}", mode.name);
         let mut c = server.connect();
-        support::roundtrip(&mut c, b"dropped privileges").unwrap();
+        roundtrip(&mut c, b"dropped privileges").unwrap();
     }
 }
 
@@ -169,8 +160,8 @@ fn unknown_user_is_an_error() {
 }
 
 /// A client socket from `source` (any 127.0.0.0/8 address) to `server`.
-fn connect_from(source: &str, server: std::net::SocketAddr) -> TcpStream {
-    support::try_connect_from(source.parse().unwrap(), server).unwrap_or_else(|e| panic!("connect from {source}: {e}"))
+fn connect_from(source: &str, server: SocketAddr) -> TcpStream {
+    try_connect_from(source.parse().unwrap(), server).unwrap_or_else(|e| panic!("connect from {source}: {e}"))
 }
 
 /// `--max-conns-per-ip 3`: three connections from 127.0.0.1 are served, the
@@ -180,7 +171,7 @@ fn limits_connections_per_address(mode: &Mode) {
     let server = Server::start(mode, &["--max-conns-per-ip", "3"]);
     let mut three: Vec<TcpStream> = (0..3).map(|_| connect_from("127.0.0.1", server.addr)).collect();
     for (i, c) in three.iter_mut().enumerate() {
-        support::roundtrip(c, format!("allowed {i}").as_bytes()).unwrap();
+        roundtrip(c, format!("allowed {i}").as_bytes()).unwrap();
     }
     let mut fourth = connect_from("127.0.0.1", server.addr);
     let _ = fourth.write_all(b"q");
@@ -188,14 +179,14 @@ fn limits_connections_per_address(mode: &Mode) {
     assert_eq!(f, Fate::Shed, "{}: the 4th connection from one address was not closed", mode.name);
     assert!(took < Duration::from_secs(1), "{}: the 4th connection was closed only after {took:?}", mode.name);
     let mut other = connect_from("127.0.0.2", server.addr);
-    support::roundtrip(&mut other, b"another address").unwrap();
+    roundtrip(&mut other, b"another address").unwrap();
     for c in three.iter_mut() {
-        support::roundtrip(c, b"still served").unwrap();
+        roundtrip(c, b"still served").unwrap();
     }
-    support::close_cleanly(&mut three.pop().unwrap()).unwrap();
+    close_cleanly(&mut three.pop().unwrap()).unwrap();
     let again = poll_every(Duration::from_millis(20), Duration::from_secs(5), || {
         let mut c = connect_from("127.0.0.1", server.addr);
-        support::roundtrip(&mut c, b"room again").is_ok()
+        roundtrip(&mut c, b"room again").is_ok()
     });
     assert!(again, "{}: no room for a new connection after one of the three closed", mode.name);
 }
@@ -207,12 +198,12 @@ fn per_ip_limit_thread() {
 
 #[test]
 fn per_ip_limit_pool() {
-    limits_connections_per_address(&Mode { name: "pool", concurrent: true, forks: false, args: &[] });
+    limits_connections_per_address(&POOL);
 }
 
 #[test]
 fn per_ip_limit_fork() {
-    limits_connections_per_address(&Mode { name: "fork", concurrent: true, forks: true, args: &[] });
+    limits_connections_per_address(&FORK);
 }
 
 #[test]
@@ -228,28 +219,28 @@ fn per_ip_limit_reactor() {
 /// Slow clients that hold every worker of `mode` (`slots` of them) and
 /// trickle one byte each every `period`, for at most 12 s.
 struct Loris {
-    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    trickler: Option<std::thread::JoinHandle<Vec<TcpStream>>>,
+    stop: Arc<AtomicBool>,
+    trickler: Option<thread::JoinHandle<Vec<TcpStream>>>,
 }
 
 impl Loris {
     fn start(server: &Server, slots: usize, period: Duration) -> Loris {
         let mut loris: Vec<TcpStream> = (0..slots).map(|_| server.connect()).collect();
         for (i, c) in loris.iter_mut().enumerate() {
-            support::roundtrip(c, format!("l{i}").as_bytes()).unwrap(); // each holds a worker now
+            roundtrip(c, format!("l{i}").as_bytes()).unwrap(); // each holds a worker now
         }
-        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stop = Arc::new(AtomicBool::new(false));
         let trickler = {
             let stop = stop.clone();
-            std::thread::spawn(move || {
+            thread::spawn(move || {
                 let deadline = Instant::now() + Duration::from_secs(12);
-                while Instant::now() < deadline && !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                while Instant::now() < deadline && !stop.load(Ordering::Relaxed) {
                     for c in loris.iter_mut() {
                         let _ = c.write_all(b"x");
                     }
                     let next = Instant::now() + period;
-                    while Instant::now() < next && !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                        std::thread::sleep(Duration::from_millis(50)); // pacing the trickle
+                    while Instant::now() < next && !stop.load(Ordering::Relaxed) {
+                        thread::sleep(Duration::from_millis(50)); // pacing the trickle
                     }
                 }
                 loris
@@ -260,7 +251,7 @@ impl Loris {
 
     /// Stops trickling; the slow clients' sockets, still open.
     fn stop(mut self) -> Vec<TcpStream> {
-        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.stop.store(true, Ordering::Relaxed);
         self.trickler.take().unwrap().join().unwrap()
     }
 }
@@ -270,13 +261,14 @@ impl Loris {
 /// normal client that queued behind them is served within idle timeout + 1 s
 /// of connecting, never hung. (`--queue-timeout 5` keeps the queue-wait
 /// limit out of this test: see `fast_trickle_...` for that.)
-fn slowloris_does_not_starve(mode: &Mode, slots: usize) {
-    let server = Server::start(mode, &["--idle-timeout", "2", "--queue-timeout", "5"]);
+fn slowloris_does_not_starve(mode: &Mode, extra: &[&str], slots: usize) {
+    let args: Vec<&str> = extra.iter().copied().chain(["--idle-timeout", "2", "--queue-timeout", "5"]).collect();
+    let server = Server::start(mode, &args);
     let loris = Loris::start(&server, slots, Duration::from_secs(3));
     let connected = Instant::now();
     let mut normal = server.connect();
     normal.set_read_timeout(Some(Duration::from_secs(6))).unwrap();
-    let served = support::roundtrip(&mut normal, b"a normal client");
+    let served = roundtrip(&mut normal, b"a normal client");
     let waited = connected.elapsed();
     loris.stop();
     served.unwrap_or_else(|e| panic!("{}: normal client not served behind {slots} slow clients: {e}", mode.name));
@@ -290,8 +282,9 @@ fn slowloris_does_not_starve(mode: &Mode, slots: usize) {
 /// each is refused, its connection closed, within idle timeout + 1 s of
 /// connecting, and not before the limit. The slow clients keep being served
 /// meanwhile, byte for byte.
-fn fast_trickle_gets_normal_clients_refused_not_hung(mode: &Mode, slots: usize, waiting: usize) {
-    let server = Server::start(mode, &["--idle-timeout", "2"]);
+fn fast_trickle_gets_normal_clients_refused_not_hung(mode: &Mode, extra: &[&str], slots: usize, waiting: usize) {
+    let args: Vec<&str> = extra.iter().copied().chain(["--idle-timeout", "2"]).collect();
+    let server = Server::start(mode, &args);
     let loris = Loris::start(&server, slots, Duration::from_millis(500));
     let connected = Instant::now();
     let mut normal: Vec<TcpStream> = (0..waiting).map(|_| server.connect()).collect();
@@ -337,41 +330,27 @@ fn fast_trickle_gets_normal_clients_refused_not_hung(mode: &Mode, slots: usize, 
 
 #[test]
 fn slowloris_pool() {
-    slowloris_does_not_starve(
-        &Mode { name: "pool", concurrent: true, forks: false, args: &["--threads", "4", "--queue", "8"] },
-        4,
-    );
+    slowloris_does_not_starve(&POOL, &["--threads", "4", "--queue", "8"], 4);
 }
 
 #[test]
 fn slowloris_serial() {
-    slowloris_does_not_starve(&Mode { name: "serial", concurrent: false, forks: false, args: &[] }, 1);
+    slowloris_does_not_starve(&SERIAL, &[], 1);
 }
 
 #[test]
 fn slowloris_prefork_serial_workers() {
-    slowloris_does_not_starve(
-        &Mode { name: "prefork", concurrent: false, forks: true, args: &["--workers", "3", "--worker", "serial"] },
-        3,
-    );
+    slowloris_does_not_starve(&Mode { args: &["--workers", "3", "--worker", "serial"], ..PREFORK_SERIAL }, &[], 3);
 }
 
 #[test]
 fn fast_trickle_serial() {
-    fast_trickle_gets_normal_clients_refused_not_hung(
-        &Mode { name: "serial", concurrent: false, forks: false, args: &[] },
-        1,
-        2,
-    );
+    fast_trickle_gets_normal_clients_refused_not_hung(&SERIAL, &[], 1, 2);
 }
 
 #[test]
 fn fast_trickle_pool() {
-    fast_trickle_gets_normal_clients_refused_not_hung(
-        &Mode { name: "pool", concurrent: true, forks: false, args: &["--threads", "3", "--queue", "8"] },
-        3,
-        2,
-    );
+    fast_trickle_gets_normal_clients_refused_not_hung(&POOL, &["--threads", "3", "--queue", "8"], 3, 2);
 }
 
 /// With a queue-wait limit the pool's queue is the only waiting room: a
@@ -379,8 +358,7 @@ fn fast_trickle_pool() {
 /// the limit. None waits first in the backlog and then again in the queue.
 #[test]
 fn fast_trickle_pool_full_queue() {
-    let mode = Mode { name: "pool", concurrent: true, forks: false, args: &["--threads", "2", "--queue", "1"] };
-    let server = Server::start(&mode, &["--idle-timeout", "2"]);
+    let server = Server::start(&POOL, &["--threads", "2", "--queue", "1", "--idle-timeout", "2"]);
     let loris = Loris::start(&server, 2, Duration::from_millis(500));
     let connected = Instant::now();
     let mut queued = server.connect();
@@ -404,7 +382,8 @@ fn fast_trickle_pool_full_queue() {
 #[test]
 fn fast_trickle_prefork_serial_workers() {
     fast_trickle_gets_normal_clients_refused_not_hung(
-        &Mode { name: "prefork", concurrent: false, forks: true, args: &["--workers", "2", "--worker", "serial"] },
+        &Mode { args: &["--workers", "2", "--worker", "serial"], ..PREFORK_SERIAL },
+        &[],
         2,
         2,
     );
@@ -412,36 +391,20 @@ fn fast_trickle_prefork_serial_workers() {
 
 #[test]
 fn fast_trickle_thread_at_max_conns() {
-    fast_trickle_gets_normal_clients_refused_not_hung(
-        &Mode { name: "thread", concurrent: true, forks: false, args: &["--max-conns", "2"] },
-        2,
-        2,
-    );
+    fast_trickle_gets_normal_clients_refused_not_hung(&THREAD, &["--max-conns", "2"], 2, 2);
 }
 
 #[test]
 fn fast_trickle_fork_at_max_children() {
-    fast_trickle_gets_normal_clients_refused_not_hung(
-        &Mode { name: "fork", concurrent: true, forks: true, args: &["--max-children", "2"] },
-        2,
-        2,
-    );
+    fast_trickle_gets_normal_clients_refused_not_hung(&FORK, &["--max-children", "2"], 2, 2);
 }
 
 #[test]
 fn fast_trickle_event_at_max_conns() {
-    fast_trickle_gets_normal_clients_refused_not_hung(
-        &Mode { name: "event", concurrent: true, forks: false, args: &["--max-conns", "2"] },
-        2,
-        2,
-    );
+    fast_trickle_gets_normal_clients_refused_not_hung(&EVENT, &["--max-conns", "2"], 2, 2);
 }
 
 #[test]
 fn fast_trickle_reactor_at_max_conns() {
-    fast_trickle_gets_normal_clients_refused_not_hung(
-        &Mode { name: "reactor", concurrent: true, forks: false, args: &["--threads", "2", "--max-conns", "2"] },
-        2,
-        2,
-    );
+    fast_trickle_gets_normal_clients_refused_not_hung(&REACTOR, &["--max-conns", "2"], 2, 2);
 }

@@ -1,32 +1,11 @@
-//! End-to-end tests of the `server` binary: every test runs against every
-//! mode of the table below, over real loopback TCP, with a fresh server
-//! process per test.
-//!
-//! # The mode table
-//!
-//! `modes! { ident: Mode { name, concurrent, forks, args }, ... }` generates
-//! one module per entry (`serial::echo_all_byte_values`, `fork::...`), so
-//! `cargo test --test e2e_modes fork::` runs one mode and
-//! `cargo test --test e2e_modes half_close` one test everywhere.
-//!
-//! - `name`: the `--mode` value (also checked in the start-up line);
-//! - `concurrent`: serves clients at once; `true` adds the tests that need
-//!   it (200 simultaneous clients, an idle client that blocks nobody);
-//! - `forks`: has child processes; `true` adds the kill -9 test (children
-//!   must die with the server);
-//! - `args`: extra flags for every server of the mode.
-//!
-//! `concurrent` and `forks` must be the literals `true` or `false`: they
-//! choose at compile time which tests exist for the mode (a test that
-//! cannot apply to a mode is absent, not silently passing).
-//!
-//! Adding a mode is one line in the table. The modes not built yet are
-//! there, commented out: uncomment a line to run the whole suite against it.
+//! Every case against every mode: `support::modes::every_mode!` calls
+//! [`mode_tests!`], which makes one module per mode with one test per case
+//! (`modes::serial::echo_all_byte_values`, `modes::fork::...`), so `cargo
+//! test --test e2e modes::fork::` runs one mode and `cargo test --test e2e
+//! half_close` one case everywhere. A case that cannot apply to a mode
+//! (200 clients at once against serial) is absent from its module.
 
-mod support;
-
-use nix::sys::signal::Signal;
-use support::Mode;
+use crate::support::modes::every_mode;
 
 /// Expands to its items when the flag is `true`, to nothing when `false`.
 macro_rules! when {
@@ -34,10 +13,10 @@ macro_rules! when {
     (false, $($item:item)*) => {};
 }
 
-/// One module of tests per mode; see the crate docs.
-macro_rules! modes {
+/// One module of tests per row of the table of modes.
+macro_rules! mode_tests {
     ($(
-        $id:ident : Mode {
+        $id:ident / $konst:ident : Mode {
             name: $name:literal,
             concurrent: $concurrent:tt,
             forks: $forks:tt,
@@ -45,9 +24,10 @@ macro_rules! modes {
         }
     ),* $(,)?) => {$(
         mod $id {
-            use super::{cases, Mode, Signal};
+            use nix::sys::signal::Signal;
 
-            const MODE: Mode = Mode { name: $name, concurrent: $concurrent, forks: $forks, args: $args };
+            use super::cases;
+            use crate::support::modes::$konst as MODE;
 
             #[test]
             fn echo_all_byte_values() { cases::echo_all_byte_values(&MODE) }
@@ -101,20 +81,7 @@ macro_rules! modes {
     )*};
 }
 
-modes! {
-    serial: Mode { name: "serial", concurrent: false, forks: false, args: &[] },
-    fork:   Mode { name: "fork",   concurrent: true,  forks: true,  args: &[] },
-    thread: Mode { name: "thread", concurrent: true,  forks: false, args: &[] },
-    pool:   Mode { name: "pool",   concurrent: true,  forks: false, args: &[] },
-    event:   Mode { name: "event",   concurrent: true,  forks: false, args: &[] },
-    reactor: Mode { name: "reactor", concurrent: true,  forks: false, args: &["--threads", "2"] },
-    prefork_event:  Mode { name: "prefork", concurrent: true,  forks: true,  args: &["--workers", "2", "--worker", "event"] },
-    // Serial workers serve one client each: at most --workers at once.
-    prefork_serial: Mode { name: "prefork", concurrent: false, forks: true,  args: &["--workers", "6", "--worker", "serial"] },
-    prefork_thread: Mode { name: "prefork", concurrent: true,  forks: true,  args: &["--workers", "2", "--worker", "thread"] },
-    prefork_pool:   Mode { name: "prefork", concurrent: true,  forks: true,  args: &["--workers", "2", "--worker", "pool"] },
-    prefork_reuseport: Mode { name: "prefork", concurrent: true, forks: true, args: &["--workers", "2", "--worker", "event", "--reuseport"] },
-}
+every_mode!(mode_tests);
 
 /// The test bodies, shared by every mode.
 mod cases {
@@ -127,12 +94,12 @@ mod cases {
 
     use nix::sys::signal::Signal;
 
-    use crate::support::*;
-
-    /// Panics with every collected failure, one per line.
-    fn fail_if_any(failures: &[String]) {
-        assert!(failures.is_empty(), "{} failure(s):\n  - {}", failures.len(), failures.join("\n  - "));
-    }
+    use crate::support::fail_if_any;
+    use crate::support::modes::Mode;
+    use crate::support::net::*;
+    use crate::support::process::{exit_signal, poll_every, poll_until, raise_nofile, signal_pid, KillOnDrop};
+    use crate::support::procfs::{descendants, fd_flags, fds, listening_inodes, socket_inode, still_alive, ProcStat};
+    use crate::support::server::{run_to_exit, Server, EXIT_TIMEOUT, SETTLE_TIMEOUT};
 
     pub fn echo_all_byte_values(mode: &Mode) {
         let server = Server::start(mode, &[]);
@@ -326,11 +293,11 @@ mod cases {
                         targets = std::iter::once(pid).chain(descendants(pid).iter().map(|p| p.pid)).collect();
                     }
                     n += 1;
-                    if nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGUSR1).is_err() {
+                    if signal_pid(pid, Signal::SIGUSR1).is_err() {
                         break;
                     }
                     for &t in &targets[1..] {
-                        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(t), Signal::SIGUSR1);
+                        let _ = signal_pid(t, Signal::SIGUSR1);
                     }
                     sent.fetch_add(1, Ordering::Relaxed);
                     thread::sleep(Duration::from_millis(1)); // paces the storm; not synchronisation
@@ -1063,7 +1030,7 @@ mod cases {
                  its threads are in: {}",
                 server.where_blocked()
             );
-            assert_eq!(nix_signal(&status.unwrap()), None, "try {t}: server died of a signal: {status:?}");
+            assert_eq!(exit_signal(&status.unwrap()), None, "try {t}: server died of a signal: {status:?}");
             s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
             let mut b = [0u8; 16];
             match s.read(&mut b) {
@@ -1082,18 +1049,17 @@ mod cases {
         }
         let children = server.live_children();
         assert!(!children.is_empty(), "no child process found while 5 connections are served");
+        // The server's guard cannot find orphans by parent pid once it is
+        // dead: whatever happens below, this one kills any left.
+        let _children = KillOnDrop(children.clone());
         server.signal(Signal::SIGKILL);
         let killed = Instant::now();
         let status = server.wait_exit(EXIT_TIMEOUT).expect("server survived SIGKILL");
-        assert_eq!(nix_signal(&status), Some(Signal::SIGKILL as i32), "server status {status}");
+        assert_eq!(exit_signal(&status), Some(Signal::SIGKILL as i32), "server status {status}");
         let gone = poll_until(Duration::from_secs(2).saturating_sub(killed.elapsed()), || {
             children.iter().all(|c| !still_alive(c))
         });
-        let alive: Vec<_> = children.iter().filter(|c| still_alive(c)).collect();
-        // The guard cannot find orphans by parent pid: kill them here.
-        for c in &alive {
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(c.pid), Signal::SIGKILL);
-        }
+        let alive: Vec<&ProcStat> = children.iter().filter(|c| still_alive(c)).collect();
         assert!(
             gone,
             "{} of {} children still alive 2 s after kill -9 of the server: {alive:?}",
@@ -1110,11 +1076,6 @@ mod cases {
                 other => panic!("connection {i} after its server died: expected EOF or reset, got {other:?}"),
             }
         }
-    }
-
-    fn nix_signal(status: &std::process::ExitStatus) -> Option<i32> {
-        use std::os::unix::process::ExitStatusExt;
-        status.signal()
     }
 
     pub fn bad_flag_exits_2(mode: &Mode) {

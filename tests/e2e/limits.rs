@@ -1,109 +1,25 @@
-//! End-to-end tests of the server's limits: thousands of connections,
-//! clients that never read, idle timeouts, fd exhaustion, `--max-conns`.
+//! Limits: thousands of connections, clients that never read, idle
+//! timeouts, fd exhaustion, `--max-conns`, a stalled server.
 //!
-//! Every test starts its own `server` process on `127.0.0.1:0` (see
-//! `support`). Tests that measure CPU time or load the machine (2,000
-//! connections, fd exhaustion) hold [`HEAVY`] exclusively; the others share
-//! it, so a CPU measurement never runs next to another test of this file.
-//!
-//! `cargo test --test e2e_limits -- --nocapture` also prints the measured
-//! figures (RSS growth, CPU time under EMFILE, idle close timings).
-
-mod support;
+//! The tests that measure CPU time or load the machine (2,000 connections,
+//! fd exhaustion) run alone ([`exclusive`]). `-- --nocapture` also prints
+//! the measured figures (RSS growth, CPU time under EMFILE, idle close
+//! timings).
 
 use std::io::{self, Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpStream};
-use std::os::fd::AsRawFd;
+use std::net::{Shutdown, TcpStream};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Barrier, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, Barrier};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use support::*;
-
-const SERIAL: Mode = Mode { name: "serial", concurrent: false, forks: false, args: &[] };
-const FORK: Mode = Mode { name: "fork", concurrent: true, forks: true, args: &[] };
-const THREAD: Mode = Mode { name: "thread", concurrent: true, forks: false, args: &[] };
-const POOL: Mode = Mode { name: "pool", concurrent: true, forks: false, args: &[] };
-const EVENT: Mode = Mode { name: "event", concurrent: true, forks: false, args: &[] };
-const REACTOR: Mode = Mode { name: "reactor", concurrent: true, forks: false, args: &["--threads", "2"] };
-
-/// Held exclusively by the tests that measure CPU time or load the machine,
-/// shared by the others.
-static HEAVY: RwLock<()> = RwLock::new(());
-
-fn exclusive() -> RwLockWriteGuard<'static, ()> {
-    HEAVY.write().unwrap_or_else(|e| e.into_inner())
-}
-
-fn shared() -> RwLockReadGuard<'static, ()> {
-    HEAVY.read().unwrap_or_else(|e| e.into_inner())
-}
-
-/// Panics with every collected failure, one per line.
-fn fail_if_any(failures: &[String]) {
-    assert!(failures.is_empty(), "{} failure(s):\n  - {}", failures.len(), failures.join("\n  - "));
-}
-
-/// Whether the peer of `s` has closed or reset the connection, looked at
-/// without reading: POLLRDHUP (a FIN arrived), POLLHUP or POLLERR (a RST).
-fn peer_gone(s: &TcpStream) -> bool {
-    let mut pfd = libc::pollfd { fd: s.as_raw_fd(), events: libc::POLLRDHUP, revents: 0 };
-    // SAFETY: one valid pollfd, zero timeout.
-    let n = unsafe { libc::poll(&mut pfd, 1, 0) };
-    n > 0 && pfd.revents & (libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR) != 0
-}
-
-/// Bytes waiting unread in the receive queue of `s` (FIONREAD).
-fn unread(s: &TcpStream) -> usize {
-    let mut n: libc::c_int = 0;
-    // SAFETY: FIONREAD writes one int.
-    let r = unsafe { libc::ioctl(s.as_raw_fd(), libc::FIONREAD, &mut n) };
-    if r < 0 {
-        0
-    } else {
-        n as usize
-    }
-}
-
-/// Bytes the owner of the TCP socket `local` -> `remote` has written into
-/// it and read from it so far, from `ss -ti` (the kernel's own counters,
-/// seen from outside the process): written = bytes_acked + Send-Q, read =
-/// bytes_received - Recv-Q. `None` once the socket has left the
-/// ESTABLISHED state (its owner closed or shut it down).
-fn socket_traffic(local: SocketAddr, remote: SocketAddr) -> Result<Option<(u64, u64)>, String> {
-    let out = std::process::Command::new("ss")
-        .args(["-tinH", "state", "established", "src", &local.to_string(), "dst", &remote.to_string()])
-        .output()
-        .map_err(|e| format!("running `ss` (iproute2): {e}"))?;
-    if !out.status.success() {
-        return Err(format!("`ss` failed: {}", String::from_utf8_lossy(&out.stderr)));
-    }
-    let text = String::from_utf8_lossy(&out.stdout);
-    if text.trim().is_empty() {
-        return Ok(None);
-    }
-    let mut words = text.split_whitespace();
-    let recv_q: u64 = words.next().and_then(|w| w.parse().ok()).ok_or_else(|| format!("`ss` said {text:?}"))?;
-    let send_q: u64 = words.next().and_then(|w| w.parse().ok()).ok_or_else(|| format!("`ss` said {text:?}"))?;
-    // Counters still at zero are left out.
-    let counter = |name: &str| -> u64 {
-        text.split_whitespace().find_map(|w| w.strip_prefix(name)?.strip_prefix(':')?.parse().ok()).unwrap_or(0)
-    };
-    Ok(Some((counter("bytes_acked") + send_q, counter("bytes_received").saturating_sub(recv_q))))
-}
-
-/// Reads once (within the socket's read timeout) and says whether that
-/// read saw the end of the connection: EOF or a reset.
-fn read_sees_close(s: &mut TcpStream) -> Result<(), String> {
-    let mut b = [0u8; 256];
-    match s.read(&mut b) {
-        Ok(0) => Ok(()),
-        Err(e) if matches!(e.kind(), io::ErrorKind::ConnectionReset | io::ErrorKind::ConnectionAborted) => Ok(()),
-        Ok(n) => Err(format!("expected EOF or reset, read {n} bytes {:?}", String::from_utf8_lossy(&b[..n]))),
-        Err(e) => Err(format!("expected EOF or reset, got {e}")),
-    }
-}
+use crate::support::fail_if_any;
+use crate::support::machine::exclusive;
+use crate::support::modes::{Mode, EVENT, FORK, POOL, REACTOR, SERIAL, THREAD};
+use crate::support::net::*;
+use crate::support::process::{poll_every, poll_until, raise_nofile};
+use crate::support::procfs::{fds, tree_cpu, tree_hwm_kib, tree_rss_kib};
+use crate::support::server::{Launch, Server};
 
 fn mib(bytes: u64) -> f64 {
     bytes as f64 / (1 << 20) as f64
@@ -130,7 +46,7 @@ fn many_connections(mode: &Mode) {
     const PER_THREAD: usize = 250;
     const ROUNDS: usize = 10;
     const TOTAL: usize = THREADS * PER_THREAD;
-    let _heavy = exclusive();
+    let _alone = exclusive();
     raise_nofile();
     let server = Server::start(mode, &[]);
     let base = server.baseline();
@@ -256,10 +172,11 @@ fn non_reading_client(mode: &Mode) {
     /// A write that makes no progress this long means the writer is stuck.
     const STUCK: Duration = Duration::from_secs(2);
     const SEED: u64 = 0x00ff_5eed;
-    let _shared = shared();
     let server = Server::start(mode, &[]);
     let base = server.baseline();
-    let rss_base = vm_rss_kib(server.pid).expect("server RSS");
+    let rss_base = tree_rss_kib(server.pid);
+    let hwm_base = tree_hwm_kib(server.pid);
+    assert!(rss_base > 0, "no RSS for server {}", server.pid);
 
     let stuck = server.connect();
     stuck.set_write_timeout(Some(STUCK)).unwrap();
@@ -316,9 +233,7 @@ fn non_reading_client(mode: &Mode) {
             break;
         }
         round += 1;
-        if let Some(rss) = vm_rss_kib(server.pid) {
-            rss_peak = rss_peak.max(rss);
-        }
+        rss_peak = rss_peak.max(tree_rss_kib(server.pid));
         // Pace: a round trip every 20 ms.
         thread::sleep(Duration::from_millis(20));
     }
@@ -334,10 +249,15 @@ fn non_reading_client(mode: &Mode) {
         }
         Err(_) => panic!("writer thread panicked"),
     };
+    // A peak between two samples shows in the high-water mark, if it rose.
+    let hwm = tree_hwm_kib(server.pid);
+    if hwm > hwm_base {
+        rss_peak = rss_peak.max(hwm);
+    }
     let growth = rss_peak.saturating_sub(rss_base);
     println!(
         "{}: non-reader pushed {:.1} MiB before it stuck, {round} round trips of another client meanwhile, \
-         server RSS {rss_base} KiB -> peak {rss_peak} KiB (+{growth} KiB)",
+         server RSS {rss_base} KiB -> peak {rss_peak} KiB (+{growth} KiB; high-water mark {hwm_base} -> {hwm} KiB)",
         mode.name,
         mib(sent)
     );
@@ -438,7 +358,6 @@ fn expect_idle_close(what: &str, s: &mut TcpStream, since: Instant) -> Result<Du
 fn idle_timeout(mode: &Mode) {
     const ACTIVE_FOR: Duration = Duration::from_millis(2500);
     const PACE: Duration = Duration::from_millis(200);
-    let _shared = shared();
     let server = Server::start(mode, &["--idle-timeout", "1"]);
     let mut failures = Vec::new();
     let mut timings = Vec::new();
@@ -520,7 +439,6 @@ fn reactor_slow_reader_closed_by_idle_timeout() {
 fn slow_reader(mode: &Mode) {
     const TOTAL: u64 = 10 << 20;
     const CHUNK: usize = 64 * 1024;
-    let _shared = shared();
     let server = Server::start(mode, &["--idle-timeout", "1"]);
     let s = server.connect();
     s.set_write_timeout(Some(Duration::from_secs(10))).unwrap();
@@ -631,20 +549,10 @@ fn fd_exhaustion(mode: &Mode) {
     const CLIENTS: usize = 200;
     const WINDOW: Duration = Duration::from_secs(3);
     const MAX_CPU: Duration = Duration::from_millis(300);
-    let _heavy = exclusive();
-    let mut server = Server::start_with_nofile(mode, &[], NOFILE);
-    let addr: socket2::SockAddr = server.addr.into();
-    let mut clients = Vec::with_capacity(CLIENTS);
-    for i in 0..CLIENTS {
-        let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
-        s.set_nonblocking(true).expect("non-blocking");
-        match s.connect(&addr) {
-            Ok(()) => {}
-            Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
-            Err(e) => panic!("connect {i}: {e}"),
-        }
-        clients.push(s);
-    }
+    let _alone = exclusive();
+    let mut server = Launch::new(mode, &[]).nofile(NOFILE).start();
+    let clients: Vec<socket2::Socket> =
+        (0..CLIENTS).map(|i| connect_nonblocking(server.addr).unwrap_or_else(|e| panic!("connect {i}: {e}"))).collect();
     // The server has run out of fds: it holds all it may, or said so.
     let exhausted = poll_every(Duration::from_millis(20), Duration::from_secs(10), || {
         fds(server.pid).len() as u64 >= NOFILE || server.log().contains("os error 24")
@@ -654,11 +562,11 @@ fn fd_exhaustion(mode: &Mode) {
         "server never ran out of fds with RLIMIT_NOFILE {NOFILE} and {CLIENTS} clients: it has {} fds open",
         fds(server.pid).len()
     );
-    let cpu0 = cpu_time(server.pid).expect("server CPU time");
+    let cpu0 = tree_cpu(server.pid);
     let t0 = Instant::now();
     // Measuring, not synchronising: the window over which CPU use is taken.
     thread::sleep(WINDOW);
-    let cpu = cpu_time(server.pid).expect("server CPU time") - cpu0;
+    let cpu = tree_cpu(server.pid).saturating_sub(cpu0);
     let window = t0.elapsed();
     let open_fds = fds(server.pid).len();
     println!(
@@ -708,22 +616,11 @@ fn fd_exhaustion(mode: &Mode) {
 fn reactor_out_of_fds_while_starting_keeps_running() {
     const NOFILE: u64 = 64;
     const TRIES: usize = 40;
-    const REACTOR8: Mode = Mode { name: "reactor", concurrent: true, forks: false, args: &["--threads", "8"] };
-    let _shared = shared();
+    const REACTOR8: Mode = Mode { args: &["--threads", "8"], ..REACTOR };
     for t in 1..=TRIES {
-        let mut server = Server::start_with_nofile(&REACTOR8, &[], NOFILE);
-        let addr: socket2::SockAddr = server.addr.into();
+        let mut server = Launch::new(&REACTOR8, &[]).nofile(NOFILE).start();
         let clients: Vec<socket2::Socket> = (0..200)
-            .map(|i| {
-                let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
-                s.set_nonblocking(true).expect("non-blocking");
-                match s.connect(&addr) {
-                    Ok(()) => {}
-                    Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
-                    Err(e) => panic!("try {t}: connect {i}: {e}"),
-                }
-                s
-            })
+            .map(|i| connect_nonblocking(server.addr).unwrap_or_else(|e| panic!("try {t}: connect {i}: {e}")))
             .collect();
         let settled = poll_every(Duration::from_millis(10), Duration::from_secs(10), || {
             !server.is_running() || fds(server.pid).len() as u64 >= NOFILE || server.log().contains("os error 24")
@@ -769,7 +666,6 @@ fn reactor_max_conns_10() {
 fn max_conns(mode: &Mode) {
     const CAP: usize = 10;
     const WAITING: usize = 6;
-    let _shared = shared();
     let server = Server::start(mode, &["--max-conns", "10"]);
     let mut open: Vec<TcpStream> = (0..CAP).map(|_| server.connect()).collect();
     for (i, s) in open.iter_mut().enumerate() {
@@ -838,7 +734,6 @@ fn max_conns(mode: &Mode) {
 /// judged idleness with a fresh clock: a stall between the two closed
 /// clients that had just been served.)
 fn stalled_server_does_not_idle_close_active_clients(mode: &Mode) {
-    let _g = shared();
     let server = Server::start(mode, &["--idle-timeout", "0.5"]);
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let (ok, premature, slow) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
