@@ -14,7 +14,7 @@ use crate::support::modes::{Mode, EVENT, FORK, POOL, PREFORK_SERIAL, REACTOR, SE
 use crate::support::net::{close_cleanly, roundtrip, try_connect_from};
 use crate::support::process::{is_root, poll_every};
 use crate::support::procfs;
-use crate::support::server::{Launch, Server};
+use crate::support::server::{run_to_exit, Launch, Server};
 
 /// How one client fared against a server that is out of fds.
 #[derive(Debug, PartialEq, Eq)]
@@ -151,12 +151,9 @@ fn root_without_user_flag_is_warned_about() {
 
 #[test]
 fn unknown_user_is_an_error() {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_server"))
-        .args(["--listen", "127.0.0.1:0", "--user", "no-such-user-here"])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1), "{out:?}");
-    assert!(String::from_utf8_lossy(&out.stderr).contains("no user named no-such-user-here"), "{out:?}");
+    let done = run_to_exit(&["--listen", "127.0.0.1:0", "--user", "no-such-user-here"]);
+    assert_eq!(done.status.code(), Some(1), "{done:?}");
+    assert!(done.stderr.contains("no user named no-such-user-here"), "{done:?}");
 }
 
 /// A client socket from `source` (any 127.0.0.0/8 address) to `server`.

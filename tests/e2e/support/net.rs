@@ -10,6 +10,8 @@ use std::process::Command;
 use std::thread;
 use std::time::Duration;
 
+use super::process::run_bounded;
+
 /// Read and write timeout of every client socket.
 pub const IO_TIMEOUT: Duration = Duration::from_secs(20);
 
@@ -281,14 +283,13 @@ pub fn unread(s: &TcpStream) -> usize {
 /// bytes_received - Recv-Q. `None` once the socket has left the
 /// ESTABLISHED state (its owner closed or shut it down).
 pub fn socket_traffic(local: SocketAddr, remote: SocketAddr) -> Result<Option<(u64, u64)>, String> {
-    let out = Command::new("ss")
-        .args(["-tinH", "state", "established", "src", &local.to_string(), "dst", &remote.to_string()])
-        .output()
-        .map_err(|e| format!("running `ss` (iproute2): {e}"))?;
+    let mut ss = Command::new("ss");
+    ss.args(["-tinH", "state", "established", "src", &local.to_string(), "dst", &remote.to_string()]);
+    let out = run_bounded(ss, Duration::from_secs(5)).map_err(|e| format!("running `ss` (iproute2): {e}"))?;
     if !out.status.success() {
-        return Err(format!("`ss` failed: {}", String::from_utf8_lossy(&out.stderr)));
+        return Err(format!("`ss` failed: {}", out.stderr));
     }
-    let text = String::from_utf8_lossy(&out.stdout);
+    let text = out.stdout;
     if text.trim().is_empty() {
         return Ok(None);
     }
