@@ -2,6 +2,10 @@
 //! back. Load shedding when fds run out (clients are closed at once instead
 //! of hanging in the backlog), per-address limits, slow clients that hold
 //! every worker, and dropping root privileges after binding.
+//!
+//! The privilege tests need root: they run where the tests were built and
+//! run as root (CI), and show as ignored, "needs root", elsewhere (the
+//! `as_root` cfg comes from the root package's `build.rs`).
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -117,11 +121,9 @@ fn reactor_sheds_load_when_out_of_fds() {
 /// supplementary group but nobody's, no capability left (so setuid(0)
 /// fails), and it still serves.
 #[test]
+#[cfg_attr(not(as_root), ignore = "needs root")]
 fn user_flag_drops_root_for_good() {
-    if !is_root() {
-        eprintln!("skipped: privilege drop needs the test to run as root");
-        return;
-    }
+    assert_root();
     let nobody = nix::unistd::User::from_name("nobody").unwrap().expect("user nobody");
     let (uid, gid) = (nobody.uid.as_raw(), nobody.gid.as_raw());
     for mode in [EVENT, THREAD] {
@@ -138,15 +140,23 @@ fn user_flag_drops_root_for_good() {
 }
 
 #[test]
+#[cfg_attr(not(as_root), ignore = "needs root")]
 fn root_without_user_flag_is_warned_about() {
-    if !is_root() {
-        eprintln!("skipped: the warning is for servers started as root");
-        return;
-    }
+    assert_root();
     let server = Server::start(&EVENT, &[]);
     let warned =
         poll_every(Duration::from_millis(20), Duration::from_secs(5), || server.log().contains("running as root"));
     assert!(warned, "no warning about running as root:\n{}", server.log());
+}
+
+/// A root-only test that is not ignored was built as root: it must also
+/// run as root, not pass without looking.
+fn assert_root() {
+    assert!(
+        is_root(),
+        "built as root (cfg as_root) but run as uid {}: rebuild the tests as this user",
+        nix::unistd::Uid::effective()
+    );
 }
 
 #[test]
