@@ -268,16 +268,18 @@ mod cases {
         close_cleanly(&mut quiet).unwrap();
     }
 
-    /// SIGUSR1 at about 1 kHz while clients echo: every blocking call that a
-    /// signal interrupts (poll, accept, read, write, waitpid) must be
-    /// retried, so no client sees an error and the server survives. Clients
-    /// keep echoing until 500 signals have been sent (bounded in rounds and
-    /// time).
+    /// SIGUSR1 and SIGUSR2, alternating, at about 1 kHz while clients echo:
+    /// every blocking call that a signal interrupts (poll, accept, read,
+    /// write, waitpid) must be retried, so no client sees an error and the
+    /// server survives. Clients keep echoing until 500 of each have been
+    /// sent (bounded in rounds and time).
     pub fn signal_storm_loses_nothing(mode: &Mode) {
-        const SIGNALS: u64 = 500;
+        const EACH: u64 = 500;
+        const STORM: [Signal; 2] = [Signal::SIGUSR1, Signal::SIGUSR2];
         let mut server = Server::start(mode, &[]);
         let clients = if mode.concurrent { 100 } else { 1 };
-        let sent = Arc::new(AtomicU64::new(0));
+        // Signals sent so far, of each kind.
+        let sent: Arc<[AtomicU64; 2]> = Arc::new([AtomicU64::new(0), AtomicU64::new(0)]);
         let stop = Arc::new(AtomicBool::new(false));
         let pid = server.pid;
         let storm = {
@@ -292,26 +294,25 @@ mod cases {
                     if n.is_multiple_of(50) {
                         targets = std::iter::once(pid).chain(descendants(pid).iter().map(|p| p.pid)).collect();
                     }
+                    let kind = (n % 2) as usize;
                     n += 1;
-                    if signal_pid(pid, Signal::SIGUSR1).is_err() {
+                    if signal_pid(pid, STORM[kind]).is_err() {
                         break;
                     }
                     for &t in &targets[1..] {
-                        let _ = signal_pid(t, Signal::SIGUSR1);
+                        let _ = signal_pid(t, STORM[kind]);
                     }
-                    sent.fetch_add(1, Ordering::Relaxed);
+                    sent[kind].fetch_add(1, Ordering::Relaxed);
                     thread::sleep(Duration::from_millis(1)); // paces the storm; not synchronisation
                 }
             })
         };
+        let stormed = || sent.iter().all(|k| k.load(Ordering::Relaxed) >= EACH);
         let run_client = |i: usize| -> Result<u64, String> {
             let mut c = connect(server.addr);
             let deadline = Instant::now() + Duration::from_secs(60);
             let mut rounds = 0u64;
-            while (rounds < 5 || sent.load(Ordering::Relaxed) < SIGNALS)
-                && rounds < 200_000
-                && Instant::now() < deadline
-            {
+            while (rounds < 5 || !stormed()) && rounds < 200_000 && Instant::now() < deadline {
                 let msg = format!("storm client {i} round {rounds} ").repeat(20);
                 roundtrip(&mut c, msg.as_bytes()).map_err(|e| format!("client {i} round {rounds}: {e}"))?;
                 rounds += 1;
@@ -324,17 +325,17 @@ mod cases {
         });
         stop.store(true, Ordering::Relaxed);
         storm.join().unwrap();
-        let sent = sent.load(Ordering::Relaxed);
+        let [usr1, usr2] = [0, 1].map(|k| sent[k].load(Ordering::Relaxed));
         let failures: Vec<&String> = results.iter().filter_map(|r| r.as_ref().err()).collect();
         let rounds: u64 = results.iter().filter_map(|r| r.as_ref().ok()).sum();
         assert!(server.is_running(), "server died in the storm:\n{}", server.log());
         assert!(
             failures.is_empty(),
-            "{} client(s) failed during {sent} SIGUSR1s: {:?}",
+            "{} client(s) failed during {usr1} SIGUSR1s and {usr2} SIGUSR2s: {:?}",
             failures.len(),
             &failures[..failures.len().min(3)]
         );
-        assert!(sent >= SIGNALS, "the storm sent only {sent} signals");
+        assert!(usr1 >= EACH && usr2 >= EACH, "the storm sent only {usr1} SIGUSR1s and {usr2} SIGUSR2s");
         assert!(rounds > 0, "no round trip completed");
     }
 
