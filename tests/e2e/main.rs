@@ -9,13 +9,15 @@
 //! - [`hardening`]: load shedding, per-address limits, slowloris and fast
 //!   trickles, dropping root;
 //! - [`prefork`]: the prefork master as a supervisor;
-//! - [`drivers`]: property tests of both drivers over real sockets.
+//! - [`drivers`]: property tests of both drivers over real sockets;
+//! - [`faults`]: the syscall fault-injection shim itself.
 //!
 //! `cargo test --test e2e modes::fork::` runs one mode, `cargo test --test
 //! e2e half_close` one case in every mode, `cargo test --test e2e limits::`
 //! one topic; `-- --nocapture` also prints the figures the tests measure.
 
 mod drivers;
+mod faults;
 mod hardening;
 mod limits;
 mod modes;

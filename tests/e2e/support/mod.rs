@@ -1,7 +1,7 @@
 //! What every end-to-end test stands on: the real `server` binary started on
 //! `127.0.0.1:0`, talked to over loopback TCP, and looked at from outside.
 //!
-//! - [`server`]: start a server (limits), its log, signals, its
+//! - [`server`]: start a server (limits, faults), its log, signals, its
 //!   settled state; run one to its exit;
 //! - [`modes`]: the one table of modes;
 //! - [`net`]: client sockets and the echo protocol;
@@ -9,7 +9,8 @@
 //!   benchmarks;
 //! - [`metrics`]: the `--metrics` endpoint, scraped and parsed;
 //! - [`process`]: bounded waits and runs, signals, the fd limit;
-//! - [`machine`]: heavy tests run alone.
+//! - [`machine`]: heavy tests run alone;
+//! - [`faults`]: syscall faults injected into a server (`faults.c`).
 //!
 //! Rules every helper follows, so a broken server fails a test instead of
 //! hanging it, and parallel tests never interfere:
@@ -22,6 +23,7 @@
 //! - a server is SIGKILLed with every descendant when its [`server::Server`]
 //!   is dropped, also when the test panics.
 
+pub mod faults;
 pub mod machine;
 pub mod metrics;
 pub mod modes;

@@ -1,5 +1,5 @@
 //! The server harness: start the real `server` binary on `127.0.0.1:0`
-//! (optionally under a `ulimit`), read its
+//! (optionally under a `ulimit`, or with syscall faults injected), read its
 //! start-up line and log, signal it, and look at its process tree; and run it
 //! to its exit, bounded in time.
 //!
@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use nix::sys::signal::Signal;
 
+use super::faults;
 use super::machine::{self, Claim};
 use super::modes::Mode;
 use super::net::{close_cleanly, connect, roundtrip};
@@ -32,18 +33,19 @@ pub const EXIT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Bytes of server stderr kept for failure reports.
 const LOG_KEEP: usize = 64 * 1024;
 
-/// How to start a server: its mode, extra flags, limits.
+/// How to start a server: its mode, extra flags, limits, faults.
 /// [`Server::start`] is the common case.
 pub struct Launch<'a> {
     mode: &'a Mode,
     extra: &'a [&'a str],
     ulimit: Option<String>,
+    faults: Option<String>,
 }
 
 impl<'a> Launch<'a> {
     /// `server --mode NAME --listen 127.0.0.1:0 ARGS... EXTRA...`.
     pub fn new(mode: &'a Mode, extra: &'a [&'a str]) -> Launch<'a> {
-        Launch { mode, extra, ulimit: None }
+        Launch { mode, extra, ulimit: None, faults: None }
     }
 
     /// Under a shell `ulimit ULIMIT` (for example `-v 32000`): the shell
@@ -57,6 +59,12 @@ impl<'a> Launch<'a> {
     /// With RLIMIT_NOFILE (soft and hard) set to `nofile`.
     pub fn nofile(self, nofile: u64) -> Self {
         self.ulimit(&format!("-n {nofile}"))
+    }
+
+    /// With the syscall faults of `spec` injected (see [`faults`]).
+    pub fn faults(mut self, spec: &str) -> Self {
+        self.faults = Some(spec.to_string());
+        self
     }
 
     /// Starts it and waits (bounded) for its `listening on` line.
@@ -73,6 +81,9 @@ impl<'a> Launch<'a> {
             }
         };
         cmd.args(["--mode", self.mode.name, "--listen", "127.0.0.1:0"]).args(self.mode.args).args(self.extra);
+        if let Some(spec) = &self.faults {
+            faults::inject(&mut cmd, spec);
+        }
         Server::launch(self.mode, cmd, claim)
     }
 }
