@@ -48,7 +48,8 @@ fn fate(s: &mut TcpStream, limit: Duration) -> (Fate, Duration) {
 /// With 64 fds the server can hold some 50 connections; of 150 clients the
 /// rest must be closed at once (load shedding through the reserve fd), not
 /// left waiting in the backlog. Every client is either served or closed
-/// within a second; none hangs for the 4 s bound.
+/// within 0.5 s (measured: at most 0.10 s, one accept back-off); none hangs
+/// for the 4 s bound.
 fn sheds_load_when_out_of_fds(mode: &Mode) {
     let server = Launch::new(mode, &[]).nofile(64).start();
     let mut clients = Vec::new();
@@ -84,7 +85,7 @@ fn sheds_load_when_out_of_fds(mode: &Mode) {
     println!("{}: {served} served, {shed} shed; slowest close {slowest:?}", mode.name);
     assert!(served >= 10, "{}: only {served} clients served with 64 fds", mode.name);
     assert!(shed >= 50, "{}: only {shed} of 150 clients shed with 64 fds", mode.name);
-    assert!(slowest < Duration::from_secs(1), "{}: a shed client waited {slowest:?}", mode.name);
+    assert!(slowest < Duration::from_millis(500), "{}: a shed client waited {slowest:?}", mode.name);
     // stderr is drained by a thread: wait (bounded) for the line to arrive.
     let logged =
         poll_every(Duration::from_millis(20), Duration::from_secs(5), || server.log().contains("out of fds: closed"));
@@ -172,7 +173,7 @@ fn connect_from(source: &str, server: SocketAddr) -> TcpStream {
 }
 
 /// `--max-conns-per-ip 3`: three connections from 127.0.0.1 are served, the
-/// fourth is closed at once, another address is unaffected, and closing one
+/// fourth is closed at once (within 0.25 s; measured: under 0.1 ms), another address is unaffected, and closing one
 /// of the three makes room again.
 fn limits_connections_per_address(mode: &Mode) {
     let server = Server::start(mode, &["--max-conns-per-ip", "3"]);
@@ -183,8 +184,9 @@ fn limits_connections_per_address(mode: &Mode) {
     let mut fourth = connect_from("127.0.0.1", server.addr);
     let _ = fourth.write_all(b"q");
     let (f, took) = fate(&mut fourth, Duration::from_secs(3));
+    println!("{}: the 4th connection from one address: {f:?} after {took:?}", mode.name);
     assert_eq!(f, Fate::Shed, "{}: the 4th connection from one address was not closed", mode.name);
-    assert!(took < Duration::from_secs(1), "{}: the 4th connection was closed only after {took:?}", mode.name);
+    assert!(took < AT_ONCE, "{}: the 4th connection was closed only after {took:?}", mode.name);
     let mut other = connect_from("127.0.0.2", server.addr);
     roundtrip(&mut other, b"another address").unwrap();
     for c in three.iter_mut() {
@@ -222,6 +224,16 @@ fn per_ip_limit_event() {
 fn per_ip_limit_reactor() {
     limits_connections_per_address(&REACTOR);
 }
+
+/// "At once": measured under 0.2 ms; anything a timer does takes seconds.
+const AT_ONCE: Duration = Duration::from_millis(250);
+
+/// The earliest and latest a normal client behind slow clients that hold
+/// every worker may be served (slowloris: the first slow client is cut by
+/// `--idle-timeout 2`) or refused (fast trickle: `--queue-timeout` 2 s),
+/// after connecting. Measured: served 2.000-2.010 s, refused 2.001-2.114 s.
+const BEHIND_EARLIEST: Duration = Duration::from_millis(1900);
+const BEHIND_LATEST: Duration = Duration::from_millis(2500);
 
 /// Slow clients that hold every worker of a server (`slots` of them) and
 /// trickle one byte each every `period`, for at most 12 s.
@@ -282,8 +294,8 @@ impl Loris {
 
 /// Slowloris: `slots` clients take every worker and trickle one byte every
 /// 3 s; with `--idle-timeout 2` each is cut after 2 s of silence, so a
-/// normal client that queued behind them is served within idle timeout + 1 s
-/// of connecting, never hung. (`--queue-timeout 5` keeps the queue-wait
+/// normal client that queued behind them is served 1.9-2.5 s after
+/// connecting: never hung, and not before (it waited behind them). (`--queue-timeout 5` keeps the queue-wait
 /// limit out of this test: see `fast_trickle_...` for that.)
 fn slowloris_does_not_starve(mode: &Mode, extra: &[&str], slots: usize) {
     let args: Vec<&str> = extra.iter().copied().chain(["--idle-timeout", "2", "--queue-timeout", "5"]).collect();
@@ -297,14 +309,19 @@ fn slowloris_does_not_starve(mode: &Mode, extra: &[&str], slots: usize) {
     loris.stop();
     served.unwrap_or_else(|e| panic!("{}: normal client not served behind {slots} slow clients: {e}", mode.name));
     println!("{}: normal client served after {waited:?} behind {slots} slow clients", mode.name);
-    assert!(waited <= Duration::from_secs(3), "{}: served only after {waited:?} (idle timeout 2 s)", mode.name);
+    assert!(waited <= BEHIND_LATEST, "{}: served only after {waited:?} (idle timeout 2 s)", mode.name);
+    assert!(
+        waited >= BEHIND_EARLIEST,
+        "{}: served after {waited:?}, before any of the {slots} slow clients was cut: they did not hold every worker",
+        mode.name
+    );
 }
 
 /// Slow clients trickling *faster* than the idle timeout are never cut, and
 /// hold every worker. Normal clients behind them (`waiting` of them) must not
 /// hang: with `--idle-timeout 2` (and so the default `--queue-timeout 2`)
-/// each is refused, its connection closed, within idle timeout + 1 s of
-/// connecting, and not before the limit. The slow clients keep being served
+/// each is refused, its connection closed, 1.9-2.5 s after connecting:
+/// never hung, and not before the limit. The slow clients keep being served
 /// meanwhile: every byte they trickled comes back, uppercased, in order.
 fn fast_trickle_gets_normal_clients_refused_not_hung(mode: &Mode, extra: &[&str], slots: usize, waiting: usize) {
     let args: Vec<&str> = extra.iter().copied().chain(["--idle-timeout", "2"]).collect();
@@ -329,8 +346,8 @@ fn fast_trickle_gets_normal_clients_refused_not_hung(mode: &Mode, extra: &[&str]
     assert!(said.is_some(), "{}: no refusal logged; log:\n{}", mode.name, server.log());
     for (f, waited) in fates {
         assert_eq!(f, Fate::Shed, "{}: a normal client behind busy workers must be refused, not {f:?}", mode.name);
-        assert!(waited <= Duration::from_secs(3), "{}: refused only after {waited:?}", mode.name);
-        assert!(waited >= Duration::from_millis(1900), "{}: refused after {waited:?}, before the limit", mode.name);
+        assert!(waited <= BEHIND_LATEST, "{}: refused only after {waited:?}", mode.name);
+        assert!(waited >= BEHIND_EARLIEST, "{}: refused after {waited:?}, before the limit", mode.name);
     }
     // The slow clients were never disturbed: one last byte, then the echo of
     // everything they trickled, exactly.
@@ -393,10 +410,11 @@ fn fast_trickle_pool_full_queue() {
     let (f_queued, _) = fate(&mut queued, Duration::from_secs(3));
     let t_queued = connected.elapsed();
     loris.stop();
+    println!("pool, full queue: the client finding it full {f_busy:?} after {t_busy:?}, the queued one {f_queued:?} after {t_queued:?}");
     assert_eq!((f_busy, f_queued), (Fate::Shed, Fate::Shed), "both refused");
-    assert!(t_busy < Duration::from_secs(1), "refused at once when the queue is full, not after {t_busy:?}");
+    assert!(t_busy < AT_ONCE, "refused at once when the queue is full, not after {t_busy:?}");
     assert!(
-        (Duration::from_millis(1900)..=Duration::from_secs(3)).contains(&t_queued),
+        (BEHIND_EARLIEST..=BEHIND_LATEST).contains(&t_queued),
         "the queued client is refused at the 2 s limit, not after {t_queued:?}"
     );
 }
