@@ -1,5 +1,5 @@
 //! Every case against every mode: `support::modes::every_mode!` calls
-//! [`mode_tests!`], which makes one module per mode with one test per case
+//! `mode_tests!` once per mode, which makes its module, with one test per case
 //! (`modes::serial::echo_all_byte_values`, `modes::fork::...`), so `cargo
 //! test --test e2e modes::fork::` runs one mode and `cargo test --test e2e
 //! half_close` one case everywhere. A case that cannot apply to a mode
@@ -13,16 +13,9 @@ macro_rules! when {
     (false, $($item:item)*) => {};
 }
 
-/// One module of tests per row of the table of modes.
+/// The module of tests of one row of the table of modes.
 macro_rules! mode_tests {
-    ($(
-        $id:ident / $konst:ident : Mode {
-            name: $name:literal,
-            concurrent: $concurrent:tt,
-            forks: $forks:tt,
-            args: $args:expr $(,)?
-        }
-    ),* $(,)?) => {$(
+    ($id:ident, $konst:ident, $name:literal, $concurrent:tt, $forks:tt, $args:expr) => {
         mod $id {
             use nix::sys::signal::Signal;
 
@@ -30,41 +23,77 @@ macro_rules! mode_tests {
             use crate::support::modes::$konst as MODE;
 
             #[test]
-            fn echo_all_byte_values() { cases::echo_all_byte_values(&MODE) }
+            fn echo_all_byte_values() {
+                cases::echo_all_byte_values(&MODE)
+            }
             #[test]
-            fn stream_8_mib_while_reading() { cases::stream_8_mib_while_reading(&MODE) }
+            fn stream_8_mib_while_reading() {
+                cases::stream_8_mib_while_reading(&MODE)
+            }
             #[test]
-            fn one_byte_at_a_time() { cases::one_byte_at_a_time(&MODE) }
+            fn one_byte_at_a_time() {
+                cases::one_byte_at_a_time(&MODE)
+            }
             #[test]
-            fn half_close_echoes_everything() { cases::half_close_echoes_everything(&MODE) }
+            fn half_close_echoes_everything() {
+                cases::half_close_echoes_everything(&MODE)
+            }
             #[test]
-            fn reset_client_does_not_disturb_the_next() { cases::reset_client_does_not_disturb_the_next(&MODE) }
+            fn reset_client_does_not_disturb_the_next() {
+                cases::reset_client_does_not_disturb_the_next(&MODE)
+            }
             #[test]
-            fn sequential_500_connections() { cases::sequential_500_connections(&MODE) }
+            fn sequential_500_connections() {
+                cases::sequential_500_connections(&MODE)
+            }
             #[test]
-            fn socket_fds_are_close_on_exec() { cases::socket_fds_are_close_on_exec(&MODE) }
+            fn socket_fds_are_close_on_exec() {
+                cases::socket_fds_are_close_on_exec(&MODE)
+            }
             #[test]
-            fn sigterm_drains_clients_mid_stream() { cases::signal_drains_clients_mid_stream(&MODE, Signal::SIGTERM) }
+            fn sigterm_drains_clients_mid_stream() {
+                cases::signal_drains_clients_mid_stream(&MODE, Signal::SIGTERM)
+            }
             #[test]
-            fn sigint_drains_clients_mid_stream() { cases::signal_drains_clients_mid_stream(&MODE, Signal::SIGINT) }
+            fn sigint_drains_clients_mid_stream() {
+                cases::signal_drains_clients_mid_stream(&MODE, Signal::SIGINT)
+            }
             #[test]
-            fn sigterm_closes_listener_and_exits_0() { cases::sigterm_closes_listener_and_exits_0(&MODE) }
+            fn sigterm_closes_listener_and_exits_0() {
+                cases::sigterm_closes_listener_and_exits_0(&MODE)
+            }
             #[test]
-            fn grace_period_ends_connections_that_stay_open() { cases::grace_period_ends_connections_that_stay_open(&MODE) }
+            fn grace_period_ends_connections_that_stay_open() {
+                cases::grace_period_ends_connections_that_stay_open(&MODE)
+            }
             #[test]
-            fn second_sigint_stops_at_once() { cases::immediate_stop(&MODE, &[Signal::SIGINT, Signal::SIGINT]) }
+            fn second_sigint_stops_at_once() {
+                cases::immediate_stop(&MODE, &[Signal::SIGINT, Signal::SIGINT])
+            }
             #[test]
-            fn sigquit_stops_at_once() { cases::immediate_stop(&MODE, &[Signal::SIGQUIT]) }
+            fn sigquit_stops_at_once() {
+                cases::immediate_stop(&MODE, &[Signal::SIGQUIT])
+            }
             #[test]
-            fn signal_storm_loses_nothing() { cases::signal_storm_loses_nothing(&MODE) }
+            fn signal_storm_loses_nothing() {
+                cases::signal_storm_loses_nothing(&MODE)
+            }
             #[test]
-            fn resets_and_hit_and_run_clients_do_no_harm() { cases::resets_and_hit_and_run_clients_do_no_harm(&MODE) }
+            fn resets_and_hit_and_run_clients_do_no_harm() {
+                cases::resets_and_hit_and_run_clients_do_no_harm(&MODE)
+            }
             #[test]
-            fn ten_thousand_mixed_connections_leave_no_trace() { cases::ten_thousand_mixed_connections_leave_no_trace(&MODE) }
+            fn ten_thousand_mixed_connections_leave_no_trace() {
+                cases::ten_thousand_mixed_connections_leave_no_trace(&MODE)
+            }
             #[test]
-            fn bad_flag_exits_2() { cases::bad_flag_exits_2(&MODE) }
+            fn bad_flag_exits_2() {
+                cases::bad_flag_exits_2(&MODE)
+            }
             #[test]
-            fn port_in_use_exits_1() { cases::port_in_use_exits_1(&MODE) }
+            fn port_in_use_exits_1() {
+                cases::port_in_use_exits_1(&MODE)
+            }
 
             when! { $concurrent,
                 #[test]
@@ -78,7 +107,7 @@ macro_rules! mode_tests {
                 fn kill_9_leaves_no_child_alive() { cases::kill_9_leaves_no_child_alive(&MODE) }
             }
         }
-    )*};
+    };
 }
 
 every_mode!(mode_tests);
@@ -888,20 +917,7 @@ mod cases {
                     Ok(off)
                 });
                 let reader = thread::spawn(move || -> Result<u64, String> {
-                    let mut buf = vec![0u8; 64 * 1024];
-                    let mut off = 0u64;
-                    loop {
-                        match r.read(&mut buf) {
-                            Ok(0) => return Ok(off),
-                            Ok(k) => {
-                                check_pattern(seed, off, &buf[..k]).map_err(|e| format!("client {i}: {e}"))?;
-                                off += k as u64;
-                                received2.store(off, Ordering::SeqCst);
-                            }
-                            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                            Err(e) => return Err(format!("client {i}: read after {off} echoed bytes: {e}")),
-                        }
-                    }
+                    read_pattern_to_eof(&mut r, seed, &received2).map_err(|e| format!("client {i}: {e}"))
                 });
                 Client { sent, received, writer, reader }
             })
@@ -1046,12 +1062,7 @@ mod cases {
             );
             assert_eq!(exit_signal(&status.unwrap()), None, "try {t}: server died of a signal: {status:?}");
             s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-            let mut b = [0u8; 16];
-            match s.read(&mut b) {
-                Ok(0) => {}
-                Err(e) if e.kind() == io::ErrorKind::ConnectionReset => {}
-                other => panic!("try {t}: client after the server stopped: expected EOF or reset, got {other:?}"),
-            }
+            read_sees_close(&mut s).unwrap_or_else(|e| panic!("try {t}: client after the server stopped: {e}"));
         }
     }
 
@@ -1083,12 +1094,7 @@ mod cases {
         // Nobody holds the connections any more: each client sees its end.
         for (i, c) in conns.iter_mut().enumerate() {
             c.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
-            let mut b = [0u8; 16];
-            match c.read(&mut b) {
-                Ok(0) => {}
-                Err(e) if e.kind() == io::ErrorKind::ConnectionReset => {}
-                other => panic!("connection {i} after its server died: expected EOF or reset, got {other:?}"),
-            }
+            read_sees_close(c).unwrap_or_else(|e| panic!("connection {i} after its server died: {e}"));
         }
     }
 

@@ -22,7 +22,7 @@
 //! client's swapped, and its inode is open in exactly one worker.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{self, Read, Write};
+use std::io::Write;
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
@@ -33,8 +33,9 @@ use nix::sys::signal::Signal;
 
 use crate::support::metrics::{http_get, scrape};
 use crate::support::modes::PREFORK;
-use crate::support::net::IO_TIMEOUT;
-use crate::support::net::{check_pattern, close_cleanly, connection_refused, fill_pattern, roundtrip, try_connect};
+use crate::support::net::{
+    close_cleanly, connection_refused, fill_pattern, read_pattern_to_eof, roundtrip, try_connect, IO_TIMEOUT,
+};
 use crate::support::process::{poll_every, poll_until, signal_pid, KillOnDrop};
 use crate::support::procfs::{self, all_procs, fds, socket_inode, still_alive, tcp_inode, ProcStat};
 use crate::support::server::{Launch, Server, EXIT_TIMEOUT, SETTLE_TIMEOUT, START_TIMEOUT};
@@ -320,27 +321,12 @@ fn sigterm_mid_stream(extra: &[&str]) {
                 w.shutdown(Shutdown::Write).map_err(|e| format!("shutdown(Write): {e}"))
             });
             let mut r = c;
-            let mut buf = vec![0u8; 64 * 1024];
-            let mut off = 0u64;
-            let read = loop {
-                match r.read(&mut buf) {
-                    Ok(0) => break Ok(()),
-                    Ok(k) => {
-                        if let Err(e) = check_pattern(seed, off, &buf[..k]) {
-                            break Err(e);
-                        }
-                        off += k as u64;
-                        echoed[id as usize].store(off, Ordering::Relaxed);
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                    Err(e) => break Err(format!("read at {off}: {e}")),
-                }
-            };
+            let read = read_pattern_to_eof(&mut r, seed, &echoed[id as usize]);
             if read.is_err() {
                 let _ = r.shutdown(Shutdown::Both);
             }
             let wrote = writer.join().map_err(|_| "writer panicked".to_string())?;
-            read?;
+            let off = read?;
             wrote?;
             if off != TOTAL {
                 return Err(format!("EOF after {off} echoed bytes of {TOTAL}"));

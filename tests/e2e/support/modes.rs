@@ -32,10 +32,11 @@ pub struct Mode {
     pub args: &'static [&'static str],
 }
 
-/// Calls `$callback! { row, row, ... }` with the table of modes.
+/// Calls `$each! { module, CONST, name, concurrent, forks, args }` once per
+/// row of the table of modes (the one place that reads a row).
 macro_rules! every_mode {
-    ($callback:ident) => {
-        $callback! {
+    ($each:ident) => {
+        $crate::support::modes::every_mode! { @rows $each
             serial / SERIAL: Mode { name: "serial", concurrent: false, forks: false, args: &[] },
             fork / FORK: Mode { name: "fork", concurrent: true, forks: true, args: &[] },
             thread / THREAD: Mode { name: "thread", concurrent: true, forks: false, args: &[] },
@@ -63,24 +64,27 @@ macro_rules! every_mode {
             },
         }
     };
-}
-pub(crate) use every_mode;
-
-/// One `pub const` per row of the table.
-macro_rules! mode_consts {
-    ($(
+    (@rows $each:ident $(
         $id:ident / $konst:ident : Mode {
             name: $name:literal,
             concurrent: $concurrent:tt,
             forks: $forks:tt,
             args: $args:expr $(,)?
         }
-    ),* $(,)?) => {$(
+    ),* $(,)?) => {
+        $( $each! { $id, $konst, $name, $concurrent, $forks, $args } )*
+    };
+}
+pub(crate) use every_mode;
+
+/// The `pub const` of one row.
+macro_rules! mode_const {
+    ($id:ident, $konst:ident, $name:literal, $concurrent:tt, $forks:tt, $args:expr) => {
         #[doc = concat!("The `", stringify!($id), "` row of [`every_mode!`].")]
         pub const $konst: Mode = Mode { name: $name, concurrent: $concurrent, args: $args };
-    )*};
+    };
 }
-every_mode!(mode_consts);
+every_mode!(mode_const);
 
 /// The prefork master with no flags of its own: each prefork test chooses
 /// `--workers` and `--worker`.

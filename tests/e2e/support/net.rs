@@ -7,6 +7,7 @@ use std::io::{self, Read, Write};
 use std::net::{IpAddr, Shutdown, SocketAddr, TcpStream};
 use std::os::fd::AsRawFd;
 use std::process::Command;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread;
 use std::time::Duration;
 
@@ -223,35 +224,39 @@ pub fn stream_through(s: TcpStream, seed: u64, total: u64, max_chunk: usize) -> 
         })
         .map_err(|e| format!("spawn writer: {e}"))?;
     let mut r = s;
-    let mut buf = vec![0u8; 64 * 1024];
-    let mut off = 0u64;
-    let read_result = loop {
-        match r.read(&mut buf) {
-            Ok(0) => break Ok(()),
-            Ok(n) => {
-                if off + n as u64 > total {
-                    break Err(format!("got {} bytes back, sent only {total}", off + n as u64));
-                }
-                if let Err(e) = check_pattern(seed, off, &buf[..n]) {
-                    break Err(e);
-                }
-                off += n as u64;
-            }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => break Err(format!("read at offset {off} of {total}: {e}")),
-        }
-    };
+    let progress = AtomicU64::new(0);
+    let read_result = read_pattern_to_eof(&mut r, seed, &progress);
     if read_result.is_err() {
         // Unblock the writer if it waits for room the server will not make.
         let _ = r.shutdown(Shutdown::Both);
     }
     let write_result = writer.join().map_err(|_| "writer thread panicked".to_string())?;
-    read_result?;
+    let echoed = read_result?;
     write_result?;
-    if off != total {
-        return Err(format!("EOF after {off} echoed bytes, sent {total}"));
+    if echoed != total {
+        return Err(format!("EOF after {echoed} echoed bytes, sent {total}"));
     }
     Ok(())
+}
+
+/// Reads `r` to end-of-file, checking that the bytes are the uppercase of
+/// stream `seed` from its start; `progress` follows how many were checked.
+/// Returns how many there were.
+pub fn read_pattern_to_eof(r: &mut TcpStream, seed: u64, progress: &AtomicU64) -> Result<u64, String> {
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut off = 0u64;
+    loop {
+        match r.read(&mut buf) {
+            Ok(0) => return Ok(off),
+            Ok(n) => {
+                check_pattern(seed, off, &buf[..n])?;
+                off += n as u64;
+                progress.store(off, Ordering::SeqCst);
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(format!("read after {off} echoed bytes: {e}")),
+        }
+    }
 }
 
 // ----- looking without reading -------------------------------------------------
