@@ -231,7 +231,7 @@ const AT_ONCE: Duration = Duration::from_millis(250);
 /// The earliest and latest a normal client behind slow clients that hold
 /// every worker may be served (slowloris: the first slow client is cut by
 /// `--idle-timeout 2`) or refused (fast trickle: `--queue-timeout` 2 s),
-/// after connecting. Measured: served 2.000-2.010 s, refused 2.001-2.114 s.
+/// after connecting. Measured: served 2.000-2.014 s, refused 2.001-2.114 s.
 const BEHIND_EARLIEST: Duration = Duration::from_millis(1900);
 const BEHIND_LATEST: Duration = Duration::from_millis(2500);
 

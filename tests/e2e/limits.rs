@@ -162,7 +162,7 @@ fn reactor_non_reading_client_is_held_back() {
 
 /// A client writes up to 100 MiB and reads nothing. The server must stop
 /// reading it: the writer gets stuck before [`MAX_PUSHED`] (measured: after
-/// 8.8-11.6 MiB, what the kernel's socket buffers on both ends hold, plus
+/// 8.8-12.9 MiB, what the kernel's socket buffers on both ends hold, plus
 /// the server's own), without holding its echo in memory: the server's RSS
 /// grows by less than [`MAX_GROWTH_KIB`] (measured: 468-488 KiB, its one
 /// connection buffer), while another client's round trips keep succeeding.

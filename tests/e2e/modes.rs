@@ -1000,7 +1000,7 @@ mod cases {
         /// After the grace, the server stops reading and gives unsent
         /// replies this long (the server's FLUSH_GRACE).
         const FLUSH_GRACE: Duration = Duration::from_secs(1);
-        /// Measured: closed 0.995-1.004 s after the signal.
+        /// Measured: closed 0.991-1.006 s after the signal.
         const EARLY: Duration = Duration::from_millis(100);
         const LATE: Duration = Duration::from_millis(500);
         let mut server = Server::start(mode, &["--grace", "1"]);
