@@ -1,109 +1,25 @@
-//! End-to-end tests of the server's limits: thousands of connections,
-//! clients that never read, idle timeouts, fd exhaustion, `--max-conns`.
+//! Limits: thousands of connections, clients that never read, idle
+//! timeouts, fd exhaustion, `--max-conns`, a stalled server.
 //!
-//! Every test starts its own `server` process on `127.0.0.1:0` (see
-//! `support`). Tests that measure CPU time or load the machine (2,000
-//! connections, fd exhaustion) hold [`HEAVY`] exclusively; the others share
-//! it, so a CPU measurement never runs next to another test of this file.
-//!
-//! `cargo test --test e2e_limits -- --nocapture` also prints the measured
-//! figures (RSS growth, CPU time under EMFILE, idle close timings).
-
-mod support;
+//! The tests that measure CPU time or load the machine (2,000 connections,
+//! fd exhaustion) run alone ([`exclusive`]). `-- --nocapture` also prints
+//! the measured figures (RSS growth, CPU time under EMFILE, idle close
+//! timings).
 
 use std::io::{self, Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpStream};
-use std::os::fd::AsRawFd;
+use std::net::{Shutdown, TcpStream};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Barrier, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, Barrier};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use support::*;
-
-const SERIAL: Mode = Mode { name: "serial", concurrent: false, forks: false, args: &[] };
-const FORK: Mode = Mode { name: "fork", concurrent: true, forks: true, args: &[] };
-const THREAD: Mode = Mode { name: "thread", concurrent: true, forks: false, args: &[] };
-const POOL: Mode = Mode { name: "pool", concurrent: true, forks: false, args: &[] };
-const EVENT: Mode = Mode { name: "event", concurrent: true, forks: false, args: &[] };
-const REACTOR: Mode = Mode { name: "reactor", concurrent: true, forks: false, args: &["--threads", "2"] };
-
-/// Held exclusively by the tests that measure CPU time or load the machine,
-/// shared by the others.
-static HEAVY: RwLock<()> = RwLock::new(());
-
-fn exclusive() -> RwLockWriteGuard<'static, ()> {
-    HEAVY.write().unwrap_or_else(|e| e.into_inner())
-}
-
-fn shared() -> RwLockReadGuard<'static, ()> {
-    HEAVY.read().unwrap_or_else(|e| e.into_inner())
-}
-
-/// Panics with every collected failure, one per line.
-fn fail_if_any(failures: &[String]) {
-    assert!(failures.is_empty(), "{} failure(s):\n  - {}", failures.len(), failures.join("\n  - "));
-}
-
-/// Whether the peer of `s` has closed or reset the connection, looked at
-/// without reading: POLLRDHUP (a FIN arrived), POLLHUP or POLLERR (a RST).
-fn peer_gone(s: &TcpStream) -> bool {
-    let mut pfd = libc::pollfd { fd: s.as_raw_fd(), events: libc::POLLRDHUP, revents: 0 };
-    // SAFETY: one valid pollfd, zero timeout.
-    let n = unsafe { libc::poll(&mut pfd, 1, 0) };
-    n > 0 && pfd.revents & (libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR) != 0
-}
-
-/// Bytes waiting unread in the receive queue of `s` (FIONREAD).
-fn unread(s: &TcpStream) -> usize {
-    let mut n: libc::c_int = 0;
-    // SAFETY: FIONREAD writes one int.
-    let r = unsafe { libc::ioctl(s.as_raw_fd(), libc::FIONREAD, &mut n) };
-    if r < 0 {
-        0
-    } else {
-        n as usize
-    }
-}
-
-/// Bytes the owner of the TCP socket `local` -> `remote` has written into
-/// it and read from it so far, from `ss -ti` (the kernel's own counters,
-/// seen from outside the process): written = bytes_acked + Send-Q, read =
-/// bytes_received - Recv-Q. `None` once the socket has left the
-/// ESTABLISHED state (its owner closed or shut it down).
-fn socket_traffic(local: SocketAddr, remote: SocketAddr) -> Result<Option<(u64, u64)>, String> {
-    let out = std::process::Command::new("ss")
-        .args(["-tinH", "state", "established", "src", &local.to_string(), "dst", &remote.to_string()])
-        .output()
-        .map_err(|e| format!("running `ss` (iproute2): {e}"))?;
-    if !out.status.success() {
-        return Err(format!("`ss` failed: {}", String::from_utf8_lossy(&out.stderr)));
-    }
-    let text = String::from_utf8_lossy(&out.stdout);
-    if text.trim().is_empty() {
-        return Ok(None);
-    }
-    let mut words = text.split_whitespace();
-    let recv_q: u64 = words.next().and_then(|w| w.parse().ok()).ok_or_else(|| format!("`ss` said {text:?}"))?;
-    let send_q: u64 = words.next().and_then(|w| w.parse().ok()).ok_or_else(|| format!("`ss` said {text:?}"))?;
-    // Counters still at zero are left out.
-    let counter = |name: &str| -> u64 {
-        text.split_whitespace().find_map(|w| w.strip_prefix(name)?.strip_prefix(':')?.parse().ok()).unwrap_or(0)
-    };
-    Ok(Some((counter("bytes_acked") + send_q, counter("bytes_received").saturating_sub(recv_q))))
-}
-
-/// Reads once (within the socket's read timeout) and says whether that
-/// read saw the end of the connection: EOF or a reset.
-fn read_sees_close(s: &mut TcpStream) -> Result<(), String> {
-    let mut b = [0u8; 256];
-    match s.read(&mut b) {
-        Ok(0) => Ok(()),
-        Err(e) if matches!(e.kind(), io::ErrorKind::ConnectionReset | io::ErrorKind::ConnectionAborted) => Ok(()),
-        Ok(n) => Err(format!("expected EOF or reset, read {n} bytes {:?}", String::from_utf8_lossy(&b[..n]))),
-        Err(e) => Err(format!("expected EOF or reset, got {e}")),
-    }
-}
+use crate::support::fail_if_any;
+use crate::support::machine::exclusive;
+use crate::support::modes::{Mode, EVENT, FORK, POOL, REACTOR, SERIAL, THREAD};
+use crate::support::net::*;
+use crate::support::process::{poll_every, poll_until, raise_nofile};
+use crate::support::procfs::{fds, tree_cpu, tree_hwm_kib, tree_rss_kib};
+use crate::support::server::{Launch, Server};
 
 fn mib(bytes: u64) -> f64 {
     bytes as f64 / (1 << 20) as f64
@@ -130,7 +46,7 @@ fn many_connections(mode: &Mode) {
     const PER_THREAD: usize = 250;
     const ROUNDS: usize = 10;
     const TOTAL: usize = THREADS * PER_THREAD;
-    let _heavy = exclusive();
+    let _alone = exclusive();
     raise_nofile();
     let server = Server::start(mode, &[]);
     let base = server.baseline();
@@ -245,21 +161,31 @@ fn reactor_non_reading_client_is_held_back() {
 }
 
 /// A client writes up to 100 MiB and reads nothing. The server must stop
-/// reading it (the writer gets stuck well before 100 MiB) without holding
-/// its echo in memory (RSS grows by at most 8 MiB), while another client's
-/// round trips keep succeeding. Then the stuck client reads: it gets back
-/// exactly the uppercase of every byte it managed to send, then EOF.
+/// reading it: the writer gets stuck before [`MAX_PUSHED`] (measured: after
+/// 8.8-12.9 MiB, what the kernel's socket buffers on both ends hold, plus
+/// the server's own), without holding its echo in memory: the server's RSS
+/// grows by less than [`MAX_GROWTH_KIB`] (measured: 468-488 KiB, its one
+/// connection buffer), while another client's round trips keep succeeding.
+/// Then the stuck client reads: it gets back exactly the uppercase of every
+/// byte it managed to send, then EOF.
 fn non_reading_client(mode: &Mode) {
     const TOTAL: u64 = 100 << 20;
     const CHUNK: usize = 64 * 1024;
-    const MAX_GROWTH_KIB: u64 = 8 * 1024;
+    /// Above the socket buffers' most (tcp_wmem and tcp_rmem maxima on
+    /// both ends: about 20 MiB here); without backpressure the writer
+    /// pushes all 100 MiB.
+    const MAX_PUSHED: u64 = 32 << 20;
+    /// The server's buffers for one connection stay under 2 x (--max-buffer
+    /// 256 KiB + 256 KiB) by design; holding the echo takes 10 MiB or more.
+    const MAX_GROWTH_KIB: u64 = 768;
     /// A write that makes no progress this long means the writer is stuck.
     const STUCK: Duration = Duration::from_secs(2);
     const SEED: u64 = 0x00ff_5eed;
-    let _shared = shared();
     let server = Server::start(mode, &[]);
     let base = server.baseline();
-    let rss_base = vm_rss_kib(server.pid).expect("server RSS");
+    let rss_base = tree_rss_kib(server.pid);
+    let hwm_base = tree_hwm_kib(server.pid);
+    assert!(rss_base > 0, "no RSS for server {}", server.pid);
 
     let stuck = server.connect();
     stuck.set_write_timeout(Some(STUCK)).unwrap();
@@ -316,9 +242,7 @@ fn non_reading_client(mode: &Mode) {
             break;
         }
         round += 1;
-        if let Some(rss) = vm_rss_kib(server.pid) {
-            rss_peak = rss_peak.max(rss);
-        }
+        rss_peak = rss_peak.max(tree_rss_kib(server.pid));
         // Pace: a round trip every 20 ms.
         thread::sleep(Duration::from_millis(20));
     }
@@ -334,17 +258,24 @@ fn non_reading_client(mode: &Mode) {
         }
         Err(_) => panic!("writer thread panicked"),
     };
+    // A peak between two samples shows in the high-water mark, if it rose.
+    let hwm = tree_hwm_kib(server.pid);
+    if hwm > hwm_base {
+        rss_peak = rss_peak.max(hwm);
+    }
     let growth = rss_peak.saturating_sub(rss_base);
     println!(
         "{}: non-reader pushed {:.1} MiB before it stuck, {round} round trips of another client meanwhile, \
-         server RSS {rss_base} KiB -> peak {rss_peak} KiB (+{growth} KiB)",
+         server RSS {rss_base} KiB -> peak {rss_peak} KiB (+{growth} KiB; high-water mark {hwm_base} -> {hwm} KiB)",
         mode.name,
         mib(sent)
     );
-    if !blocked || sent >= TOTAL {
+    if !blocked || sent >= MAX_PUSHED {
         failures.push(format!(
-            "the non-reading client wrote {:.1} MiB without being held back (no backpressure)",
-            mib(sent)
+            "the non-reading client wrote {:.1} MiB without being held back (no backpressure: at most {:.0} MiB \
+             fit in the socket buffers)",
+            mib(sent),
+            mib(MAX_PUSHED)
         ));
     }
     if growth > MAX_GROWTH_KIB {
@@ -409,9 +340,10 @@ fn reactor_idle_timeout() {
 }
 
 /// The earliest and latest an idle connection may be closed, after its
-/// last traffic, with `--idle-timeout 1`.
+/// last traffic, with `--idle-timeout 1` (measured: 1.000-1.034 s; a slow
+/// reader 0.97-1.03 s after the server's last write).
 const IDLE_EARLIEST: Duration = Duration::from_millis(900);
-const IDLE_LATEST: Duration = Duration::from_millis(2000);
+const IDLE_LATEST: Duration = Duration::from_millis(1500);
 
 /// Waits (read timeout 5 s) for the server to close `s`, idle since `since`;
 /// checks that it happens within [IDLE_EARLIEST, IDLE_LATEST].
@@ -430,7 +362,7 @@ fn expect_idle_close(what: &str, s: &mut TcpStream, since: Instant) -> Result<Du
 }
 
 /// `--idle-timeout 1`: a client silent after one round trip is closed
-/// 1-2 s later. Concurrent modes also: a client that never sends a byte
+/// 0.9-1.5 s later. Concurrent modes also: a client that never sends a byte
 /// is closed the same way, while an active client (a round trip every
 /// 200 ms for 2.5 s) stays open all along, and is closed in turn once it
 /// falls silent. Serial: the waiting client is served once the silent one
@@ -438,7 +370,6 @@ fn expect_idle_close(what: &str, s: &mut TcpStream, since: Instant) -> Result<Du
 fn idle_timeout(mode: &Mode) {
     const ACTIVE_FOR: Duration = Duration::from_millis(2500);
     const PACE: Duration = Duration::from_millis(200);
-    let _shared = shared();
     let server = Server::start(mode, &["--idle-timeout", "1"]);
     let mut failures = Vec::new();
     let mut timings = Vec::new();
@@ -514,13 +445,12 @@ fn reactor_slow_reader_closed_by_idle_timeout() {
 }
 
 /// `--idle-timeout 1`: a client sends 10 MiB and reads nothing. Once the
-/// server can write no more to it, the server closes it within 2 s of its
-/// last write, and not before ~1 s (the server's own socket counters, read
+/// server can write no more to it, the server closes it within 1.5 s of its
+/// last write, and not before 0.9 s (the server's own socket counters, read
 /// with `ss`, tell when it last wrote).
 fn slow_reader(mode: &Mode) {
     const TOTAL: u64 = 10 << 20;
     const CHUNK: usize = 64 * 1024;
-    let _shared = shared();
     let server = Server::start(mode, &["--idle-timeout", "1"]);
     let s = server.connect();
     s.set_write_timeout(Some(Duration::from_secs(10))).unwrap();
@@ -624,27 +554,18 @@ fn thread_emfile_does_not_spin() {
 
 /// The server runs with RLIMIT_NOFILE 64 and gets 200 connections (kept
 /// open, never a byte): it runs out of fds, and while it is out it must not
-/// spin (under 0.3 s of CPU in 3 s). Once the clients are gone, a fresh
+/// spin (under 50 ms of CPU in 3 s). Once the clients are gone, a fresh
 /// client is served again.
 fn fd_exhaustion(mode: &Mode) {
     const NOFILE: u64 = 64;
     const CLIENTS: usize = 200;
     const WINDOW: Duration = Duration::from_secs(3);
-    const MAX_CPU: Duration = Duration::from_millis(300);
-    let _heavy = exclusive();
-    let mut server = Server::start_with_nofile(mode, &[], NOFILE);
-    let addr: socket2::SockAddr = server.addr.into();
-    let mut clients = Vec::with_capacity(CLIENTS);
-    for i in 0..CLIENTS {
-        let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
-        s.set_nonblocking(true).expect("non-blocking");
-        match s.connect(&addr) {
-            Ok(()) => {}
-            Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
-            Err(e) => panic!("connect {i}: {e}"),
-        }
-        clients.push(s);
-    }
+    /// Measured: 0 or 10 ms (one clock tick) in 3 s; a spin takes seconds.
+    const MAX_CPU: Duration = Duration::from_millis(50);
+    let _alone = exclusive();
+    let mut server = Launch::new(mode, &[]).nofile(NOFILE).start();
+    let clients: Vec<socket2::Socket> =
+        (0..CLIENTS).map(|i| connect_nonblocking(server.addr).unwrap_or_else(|e| panic!("connect {i}: {e}"))).collect();
     // The server has run out of fds: it holds all it may, or said so.
     let exhausted = poll_every(Duration::from_millis(20), Duration::from_secs(10), || {
         fds(server.pid).len() as u64 >= NOFILE || server.log().contains("os error 24")
@@ -654,11 +575,11 @@ fn fd_exhaustion(mode: &Mode) {
         "server never ran out of fds with RLIMIT_NOFILE {NOFILE} and {CLIENTS} clients: it has {} fds open",
         fds(server.pid).len()
     );
-    let cpu0 = cpu_time(server.pid).expect("server CPU time");
+    let cpu0 = tree_cpu(server.pid);
     let t0 = Instant::now();
     // Measuring, not synchronising: the window over which CPU use is taken.
     thread::sleep(WINDOW);
-    let cpu = cpu_time(server.pid).expect("server CPU time") - cpu0;
+    let cpu = tree_cpu(server.pid).saturating_sub(cpu0);
     let window = t0.elapsed();
     let open_fds = fds(server.pid).len();
     println!(
@@ -708,22 +629,11 @@ fn fd_exhaustion(mode: &Mode) {
 fn reactor_out_of_fds_while_starting_keeps_running() {
     const NOFILE: u64 = 64;
     const TRIES: usize = 40;
-    const REACTOR8: Mode = Mode { name: "reactor", concurrent: true, forks: false, args: &["--threads", "8"] };
-    let _shared = shared();
+    const REACTOR8: Mode = Mode { args: &["--threads", "8"], ..REACTOR };
     for t in 1..=TRIES {
-        let mut server = Server::start_with_nofile(&REACTOR8, &[], NOFILE);
-        let addr: socket2::SockAddr = server.addr.into();
+        let mut server = Launch::new(&REACTOR8, &[]).nofile(NOFILE).start();
         let clients: Vec<socket2::Socket> = (0..200)
-            .map(|i| {
-                let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
-                s.set_nonblocking(true).expect("non-blocking");
-                match s.connect(&addr) {
-                    Ok(()) => {}
-                    Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
-                    Err(e) => panic!("try {t}: connect {i}: {e}"),
-                }
-                s
-            })
+            .map(|i| connect_nonblocking(server.addr).unwrap_or_else(|e| panic!("try {t}: connect {i}: {e}")))
             .collect();
         let settled = poll_every(Duration::from_millis(10), Duration::from_secs(10), || {
             !server.is_running() || fds(server.pid).len() as u64 >= NOFILE || server.log().contains("os error 24")
@@ -769,7 +679,6 @@ fn reactor_max_conns_10() {
 fn max_conns(mode: &Mode) {
     const CAP: usize = 10;
     const WAITING: usize = 6;
-    let _shared = shared();
     let server = Server::start(mode, &["--max-conns", "10"]);
     let mut open: Vec<TcpStream> = (0..CAP).map(|_| server.connect()).collect();
     for (i, s) in open.iter_mut().enumerate() {
@@ -798,9 +707,12 @@ fn max_conns(mode: &Mode) {
     let closed = Instant::now();
     close_cleanly(&mut first).unwrap();
     drop(first);
+    // Measured: 0.1-6.4 ms.
+    const SERVED_WITHIN: Duration = Duration::from_millis(500);
     assert!(
-        poll_until(Duration::from_secs(5), || !echoed(&waiting).is_empty()),
-        "no waiting client served within 5 s after one of the {CAP} closed; the server holds {} connections",
+        poll_until(SERVED_WITHIN, || !echoed(&waiting).is_empty()),
+        "no waiting client served within {SERVED_WITHIN:?} after one of the {CAP} closed; the server holds {} \
+         connections",
         server.connection_sockets().len()
     );
     let waited = closed.elapsed();
@@ -838,7 +750,6 @@ fn max_conns(mode: &Mode) {
 /// judged idleness with a fresh clock: a stall between the two closed
 /// clients that had just been served.)
 fn stalled_server_does_not_idle_close_active_clients(mode: &Mode) {
-    let _g = shared();
     let server = Server::start(mode, &["--idle-timeout", "0.5"]);
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let (ok, premature, slow) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));

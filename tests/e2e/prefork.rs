@@ -1,4 +1,4 @@
-//! End-to-end tests of prefork mode (issue 4 §8): the master as a
+//! Prefork mode (issue 4 §8): the master as a
 //! supervisor, seen from outside through TCP, signals, `/proc` and its
 //! Prometheus endpoint.
 //!
@@ -21,24 +21,24 @@
 //! of a client socket is the `/proc/net/tcp` entry whose ports are the
 //! client's swapped, and its inode is open in exactly one worker.
 
-mod support;
-
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
-use std::io::{self, Read, Write};
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Write;
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
-use support::{
-    all_procs, close_cleanly, connection_refused, fds, fill_pattern, poll_every, poll_until, roundtrip, socket_inode,
-    still_alive, Mode, ProcStat, Server, EXIT_TIMEOUT, IO_TIMEOUT, SETTLE_TIMEOUT, START_TIMEOUT,
-};
+use nix::sys::signal::Signal;
 
-const PREFORK: Mode = Mode { name: "prefork", concurrent: true, forks: true, args: &[] };
+use crate::support::metrics::{http_get, scrape};
+use crate::support::modes::PREFORK;
+use crate::support::net::{
+    close_cleanly, connection_refused, fill_pattern, read_pattern_to_eof, roundtrip, try_connect, IO_TIMEOUT,
+};
+use crate::support::process::{poll_every, poll_until, signal_pid, KillOnDrop};
+use crate::support::procfs::{self, all_procs, fds, socket_inode, still_alive, tcp_inode, ProcStat};
+use crate::support::server::{Launch, Server, EXIT_TIMEOUT, SETTLE_TIMEOUT, START_TIMEOUT};
 
 /// Client timeout of the loops that make many connections: a stuck
 /// connection fails after this, not after [`IO_TIMEOUT`].
@@ -74,35 +74,16 @@ fn wait_serving(s: &Server, n: usize) {
     close_cleanly(&mut c).unwrap_or_else(|e| panic!("first close: {e}"));
 }
 
-/// A client socket with `timeout` both ways (and on connect).
-fn dial(addr: SocketAddr, timeout: Duration) -> io::Result<TcpStream> {
-    let s = TcpStream::connect_timeout(&addr, timeout)?;
-    s.set_read_timeout(Some(timeout))?;
-    s.set_write_timeout(Some(timeout))?;
-    s.set_nodelay(true)?;
-    Ok(s)
-}
-
 /// One short connection: connect, one round trip of `msg`, clean close.
 fn one_shot(addr: SocketAddr, msg: &[u8]) -> Result<(), String> {
-    let mut s = dial(addr, SHORT_TIMEOUT).map_err(|e| format!("connect: {e}"))?;
-    roundtrip(&mut s, msg)?;
-    close_cleanly(&mut s)
+    crate::support::net::one_shot(addr, msg, SHORT_TIMEOUT)
 }
 
 /// The pid of the worker holding the server side of `client`, from
 /// `/proc/net/tcp` (the entry with the client's ports swapped) and the
 /// workers' fd tables.
 fn owner_of(s: &Server, client: &TcpStream) -> Option<i32> {
-    let client_port = client.local_addr().ok()?.port();
-    let server_port = s.addr.port();
-    let table = std::fs::read_to_string("/proc/net/tcp").ok()?;
-    let port_of = |field: &str| field.rsplit(':').next().and_then(|p| u16::from_str_radix(p, 16).ok());
-    let inode: u64 = table.lines().skip(1).find_map(|line| {
-        let f: Vec<&str> = line.split_whitespace().collect();
-        let (local, remote) = (port_of(f.get(1)?)?, port_of(f.get(2)?)?);
-        (local == server_port && remote == client_port).then(|| f.get(9)?.parse().ok()).flatten()
-    })?;
+    let inode = tcp_inode(s.addr.port(), client.local_addr().ok()?.port())?;
     let holders: Vec<i32> = workers(s)
         .iter()
         .map(|w| w.pid)
@@ -114,260 +95,12 @@ fn owner_of(s: &Server, client: &TcpStream) -> Option<i32> {
     }
 }
 
-/// SIGKILLs, when dropped, every process of the list still alive: workers
-/// that outlive their master are no longer found through it.
-struct KillOnDrop(Vec<ProcStat>);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        for p in self.0.iter().filter(|p| still_alive(p)) {
-            let _ = kill(Pid::from_raw(p.pid), Signal::SIGKILL);
-        }
-    }
-}
-
 /// Message `round` of client `id`: 1..=2048 bytes of its pattern stream.
 fn message(id: u64, round: u64) -> Vec<u8> {
     let len = 1 + ((id * 7919 + round * 104_729) % 2048) as usize;
     let mut m = vec![0u8; len];
     fill_pattern(id, round * 4096, &mut m);
     m
-}
-
-// ----- Prometheus text format ----------------------------------------------
-
-#[derive(Debug, Clone)]
-struct Sample {
-    name: String,
-    labels: BTreeMap<String, String>,
-    value: f64,
-}
-
-/// One `GET /metrics`, parsed.
-#[derive(Debug)]
-struct Scrape {
-    samples: Vec<Sample>,
-    text: String,
-}
-
-impl Scrape {
-    /// The single unlabelled sample `name`.
-    fn value(&self, name: &str) -> f64 {
-        let found: Vec<&Sample> = self.samples.iter().filter(|s| s.name == name && s.labels.is_empty()).collect();
-        match found[..] {
-            [s] => s.value,
-            _ => panic!("expected one unlabelled sample {name}, found {}:\n{}", found.len(), self.text),
-        }
-    }
-
-    /// The samples `name{pid="..."}` by pid.
-    fn per_pid(&self, name: &str) -> BTreeMap<i32, f64> {
-        let mut out = BTreeMap::new();
-        for s in self.samples.iter().filter(|s| s.name == name) {
-            let pid = s.labels.get("pid").and_then(|p| p.parse().ok());
-            let Some(pid) = pid.filter(|_| s.labels.len() == 1) else {
-                panic!("{name} sample with labels {:?}, expected only a numeric pid:\n{}", s.labels, self.text)
-            };
-            assert!(out.insert(pid, s.value).is_none(), "two {name} samples for pid {pid}:\n{}", self.text);
-        }
-        out
-    }
-}
-
-fn valid_name(n: &str, colons: bool) -> bool {
-    let mut chars = n.chars();
-    let ok_first = |c: char| c.is_ascii_alphabetic() || c == '_' || (colons && c == ':');
-    chars.next().is_some_and(ok_first) && chars.all(|c| ok_first(c) || c.is_ascii_digit())
-}
-
-fn parse_value(v: &str) -> Option<f64> {
-    match v {
-        "+Inf" => Some(f64::INFINITY),
-        "-Inf" => Some(f64::NEG_INFINITY),
-        "NaN" => Some(f64::NAN),
-        _ if v.bytes().all(|b| b.is_ascii_digit() || b"+-.eE".contains(&b)) => v.parse().ok(),
-        _ => None,
-    }
-}
-
-/// `{a="x",b="y\"z"}` at the start of `s`: the labels and the rest.
-fn parse_labels(s: &str) -> Result<(BTreeMap<String, String>, &str), String> {
-    let mut labels = BTreeMap::new();
-    let mut rest = s.strip_prefix('{').ok_or("labels must start with {")?;
-    loop {
-        rest = rest.trim_start();
-        if let Some(r) = rest.strip_prefix('}') {
-            return Ok((labels, r));
-        }
-        let eq = rest.find('=').ok_or("label without =")?;
-        let name = rest[..eq].trim();
-        if !valid_name(name, false) {
-            return Err(format!("bad label name {name:?}"));
-        }
-        rest = rest[eq + 1..].trim_start().strip_prefix('"').ok_or("label value must be quoted")?;
-        let mut value = String::new();
-        let mut chars = rest.char_indices();
-        let end = loop {
-            match chars.next() {
-                None => return Err("unterminated label value".into()),
-                Some((i, '"')) => break i,
-                Some((_, '\\')) => match chars.next() {
-                    Some((_, '\\')) => value.push('\\'),
-                    Some((_, '"')) => value.push('"'),
-                    Some((_, 'n')) => value.push('\n'),
-                    other => return Err(format!("bad escape {other:?} in label value")),
-                },
-                Some((_, c)) => value.push(c),
-            }
-        };
-        if labels.insert(name.to_string(), value).is_some() {
-            return Err(format!("label {name} twice"));
-        }
-        rest = rest[end + 1..].trim_start();
-        if let Some(r) = rest.strip_prefix(',') {
-            rest = r;
-        } else if !rest.starts_with('}') {
-            return Err("expected , or } after a label".into());
-        }
-    }
-}
-
-/// Parses the Prometheus text exposition format (version 0.0.4) strictly:
-/// HELP/TYPE at most once per family and before its samples, every sample
-/// of a declared family, families contiguous, values floats, optional
-/// integer timestamps, counters finite and non-negative.
-fn parse_exposition(text: &str) -> Result<Vec<Sample>, String> {
-    let mut types: HashMap<String, String> = HashMap::new();
-    let mut helps: HashSet<String> = HashSet::new();
-    let mut finished: HashSet<String> = HashSet::new();
-    let mut current: Option<String> = None;
-    let mut samples = Vec::new();
-    let mut enter = |family: &str, current: &mut Option<String>| -> Result<(), String> {
-        if current.as_deref() != Some(family) {
-            if let Some(c) = current.take() {
-                finished.insert(c);
-            }
-            if finished.contains(family) {
-                return Err(format!("family {family} is not contiguous"));
-            }
-            *current = Some(family.to_string());
-        }
-        Ok(())
-    };
-    if !text.ends_with('\n') {
-        return Err("exposition does not end with a newline".into());
-    }
-    for (n, line) in text.lines().enumerate() {
-        let at = |e: String| format!("line {}: {e}: {line:?}", n + 1);
-        if line.trim().is_empty() {
-            continue;
-        }
-        if let Some(comment) = line.strip_prefix('#') {
-            let mut parts = comment.trim_start().splitn(3, ' ');
-            let kind = parts.next().unwrap_or("");
-            if kind != "HELP" && kind != "TYPE" {
-                continue;
-            }
-            let name = parts.next().ok_or_else(|| at("no metric name".into()))?;
-            if !valid_name(name, true) {
-                return Err(at(format!("bad metric name {name:?}")));
-            }
-            let arg = parts.next().unwrap_or("");
-            enter(name, &mut current).map_err(at)?;
-            if kind == "HELP" {
-                if !helps.insert(name.to_string()) {
-                    return Err(at("second HELP".into()));
-                }
-            } else {
-                if !["counter", "gauge", "histogram", "summary", "untyped"].contains(&arg) {
-                    return Err(at(format!("unknown type {arg:?}")));
-                }
-                if samples.iter().any(|s: &Sample| s.name == name) {
-                    return Err(at("TYPE after samples".into()));
-                }
-                if types.insert(name.to_string(), arg.to_string()).is_some() {
-                    return Err(at("second TYPE".into()));
-                }
-            }
-            continue;
-        }
-        let name_end = line.find(['{', ' ']).ok_or_else(|| at("no value".into()))?;
-        let name = &line[..name_end];
-        if !valid_name(name, true) {
-            return Err(at(format!("bad metric name {name:?}")));
-        }
-        let (labels, rest) = if line[name_end..].starts_with('{') {
-            parse_labels(&line[name_end..]).map_err(at)?
-        } else {
-            (BTreeMap::new(), &line[name_end..])
-        };
-        let mut fields = rest.split_whitespace();
-        let value = fields.next().ok_or_else(|| at("no value".into()))?;
-        let value = parse_value(value).ok_or_else(|| at(format!("value {value:?} is not a float")))?;
-        if let Some(ts) = fields.next() {
-            ts.parse::<i64>().map_err(|_| at(format!("bad timestamp {ts:?}")))?;
-        }
-        if fields.next().is_some() {
-            return Err(at("trailing fields".into()));
-        }
-        let family = if types.contains_key(name) {
-            name.to_string()
-        } else {
-            let base = ["_bucket", "_sum", "_count"].iter().find_map(|s| name.strip_suffix(s)).unwrap_or(name);
-            match types.get(base).map(String::as_str) {
-                Some("histogram" | "summary") => base.to_string(),
-                _ => return Err(at(format!("sample of {name} without a TYPE line before it"))),
-            }
-        };
-        enter(&family, &mut current).map_err(at)?;
-        if types[&family] == "counter" && !(value.is_finite() && value >= 0.0) {
-            return Err(at(format!("counter value {value}")));
-        }
-        samples.push(Sample { name: name.to_string(), labels, value });
-    }
-    Ok(samples)
-}
-
-/// `GET path` over HTTP/1.0: (status code, header block, body). Checks
-/// Content-Length against the body.
-fn http_get(addr: SocketAddr, path: &str) -> Result<(u16, String, String), String> {
-    let mut s = dial(addr, SHORT_TIMEOUT).map_err(|e| format!("connect to metrics {addr}: {e}"))?;
-    s.write_all(format!("GET {path} HTTP/1.0\r\n\r\n").as_bytes()).map_err(|e| format!("write request: {e}"))?;
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw).map_err(|e| format!("read response (after {} bytes): {e}", raw.len()))?;
-    let raw = String::from_utf8(raw).map_err(|e| format!("response is not UTF-8: {e}"))?;
-    let (head, body) = raw.split_once("\r\n\r\n").ok_or_else(|| format!("no end of head in {raw:?}"))?;
-    let status_line = head.lines().next().unwrap_or("");
-    let mut parts = status_line.split(' ');
-    let (version, code) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
-    if !version.starts_with("HTTP/1.") {
-        return Err(format!("bad status line {status_line:?}"));
-    }
-    let code: u16 = code.parse().map_err(|_| format!("bad status line {status_line:?}"))?;
-    let length = head.lines().find_map(|l| {
-        let (k, v) = l.split_once(':')?;
-        k.eq_ignore_ascii_case("content-length").then(|| v.trim().parse::<usize>().ok())?
-    });
-    if let Some(len) = length {
-        if len != body.len() {
-            return Err(format!("Content-Length {len}, body {} bytes", body.len()));
-        }
-    }
-    Ok((code, head.to_string(), body.to_string()))
-}
-
-/// `GET /metrics`, which must answer 200 with a text/plain page that
-/// parses.
-fn scrape(addr: SocketAddr) -> Scrape {
-    let (code, head, body) = http_get(addr, "/metrics").unwrap_or_else(|e| panic!("GET /metrics: {e}"));
-    assert_eq!(code, 200, "GET /metrics status; head:\n{head}\nbody:\n{body}");
-    let ctype = head.lines().find_map(|l| l.split_once(':').filter(|(k, _)| k.eq_ignore_ascii_case("content-type")));
-    assert!(
-        ctype.is_some_and(|(_, v)| v.trim().starts_with("text/plain")),
-        "GET /metrics Content-Type is {ctype:?}, expected text/plain"
-    );
-    let samples = parse_exposition(&body).unwrap_or_else(|e| panic!("bad exposition: {e}\n{body}"));
-    Scrape { samples, text: body }
 }
 
 // ----- 1. kill -9 of a worker under load ------------------------------------
@@ -403,7 +136,7 @@ fn kill_9_one_worker_under_load(n: usize, extra: &[&str]) {
         clients.push(thread::spawn(move || -> Result<u64, String> {
             let deadline = Instant::now() + Duration::from_secs(60);
             let run = || -> Result<u64, String> {
-                let mut c = support::try_connect(addr).map_err(|e| format!("connect: {e}"))?;
+                let mut c = try_connect(addr).map_err(|e| format!("connect: {e}"))?;
                 roundtrip(&mut c, b"first").map_err(|e| format!("first round trip: {e}"))?;
                 let _ = tx.send((id, c.try_clone().map_err(|e| format!("try_clone: {e}"))?));
                 let mut round = 0u64;
@@ -456,7 +189,7 @@ fn kill_9_one_worker_under_load(n: usize, extra: &[&str]) {
     let before: Vec<u64> = rounds.iter().map(|r| r.load(Ordering::Relaxed)).collect();
 
     let killed_at = Instant::now();
-    kill(Pid::from_raw(victim), Signal::SIGKILL).expect("kill -9 the worker");
+    signal_pid(victim, Signal::SIGKILL).expect("kill -9 the worker");
     let respawned = poll_until(Duration::from_secs(1).saturating_sub(killed_at.elapsed()), || {
         let w = worker_pids(&s);
         w.len() == n && !w.contains(&victim)
@@ -571,7 +304,7 @@ fn sigterm_mid_stream(extra: &[&str]) {
         let (go, echoed, addr) = (go.clone(), echoed.clone(), s.addr);
         clients.push(thread::spawn(move || -> Result<(), String> {
             let seed = 0x7e57 + id;
-            let c = support::try_connect(addr).map_err(|e| format!("connect: {e}"))?;
+            let c = try_connect(addr).map_err(|e| format!("connect: {e}"))?;
             let mut w = c.try_clone().map_err(|e| format!("try_clone: {e}"))?;
             let writer = thread::spawn(move || -> Result<(), String> {
                 let mut buf = vec![0u8; 16 * 1024];
@@ -588,27 +321,12 @@ fn sigterm_mid_stream(extra: &[&str]) {
                 w.shutdown(Shutdown::Write).map_err(|e| format!("shutdown(Write): {e}"))
             });
             let mut r = c;
-            let mut buf = vec![0u8; 64 * 1024];
-            let mut off = 0u64;
-            let read = loop {
-                match r.read(&mut buf) {
-                    Ok(0) => break Ok(()),
-                    Ok(k) => {
-                        if let Err(e) = support::check_pattern(seed, off, &buf[..k]) {
-                            break Err(e);
-                        }
-                        off += k as u64;
-                        echoed[id as usize].store(off, Ordering::Relaxed);
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                    Err(e) => break Err(format!("read at {off}: {e}")),
-                }
-            };
+            let read = read_pattern_to_eof(&mut r, seed, &echoed[id as usize]);
             if read.is_err() {
                 let _ = r.shutdown(Shutdown::Both);
             }
             let wrote = writer.join().map_err(|_| "writer panicked".to_string())?;
-            read?;
+            let off = read?;
             wrote?;
             if off != TOTAL {
                 return Err(format!("EOF after {off} echoed bytes of {TOTAL}"));
@@ -798,7 +516,7 @@ fn stopped_worker_is_replaced_after_worker_timeout() {
     let deaths_before = scrape(maddr).value("switchyard_worker_deaths_total");
     let victim = workers(&s)[0];
     let stopped_at = Instant::now();
-    kill(Pid::from_raw(victim.pid), Signal::SIGSTOP).expect("SIGSTOP a worker");
+    signal_pid(victim.pid, Signal::SIGSTOP).expect("SIGSTOP a worker");
     let bound = Duration::from_secs(2 + 3);
     let replaced = poll_until(bound, || {
         let w = worker_pids(&s);
@@ -809,7 +527,7 @@ fn stopped_worker_is_replaced_after_worker_timeout() {
         replaced,
         "{took:?} after SIGSTOP of worker {}: now {:?}, workers {:?}, master log about it: {:#?}",
         victim.pid,
-        support::proc_stat(victim.pid),
+        procfs::proc_stat(victim.pid),
         workers(&s),
         s.log().lines().filter(|l| l.contains(&format!("worker {}", victim.pid))).collect::<Vec<_>>()
     );
@@ -995,8 +713,9 @@ fn metrics_scrape_under_load_is_consistent() {
 #[test]
 fn workers_dying_at_boot_make_the_master_exit_nonzero() {
     const DEATHS: usize = 25;
-    let mut s =
-        Server::start_with_ulimit(&PREFORK, &["--workers", "1", "--worker", "pool", "--threads", "100000"], "-v 32000");
+    let mut s = Launch::new(&PREFORK, &["--workers", "1", "--worker", "pool", "--threads", "100000"])
+        .ulimit("-v 32000")
+        .start();
     let deaths = |s: &Server| {
         let log = s.log();
         log.lines()
@@ -1055,7 +774,7 @@ fn balance(extra: &[&str], threads: u64) -> (BTreeMap<i32, f64>, Duration) {
 }
 
 #[test]
-#[ignore = "prints the figures for the docs: cargo test --test e2e_prefork balance_report -- --ignored --nocapture"]
+#[ignore = "prints the figures for the docs: cargo test --test e2e prefork::balance_report -- --ignored --nocapture"]
 fn balance_report() {
     for (label, extra, threads) in [
         ("shared listener", &[][..], 4),
@@ -1077,26 +796,5 @@ fn balance_report() {
         if threads > 1 {
             assert!(per.values().all(|&n| n > 0.0), "{label}: a worker got no connection: {per:?}");
         }
-    }
-}
-
-// ----- the parser itself ----------------------------------------------------------
-
-#[test]
-fn exposition_parser_rejects_malformed_pages() {
-    let good = "# HELP a_total A.\n# TYPE a_total counter\na_total 3\na_total{pid=\"1\",x=\"q\\\"\"} 1.5e3\n";
-    let s = parse_exposition(good).expect("good page");
-    assert_eq!(s.len(), 2);
-    assert_eq!(s[1].labels["x"], "q\"");
-    for bad in [
-        "a 1\n",                                           // no TYPE
-        "# TYPE a gauge\na one\n",                         // not a float
-        "# TYPE a gauge\na{pid=1} 1\n",                    // unquoted label
-        "# TYPE a gauge\n# TYPE a gauge\na 1\n",           // second TYPE
-        "# TYPE a gauge\na 1\n# TYPE b gauge\nb 1\na 2\n", // not contiguous
-        "# TYPE a counter\na -1\n",                        // negative counter
-        "# TYPE a gauge\na 1",                             // no final newline
-    ] {
-        assert!(parse_exposition(bad).is_err(), "accepted {bad:?}");
     }
 }

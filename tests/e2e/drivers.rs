@@ -13,15 +13,16 @@
 //! `thread` mode exercises the blocking driver, `event` the non-blocking
 //! one. One server per test function serves every generated case.
 
-mod support;
-
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
-use support::{upper, Mode, Server};
+
+use crate::support::modes::{Mode, EVENT, THREAD};
+use crate::support::net::upper;
+use crate::support::server::Server;
 
 /// One generated case: what to send and how to cut it.
 #[derive(Debug, Clone)]
@@ -142,10 +143,10 @@ fn property(mode: &Mode) {
 
 #[test]
 fn blocking_driver_echoes_any_split() {
-    property(&Mode { name: "thread", concurrent: true, forks: false, args: &[] });
+    property(&THREAD);
 }
 
 #[test]
 fn nonblocking_driver_echoes_any_split() {
-    property(&Mode { name: "event", concurrent: true, forks: false, args: &[] });
+    property(&EVENT);
 }

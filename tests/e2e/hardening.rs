@@ -1,18 +1,24 @@
 //! Hardening: what the server does when the machine or the operator pushes
 //! back. Load shedding when fds run out (clients are closed at once instead
-//! of hanging in the backlog), and dropping root privileges after binding.
-
-mod support;
+//! of hanging in the backlog), per-address limits, slow clients that hold
+//! every worker, and dropping root privileges after binding.
+//!
+//! The privilege tests need root: they run where the tests were built and
+//! run as root (CI), and show as ignored, "needs root", elsewhere (the
+//! `as_root` cfg comes from the root package's `build.rs`).
 
 use std::io::{self, Read, Write};
-use std::net::TcpStream;
+use std::net::{SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread;
 use std::time::{Duration, Instant};
 
-use support::{poll_every, Mode, Server};
-
-const EVENT: Mode = Mode { name: "event", concurrent: true, forks: false, args: &[] };
-const THREAD: Mode = Mode { name: "thread", concurrent: true, forks: false, args: &[] };
-const REACTOR: Mode = Mode { name: "reactor", concurrent: true, forks: false, args: &["--threads", "2"] };
+use crate::support::modes::{Mode, EVENT, FORK, POOL, PREFORK_SERIAL, REACTOR, SERIAL, THREAD};
+use crate::support::net::{close_cleanly, describe_mismatch, roundtrip, try_connect_from, upper};
+use crate::support::process::{is_root, poll_every};
+use crate::support::procfs;
+use crate::support::server::{run_to_exit, Launch, Server};
 
 /// How one client fared against a server that is out of fds.
 #[derive(Debug, PartialEq, Eq)]
@@ -42,9 +48,10 @@ fn fate(s: &mut TcpStream, limit: Duration) -> (Fate, Duration) {
 /// With 64 fds the server can hold some 50 connections; of 150 clients the
 /// rest must be closed at once (load shedding through the reserve fd), not
 /// left waiting in the backlog. Every client is either served or closed
-/// within a second; none hangs for the 4 s bound.
+/// within 0.5 s (measured: at most 0.10 s, one accept back-off); none hangs
+/// for the 4 s bound.
 fn sheds_load_when_out_of_fds(mode: &Mode) {
-    let server = Server::start_with_nofile(mode, &[], 64);
+    let server = Launch::new(mode, &[]).nofile(64).start();
     let mut clients = Vec::new();
     for i in 0..150 {
         match TcpStream::connect_timeout(&server.addr, Duration::from_secs(2)) {
@@ -78,7 +85,7 @@ fn sheds_load_when_out_of_fds(mode: &Mode) {
     println!("{}: {served} served, {shed} shed; slowest close {slowest:?}", mode.name);
     assert!(served >= 10, "{}: only {served} clients served with 64 fds", mode.name);
     assert!(shed >= 50, "{}: only {shed} of 150 clients shed with 64 fds", mode.name);
-    assert!(slowest < Duration::from_secs(1), "{}: a shed client waited {slowest:?}", mode.name);
+    assert!(slowest < Duration::from_millis(500), "{}: a shed client waited {slowest:?}", mode.name);
     // stderr is drained by a thread: wait (bounded) for the line to arrive.
     let logged =
         poll_every(Duration::from_millis(20), Duration::from_secs(5), || server.log().contains("out of fds: closed"));
@@ -111,91 +118,84 @@ fn reactor_sheds_load_when_out_of_fds() {
     sheds_load_when_out_of_fds(&REACTOR);
 }
 
-fn status_line(pid: i32, key: &str) -> String {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read /proc status");
-    s.lines().find(|l| l.starts_with(key)).unwrap_or_else(|| panic!("{key} not in status")).to_string()
-}
-
-fn is_root() -> bool {
-    nix::unistd::Uid::effective().is_root()
-}
-
 /// `--user nobody`: bound as root, then every uid and gid is nobody's, no
 /// supplementary group but nobody's, no capability left (so setuid(0)
 /// fails), and it still serves.
 #[test]
+#[cfg_attr(not(as_root), ignore = "needs root")]
 fn user_flag_drops_root_for_good() {
-    if !is_root() {
-        eprintln!("skipped: privilege drop needs the test to run as root");
-        return;
-    }
+    assert_root();
     let nobody = nix::unistd::User::from_name("nobody").unwrap().expect("user nobody");
     let (uid, gid) = (nobody.uid.as_raw(), nobody.gid.as_raw());
     for mode in [EVENT, THREAD] {
         let server = Server::start(&mode, &["--user", "nobody"]);
-        let ids = |key: &str| -> Vec<u32> {
-            status_line(server.pid, key).split_whitespace().skip(1).map(|v| v.parse().unwrap()).collect()
-        };
+        let ids = |key: &str| procfs::status_ids(server.pid, key);
         assert_eq!(ids("Uid:"), vec![uid; 4], "{}: real, effective, saved, fs uid", mode.name);
         assert_eq!(ids("Gid:"), vec![gid; 4], "{}: real, effective, saved, fs gid", mode.name);
         assert_eq!(ids("Groups:"), vec![gid], "{}: supplementary groups", mode.name);
-        assert_eq!(status_line(server.pid, "CapEff:"), "CapEff:\t0000000000000000", "{}", mode.name);
-        assert_eq!(status_line(server.pid, "CapPrm:"), "CapPrm:\t0000000000000000", "{}", mode.name);
+        assert_eq!(procfs::status_line(server.pid, "CapEff:"), "CapEff:\t0000000000000000", "{}", mode.name);
+        assert_eq!(procfs::status_line(server.pid, "CapPrm:"), "CapPrm:\t0000000000000000", "{}", mode.name);
         let mut c = server.connect();
-        support::roundtrip(&mut c, b"dropped privileges").unwrap();
+        roundtrip(&mut c, b"dropped privileges").unwrap();
     }
 }
 
 #[test]
+#[cfg_attr(not(as_root), ignore = "needs root")]
 fn root_without_user_flag_is_warned_about() {
-    if !is_root() {
-        eprintln!("skipped: the warning is for servers started as root");
-        return;
-    }
+    assert_root();
     let server = Server::start(&EVENT, &[]);
     let warned =
         poll_every(Duration::from_millis(20), Duration::from_secs(5), || server.log().contains("running as root"));
     assert!(warned, "no warning about running as root:\n{}", server.log());
 }
 
+/// A root-only test that is not ignored was built as root: it must also
+/// run as root, not pass without looking.
+fn assert_root() {
+    assert!(
+        is_root(),
+        "built as root (cfg as_root) but run as uid {}: rebuild the tests as this user",
+        nix::unistd::Uid::effective()
+    );
+}
+
 #[test]
 fn unknown_user_is_an_error() {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_server"))
-        .args(["--listen", "127.0.0.1:0", "--user", "no-such-user-here"])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1), "{out:?}");
-    assert!(String::from_utf8_lossy(&out.stderr).contains("no user named no-such-user-here"), "{out:?}");
+    let done = run_to_exit(&["--listen", "127.0.0.1:0", "--user", "no-such-user-here"]);
+    assert_eq!(done.status.code(), Some(1), "{done:?}");
+    assert!(done.stderr.contains("no user named no-such-user-here"), "{done:?}");
 }
 
 /// A client socket from `source` (any 127.0.0.0/8 address) to `server`.
-fn connect_from(source: &str, server: std::net::SocketAddr) -> TcpStream {
-    support::try_connect_from(source.parse().unwrap(), server).unwrap_or_else(|e| panic!("connect from {source}: {e}"))
+fn connect_from(source: &str, server: SocketAddr) -> TcpStream {
+    try_connect_from(source.parse().unwrap(), server).unwrap_or_else(|e| panic!("connect from {source}: {e}"))
 }
 
 /// `--max-conns-per-ip 3`: three connections from 127.0.0.1 are served, the
-/// fourth is closed at once, another address is unaffected, and closing one
+/// fourth is closed at once (within 0.25 s; measured: under 0.1 ms), another address is unaffected, and closing one
 /// of the three makes room again.
 fn limits_connections_per_address(mode: &Mode) {
     let server = Server::start(mode, &["--max-conns-per-ip", "3"]);
     let mut three: Vec<TcpStream> = (0..3).map(|_| connect_from("127.0.0.1", server.addr)).collect();
     for (i, c) in three.iter_mut().enumerate() {
-        support::roundtrip(c, format!("allowed {i}").as_bytes()).unwrap();
+        roundtrip(c, format!("allowed {i}").as_bytes()).unwrap();
     }
     let mut fourth = connect_from("127.0.0.1", server.addr);
     let _ = fourth.write_all(b"q");
     let (f, took) = fate(&mut fourth, Duration::from_secs(3));
+    println!("{}: the 4th connection from one address: {f:?} after {took:?}", mode.name);
     assert_eq!(f, Fate::Shed, "{}: the 4th connection from one address was not closed", mode.name);
-    assert!(took < Duration::from_secs(1), "{}: the 4th connection was closed only after {took:?}", mode.name);
+    assert!(took < AT_ONCE, "{}: the 4th connection was closed only after {took:?}", mode.name);
     let mut other = connect_from("127.0.0.2", server.addr);
-    support::roundtrip(&mut other, b"another address").unwrap();
+    roundtrip(&mut other, b"another address").unwrap();
     for c in three.iter_mut() {
-        support::roundtrip(c, b"still served").unwrap();
+        roundtrip(c, b"still served").unwrap();
     }
-    support::close_cleanly(&mut three.pop().unwrap()).unwrap();
+    close_cleanly(&mut three.pop().unwrap()).unwrap();
     let again = poll_every(Duration::from_millis(20), Duration::from_secs(5), || {
         let mut c = connect_from("127.0.0.1", server.addr);
-        support::roundtrip(&mut c, b"room again").is_ok()
+        roundtrip(&mut c, b"room again").is_ok()
     });
     assert!(again, "{}: no room for a new connection after one of the three closed", mode.name);
 }
@@ -207,12 +207,12 @@ fn per_ip_limit_thread() {
 
 #[test]
 fn per_ip_limit_pool() {
-    limits_connections_per_address(&Mode { name: "pool", concurrent: true, forks: false, args: &[] });
+    limits_connections_per_address(&POOL);
 }
 
 #[test]
 fn per_ip_limit_fork() {
-    limits_connections_per_address(&Mode { name: "fork", concurrent: true, forks: true, args: &[] });
+    limits_connections_per_address(&FORK);
 }
 
 #[test]
@@ -225,31 +225,58 @@ fn per_ip_limit_reactor() {
     limits_connections_per_address(&REACTOR);
 }
 
-/// Slow clients that hold every worker of `mode` (`slots` of them) and
+/// "At once": measured under 0.2 ms; anything a timer does takes seconds.
+const AT_ONCE: Duration = Duration::from_millis(250);
+
+/// The earliest and latest a normal client behind slow clients that hold
+/// every worker may be served (slowloris: the first slow client is cut by
+/// `--idle-timeout 2`) or refused (fast trickle: `--queue-timeout` 2 s),
+/// after connecting. Measured: served 2.000-2.014 s, refused 2.001-2.114 s.
+const BEHIND_EARLIEST: Duration = Duration::from_millis(1900);
+const BEHIND_LATEST: Duration = Duration::from_millis(2500);
+
+/// Slow clients that hold every worker of a server (`slots` of them) and
 /// trickle one byte each every `period`, for at most 12 s.
 struct Loris {
-    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    trickler: Option<std::thread::JoinHandle<Vec<TcpStream>>>,
+    stop: Arc<AtomicBool>,
+    trickler: Option<thread::JoinHandle<Vec<Slow>>>,
+}
+
+/// One slow client: its socket and every byte it sent that the server has
+/// not echoed yet (each echo is read back in full before the next write of
+/// the test, or at the end).
+struct Slow {
+    socket: TcpStream,
+    unanswered: Vec<u8>,
 }
 
 impl Loris {
     fn start(server: &Server, slots: usize, period: Duration) -> Loris {
-        let mut loris: Vec<TcpStream> = (0..slots).map(|_| server.connect()).collect();
-        for (i, c) in loris.iter_mut().enumerate() {
-            support::roundtrip(c, format!("l{i}").as_bytes()).unwrap(); // each holds a worker now
-        }
-        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let mut loris: Vec<Slow> = (0..slots)
+            .map(|i| {
+                let mut socket = server.connect();
+                roundtrip(&mut socket, format!("l{i}").as_bytes()).unwrap(); // it holds a worker now
+                Slow { socket, unanswered: Vec::new() }
+            })
+            .collect();
+        let stop = Arc::new(AtomicBool::new(false));
         let trickler = {
             let stop = stop.clone();
-            std::thread::spawn(move || {
+            thread::spawn(move || {
                 let deadline = Instant::now() + Duration::from_secs(12);
-                while Instant::now() < deadline && !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let mut n = 0u8;
+                while Instant::now() < deadline && !stop.load(Ordering::Relaxed) {
+                    // Letters and other bytes in turn, so the echo shows what was uppercased.
+                    let b = [b'a' + n % 26, b'0' + n % 10, b'x'][usize::from(n % 3)];
+                    n = n.wrapping_add(1);
                     for c in loris.iter_mut() {
-                        let _ = c.write_all(b"x");
+                        if c.socket.write_all(&[b]).is_ok() {
+                            c.unanswered.push(b);
+                        }
                     }
                     let next = Instant::now() + period;
-                    while Instant::now() < next && !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                        std::thread::sleep(Duration::from_millis(50)); // pacing the trickle
+                    while Instant::now() < next && !stop.load(Ordering::Relaxed) {
+                        thread::sleep(Duration::from_millis(50)); // pacing the trickle
                     }
                 }
                 loris
@@ -258,40 +285,47 @@ impl Loris {
         Loris { stop, trickler: Some(trickler) }
     }
 
-    /// Stops trickling; the slow clients' sockets, still open.
-    fn stop(mut self) -> Vec<TcpStream> {
-        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    /// Stops trickling; the slow clients, still open.
+    fn stop(mut self) -> Vec<Slow> {
+        self.stop.store(true, Ordering::Relaxed);
         self.trickler.take().unwrap().join().unwrap()
     }
 }
 
 /// Slowloris: `slots` clients take every worker and trickle one byte every
 /// 3 s; with `--idle-timeout 2` each is cut after 2 s of silence, so a
-/// normal client that queued behind them is served within idle timeout + 1 s
-/// of connecting, never hung. (`--queue-timeout 5` keeps the queue-wait
+/// normal client that queued behind them is served 1.9-2.5 s after
+/// connecting: never hung, and not before (it waited behind them). (`--queue-timeout 5` keeps the queue-wait
 /// limit out of this test: see `fast_trickle_...` for that.)
-fn slowloris_does_not_starve(mode: &Mode, slots: usize) {
-    let server = Server::start(mode, &["--idle-timeout", "2", "--queue-timeout", "5"]);
+fn slowloris_does_not_starve(mode: &Mode, extra: &[&str], slots: usize) {
+    let args: Vec<&str> = extra.iter().copied().chain(["--idle-timeout", "2", "--queue-timeout", "5"]).collect();
+    let server = Server::start(mode, &args);
     let loris = Loris::start(&server, slots, Duration::from_secs(3));
     let connected = Instant::now();
     let mut normal = server.connect();
     normal.set_read_timeout(Some(Duration::from_secs(6))).unwrap();
-    let served = support::roundtrip(&mut normal, b"a normal client");
+    let served = roundtrip(&mut normal, b"a normal client");
     let waited = connected.elapsed();
     loris.stop();
     served.unwrap_or_else(|e| panic!("{}: normal client not served behind {slots} slow clients: {e}", mode.name));
     println!("{}: normal client served after {waited:?} behind {slots} slow clients", mode.name);
-    assert!(waited <= Duration::from_secs(3), "{}: served only after {waited:?} (idle timeout 2 s)", mode.name);
+    assert!(waited <= BEHIND_LATEST, "{}: served only after {waited:?} (idle timeout 2 s)", mode.name);
+    assert!(
+        waited >= BEHIND_EARLIEST,
+        "{}: served after {waited:?}, before any of the {slots} slow clients was cut: they did not hold every worker",
+        mode.name
+    );
 }
 
 /// Slow clients trickling *faster* than the idle timeout are never cut, and
 /// hold every worker. Normal clients behind them (`waiting` of them) must not
 /// hang: with `--idle-timeout 2` (and so the default `--queue-timeout 2`)
-/// each is refused, its connection closed, within idle timeout + 1 s of
-/// connecting, and not before the limit. The slow clients keep being served
-/// meanwhile, byte for byte.
-fn fast_trickle_gets_normal_clients_refused_not_hung(mode: &Mode, slots: usize, waiting: usize) {
-    let server = Server::start(mode, &["--idle-timeout", "2"]);
+/// each is refused, its connection closed, 1.9-2.5 s after connecting:
+/// never hung, and not before the limit. The slow clients keep being served
+/// meanwhile: every byte they trickled comes back, uppercased, in order.
+fn fast_trickle_gets_normal_clients_refused_not_hung(mode: &Mode, extra: &[&str], slots: usize, waiting: usize) {
+    let args: Vec<&str> = extra.iter().copied().chain(["--idle-timeout", "2"]).collect();
+    let server = Server::start(mode, &args);
     let loris = Loris::start(&server, slots, Duration::from_millis(500));
     let connected = Instant::now();
     let mut normal: Vec<TcpStream> = (0..waiting).map(|_| server.connect()).collect();
@@ -312,66 +346,50 @@ fn fast_trickle_gets_normal_clients_refused_not_hung(mode: &Mode, slots: usize, 
     assert!(said.is_some(), "{}: no refusal logged; log:\n{}", mode.name, server.log());
     for (f, waited) in fates {
         assert_eq!(f, Fate::Shed, "{}: a normal client behind busy workers must be refused, not {f:?}", mode.name);
-        assert!(waited <= Duration::from_secs(3), "{}: refused only after {waited:?}", mode.name);
-        assert!(waited >= Duration::from_millis(1900), "{}: refused after {waited:?}, before the limit", mode.name);
+        assert!(waited <= BEHIND_LATEST, "{}: refused only after {waited:?}", mode.name);
+        assert!(waited >= BEHIND_EARLIEST, "{}: refused after {waited:?}, before the limit", mode.name);
     }
-    // The slow clients were never disturbed: every trickled byte comes back.
+    // The slow clients were never disturbed: one last byte, then the echo of
+    // everything they trickled, exactly.
     for (i, c) in loris.iter_mut().enumerate() {
-        c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        let mut got = Vec::new();
-        let mut buf = [0u8; 64];
-        while !got.ends_with(b"!") {
-            if got.len() > 64 {
-                break;
-            }
-            if got.is_empty() {
-                c.write_all(b"!").unwrap();
-            }
-            let n = c.read(&mut buf).unwrap_or_else(|e| panic!("{}: slow client {i}: {e}", mode.name));
-            assert!(n > 0, "{}: slow client {i} was closed", mode.name);
-            got.extend_from_slice(&buf[..n]);
-        }
-        assert!(got.iter().all(|&b| b == b'X' || b == b'!'), "{}: slow client {i} got {got:?}", mode.name);
+        // Written at once, then every 0.5 s while the normal clients waited 2 s.
+        assert!(c.unanswered.len() >= 3, "{}: slow client {i} trickled only {:?}", mode.name, c.unanswered);
+        let mut sent = std::mem::take(&mut c.unanswered);
+        sent.push(b'!');
+        c.socket.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        c.socket.write_all(b"!").unwrap_or_else(|e| panic!("{}: slow client {i}: {e}", mode.name));
+        let mut got = vec![0u8; sent.len()];
+        c.socket.read_exact(&mut got).unwrap_or_else(|e| {
+            panic!("{}: slow client {i}, reading the echo of its {} bytes: {e}", mode.name, sent.len())
+        });
+        let want = upper(&sent);
+        assert!(got == want, "{}: slow client {i}: {}", mode.name, describe_mismatch(&want, &got));
     }
 }
 
 #[test]
 fn slowloris_pool() {
-    slowloris_does_not_starve(
-        &Mode { name: "pool", concurrent: true, forks: false, args: &["--threads", "4", "--queue", "8"] },
-        4,
-    );
+    slowloris_does_not_starve(&POOL, &["--threads", "4", "--queue", "8"], 4);
 }
 
 #[test]
 fn slowloris_serial() {
-    slowloris_does_not_starve(&Mode { name: "serial", concurrent: false, forks: false, args: &[] }, 1);
+    slowloris_does_not_starve(&SERIAL, &[], 1);
 }
 
 #[test]
 fn slowloris_prefork_serial_workers() {
-    slowloris_does_not_starve(
-        &Mode { name: "prefork", concurrent: false, forks: true, args: &["--workers", "3", "--worker", "serial"] },
-        3,
-    );
+    slowloris_does_not_starve(&Mode { args: &["--workers", "3", "--worker", "serial"], ..PREFORK_SERIAL }, &[], 3);
 }
 
 #[test]
 fn fast_trickle_serial() {
-    fast_trickle_gets_normal_clients_refused_not_hung(
-        &Mode { name: "serial", concurrent: false, forks: false, args: &[] },
-        1,
-        2,
-    );
+    fast_trickle_gets_normal_clients_refused_not_hung(&SERIAL, &[], 1, 2);
 }
 
 #[test]
 fn fast_trickle_pool() {
-    fast_trickle_gets_normal_clients_refused_not_hung(
-        &Mode { name: "pool", concurrent: true, forks: false, args: &["--threads", "3", "--queue", "8"] },
-        3,
-        2,
-    );
+    fast_trickle_gets_normal_clients_refused_not_hung(&POOL, &["--threads", "3", "--queue", "8"], 3, 2);
 }
 
 /// With a queue-wait limit the pool's queue is the only waiting room: a
@@ -379,8 +397,7 @@ fn fast_trickle_pool() {
 /// the limit. None waits first in the backlog and then again in the queue.
 #[test]
 fn fast_trickle_pool_full_queue() {
-    let mode = Mode { name: "pool", concurrent: true, forks: false, args: &["--threads", "2", "--queue", "1"] };
-    let server = Server::start(&mode, &["--idle-timeout", "2"]);
+    let server = Server::start(&POOL, &["--threads", "2", "--queue", "1", "--idle-timeout", "2"]);
     let loris = Loris::start(&server, 2, Duration::from_millis(500));
     let connected = Instant::now();
     let mut queued = server.connect();
@@ -393,10 +410,11 @@ fn fast_trickle_pool_full_queue() {
     let (f_queued, _) = fate(&mut queued, Duration::from_secs(3));
     let t_queued = connected.elapsed();
     loris.stop();
+    println!("pool, full queue: the client finding it full {f_busy:?} after {t_busy:?}, the queued one {f_queued:?} after {t_queued:?}");
     assert_eq!((f_busy, f_queued), (Fate::Shed, Fate::Shed), "both refused");
-    assert!(t_busy < Duration::from_secs(1), "refused at once when the queue is full, not after {t_busy:?}");
+    assert!(t_busy < AT_ONCE, "refused at once when the queue is full, not after {t_busy:?}");
     assert!(
-        (Duration::from_millis(1900)..=Duration::from_secs(3)).contains(&t_queued),
+        (BEHIND_EARLIEST..=BEHIND_LATEST).contains(&t_queued),
         "the queued client is refused at the 2 s limit, not after {t_queued:?}"
     );
 }
@@ -404,7 +422,8 @@ fn fast_trickle_pool_full_queue() {
 #[test]
 fn fast_trickle_prefork_serial_workers() {
     fast_trickle_gets_normal_clients_refused_not_hung(
-        &Mode { name: "prefork", concurrent: false, forks: true, args: &["--workers", "2", "--worker", "serial"] },
+        &Mode { args: &["--workers", "2", "--worker", "serial"], ..PREFORK_SERIAL },
+        &[],
         2,
         2,
     );
@@ -412,36 +431,20 @@ fn fast_trickle_prefork_serial_workers() {
 
 #[test]
 fn fast_trickle_thread_at_max_conns() {
-    fast_trickle_gets_normal_clients_refused_not_hung(
-        &Mode { name: "thread", concurrent: true, forks: false, args: &["--max-conns", "2"] },
-        2,
-        2,
-    );
+    fast_trickle_gets_normal_clients_refused_not_hung(&THREAD, &["--max-conns", "2"], 2, 2);
 }
 
 #[test]
 fn fast_trickle_fork_at_max_children() {
-    fast_trickle_gets_normal_clients_refused_not_hung(
-        &Mode { name: "fork", concurrent: true, forks: true, args: &["--max-children", "2"] },
-        2,
-        2,
-    );
+    fast_trickle_gets_normal_clients_refused_not_hung(&FORK, &["--max-children", "2"], 2, 2);
 }
 
 #[test]
 fn fast_trickle_event_at_max_conns() {
-    fast_trickle_gets_normal_clients_refused_not_hung(
-        &Mode { name: "event", concurrent: true, forks: false, args: &["--max-conns", "2"] },
-        2,
-        2,
-    );
+    fast_trickle_gets_normal_clients_refused_not_hung(&EVENT, &["--max-conns", "2"], 2, 2);
 }
 
 #[test]
 fn fast_trickle_reactor_at_max_conns() {
-    fast_trickle_gets_normal_clients_refused_not_hung(
-        &Mode { name: "reactor", concurrent: true, forks: false, args: &["--threads", "2", "--max-conns", "2"] },
-        2,
-        2,
-    );
+    fast_trickle_gets_normal_clients_refused_not_hung(&REACTOR, &["--max-conns", "2"], 2, 2);
 }

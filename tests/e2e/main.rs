@@ -1,0 +1,25 @@
+//! End-to-end tests of the `server` binary, one test binary, a module per
+//! topic. Every test starts its own `server` process on `127.0.0.1:0` and
+//! talks to it over loopback TCP (see [`support`]).
+//!
+//! - [`modes`]: every case against every mode of the table
+//!   (`support::modes::every_mode!`);
+//! - [`limits`]: thousands of connections, clients that never read, idle
+//!   timeouts, fd exhaustion, `--max-conns`, a stalled server;
+//! - [`hardening`]: load shedding, per-address limits, slowloris and fast
+//!   trickles, dropping root;
+//! - [`prefork`]: the prefork master as a supervisor;
+//! - [`drivers`]: property tests of both drivers over real sockets;
+//! - [`faults`]: the syscall fault-injection shim itself.
+//!
+//! `cargo test --test e2e modes::fork::` runs one mode, `cargo test --test
+//! e2e half_close` one case in every mode, `cargo test --test e2e limits::`
+//! one topic; `-- --nocapture` also prints the figures the tests measure.
+
+mod drivers;
+mod faults;
+mod hardening;
+mod limits;
+mod modes;
+mod prefork;
+mod support;

@@ -1,0 +1,261 @@
+/*
+ * faults.so: syscall faults injected into a server under test (LD_PRELOAD).
+ *
+ * The end-to-end support (faults.rs) builds it at run time and starts the
+ * server with LD_PRELOAD=faults.so and a spec in SWITCHYARD_FAULTS:
+ *
+ *   SWITCHYARD_FAULTS="accept4:ECONNABORTED:first=3:every=5:count=10,setsockopt_nodelay:EINVAL"
+ *
+ * A rule is FUNCTION:ERRNO[:first=N][:every=N][:count=N] (defaults: first=1,
+ * every=0, count=1). Calls to FUNCTION in this process are numbered from 1;
+ * calls first, first+every, first+2*every, ... fail with ERRNO, count of
+ * them at most (every=0: call first only), without calling the real
+ * function; every other call goes to the real one (dlsym RTLD_NEXT). The
+ * counters are per process: a forked child inherits the parent's counts and
+ * goes on from there on its own; an exec'd program starts again from 1.
+ *
+ * FUNCTION is one of:
+ *   accept4, accept         fail with -1 and errno
+ *   setsockopt_nodelay      setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, ...) only;
+ *                           other options are neither counted nor failed
+ *   fork                    fail with -1 and errno (no child)
+ *   pthread_create          return ERRNO as the result (errno untouched)
+ *   epoll_ctl_add           epoll_ctl(epfd, EPOLL_CTL_ADD, ...) only
+ *
+ * The spec is parsed once, in a constructor, before main; a bad spec
+ * prints why on stderr and exits 127. The hooks themselves only read the
+ * parsed rules and bump atomic counters: no malloc, no lock, so they are
+ * safe after fork and in signal handlers.
+ */
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/socket.h>
+#include <sys/types.h>
+#include <unistd.h>
+
+enum hook { H_ACCEPT4, H_ACCEPT, H_SETSOCKOPT_NODELAY, H_FORK, H_PTHREAD_CREATE, H_EPOLL_CTL_ADD, H_COUNT };
+
+static const char *const hook_names[H_COUNT] = {
+    "accept4", "accept", "setsockopt_nodelay", "fork", "pthread_create", "epoll_ctl_add",
+};
+
+struct rule {
+    int active;
+    int err;
+    unsigned long first, every, count;
+};
+
+static struct rule rules[H_COUNT];
+static atomic_ulong calls[H_COUNT];
+
+static const struct {
+    const char *name;
+    int value;
+} errnos[] = {
+    {"EMFILE", EMFILE},         {"ENFILE", ENFILE},           {"ENOBUFS", ENOBUFS},
+    {"ENOMEM", ENOMEM},         {"ECONNABORTED", ECONNABORTED}, {"ECONNRESET", ECONNRESET},
+    {"EPROTO", EPROTO},         {"EPERM", EPERM},             {"EINVAL", EINVAL},
+    {"EBADF", EBADF},           {"EAGAIN", EAGAIN},           {"ENOSPC", ENOSPC},
+    {"ETIMEDOUT", ETIMEDOUT},   {"EHOSTUNREACH", EHOSTUNREACH}, {"ENETUNREACH", ENETUNREACH},
+    {"EINTR", EINTR},           {"ENETDOWN", ENETDOWN},       {"EOPNOTSUPP", EOPNOTSUPP},
+};
+
+/* The real functions, found once in the constructor. */
+static int (*real_accept4)(int, struct sockaddr *, socklen_t *, int);
+static int (*real_accept)(int, struct sockaddr *, socklen_t *);
+static int (*real_setsockopt)(int, int, int, const void *, socklen_t);
+static pid_t (*real_fork)(void);
+static int (*real_pthread_create)(pthread_t *, const pthread_attr_t *, void *(*)(void *), void *);
+static int (*real_epoll_ctl)(int, int, int, struct epoll_event *);
+
+static void say(const char *s) {
+    ssize_t r = write(2, s, strlen(s));
+    (void)r;
+}
+
+static void die(const char *why, const char *rule, size_t len) {
+    say("faults.so: bad SWITCHYARD_FAULTS: ");
+    say(why);
+    say(" in rule \"");
+    ssize_t r = write(2, rule, len);
+    (void)r;
+    say("\"\n");
+    _exit(127);
+}
+
+/* Whether [s, s+len) is exactly the string word. */
+static int is(const char *s, size_t len, const char *word) {
+    return strlen(word) == len && memcmp(s, word, len) == 0;
+}
+
+static int parse_number(const char *s, size_t len, unsigned long *out) {
+    unsigned long v = 0;
+    if (len == 0 || len > 9)
+        return 0;
+    for (size_t i = 0; i < len; i++) {
+        if (s[i] < '0' || s[i] > '9')
+            return 0;
+        v = v * 10 + (unsigned long)(s[i] - '0');
+    }
+    *out = v;
+    return 1;
+}
+
+/* One rule: [rule, rule+len). */
+static void parse_rule(const char *rule, size_t len) {
+    const char *field = rule, *end = rule + len;
+    struct rule r = {1, 0, 1, 0, 1};
+    int hook = -1;
+    for (int n = 0; field <= end; n++) {
+        const char *colon = memchr(field, ':', (size_t)(end - field));
+        const char *stop = colon ? colon : end;
+        size_t flen = (size_t)(stop - field);
+        if (n == 0) {
+            for (int h = 0; h < H_COUNT; h++)
+                if (is(field, flen, hook_names[h]))
+                    hook = h;
+            if (hook < 0)
+                die("unknown function", rule, len);
+        } else if (n == 1) {
+            for (size_t e = 0; e < sizeof errnos / sizeof errnos[0]; e++)
+                if (is(field, flen, errnos[e].name))
+                    r.err = errnos[e].value;
+            if (r.err == 0)
+                die("unknown errno name", rule, len);
+        } else {
+            const char *eq = memchr(field, '=', flen);
+            unsigned long v;
+            if (!eq || !parse_number(eq + 1, (size_t)(stop - eq - 1), &v))
+                die("expected first=N, every=N or count=N", rule, len);
+            size_t klen = (size_t)(eq - field);
+            if (is(field, klen, "first") && v >= 1)
+                r.first = v;
+            else if (is(field, klen, "every"))
+                r.every = v;
+            else if (is(field, klen, "count"))
+                r.count = v;
+            else
+                die("expected first=N (N >= 1), every=N or count=N", rule, len);
+        }
+        if (!colon)
+            break;
+        field = colon + 1;
+    }
+    if (r.err == 0)
+        die("no errno", rule, len);
+    if (rules[hook].active)
+        die("a second rule for the same function", rule, len);
+    rules[hook] = r;
+}
+
+__attribute__((constructor)) static void faults_init(void) {
+    real_accept4 = (int (*)(int, struct sockaddr *, socklen_t *, int))dlsym(RTLD_NEXT, "accept4");
+    real_accept = (int (*)(int, struct sockaddr *, socklen_t *))dlsym(RTLD_NEXT, "accept");
+    real_setsockopt = (int (*)(int, int, int, const void *, socklen_t))dlsym(RTLD_NEXT, "setsockopt");
+    real_fork = (pid_t(*)(void))dlsym(RTLD_NEXT, "fork");
+    real_pthread_create =
+        (int (*)(pthread_t *, const pthread_attr_t *, void *(*)(void *), void *))dlsym(RTLD_NEXT, "pthread_create");
+    real_epoll_ctl = (int (*)(int, int, int, struct epoll_event *))dlsym(RTLD_NEXT, "epoll_ctl");
+    if (!real_accept4 || !real_accept || !real_setsockopt || !real_fork || !real_pthread_create || !real_epoll_ctl) {
+        say("faults.so: dlsym(RTLD_NEXT) did not find every real function\n");
+        _exit(127);
+    }
+    const char *spec = getenv("SWITCHYARD_FAULTS");
+    if (!spec)
+        return;
+    const char *p = spec;
+    while (*p) {
+        const char *comma = strchr(p, ',');
+        size_t len = comma ? (size_t)(comma - p) : strlen(p);
+        if (len > 0)
+            parse_rule(p, len);
+        p += len;
+        if (*p == ',')
+            p++;
+    }
+}
+
+/* The errno call number n of hook h must fail with, or 0. */
+static int injected(enum hook h) {
+    const struct rule *r = &rules[h];
+    if (!r->active)
+        return 0;
+    unsigned long n = atomic_fetch_add_explicit(&calls[h], 1, memory_order_relaxed) + 1;
+    if (n < r->first)
+        return 0;
+    unsigned long k = n - r->first, index;
+    if (r->every == 0) {
+        if (k != 0)
+            return 0;
+        index = 0;
+    } else {
+        if (k % r->every != 0)
+            return 0;
+        index = k / r->every;
+    }
+    return index < r->count ? r->err : 0;
+}
+
+int accept4(int fd, struct sockaddr *addr, socklen_t *len, int flags) {
+    int err = injected(H_ACCEPT4);
+    if (err) {
+        errno = err;
+        return -1;
+    }
+    return real_accept4(fd, addr, len, flags);
+}
+
+int accept(int fd, struct sockaddr *addr, socklen_t *len) {
+    int err = injected(H_ACCEPT);
+    if (err) {
+        errno = err;
+        return -1;
+    }
+    return real_accept(fd, addr, len);
+}
+
+int setsockopt(int fd, int level, int name, const void *value, socklen_t len) {
+    if (level == IPPROTO_TCP && name == TCP_NODELAY) {
+        int err = injected(H_SETSOCKOPT_NODELAY);
+        if (err) {
+            errno = err;
+            return -1;
+        }
+    }
+    return real_setsockopt(fd, level, name, value, len);
+}
+
+pid_t fork(void) {
+    int err = injected(H_FORK);
+    if (err) {
+        errno = err;
+        return -1;
+    }
+    return real_fork();
+}
+
+int pthread_create(pthread_t *thread, const pthread_attr_t *attr, void *(*start)(void *), void *arg) {
+    int err = injected(H_PTHREAD_CREATE);
+    if (err)
+        return err;
+    return real_pthread_create(thread, attr, start, arg);
+}
+
+int epoll_ctl(int epfd, int op, int fd, struct epoll_event *event) {
+    if (op == EPOLL_CTL_ADD) {
+        int err = injected(H_EPOLL_CTL_ADD);
+        if (err) {
+            errno = err;
+            return -1;
+        }
+    }
+    return real_epoll_ctl(epfd, op, fd, event);
+}
