@@ -20,7 +20,7 @@ use std::time::Duration;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
 
-use crate::support::modes::{Mode, EVENT, THREAD};
+use crate::support::modes::{Mode, EVENT, EVENT_ASYNC, THREAD, THREAD_ASYNC};
 use crate::support::net::upper;
 use crate::support::server::Server;
 
@@ -149,4 +149,18 @@ fn blocking_driver_echoes_any_split() {
 #[test]
 fn nonblocking_driver_echoes_any_split() {
     property(&EVENT);
+}
+
+/// The same through a handler's `Connection`: over the blocking socket side
+/// (`block_on`, thread mode) the coroutine echo gives the sans-IO echo's bytes
+/// for any split.
+#[test]
+fn async_handler_on_a_blocking_socket_echoes_any_split() {
+    property(&THREAD_ASYNC);
+}
+
+/// ... and on the event loop's executor.
+#[test]
+fn async_handler_on_the_event_loop_echoes_any_split() {
+    property(&EVENT_ASYNC);
 }

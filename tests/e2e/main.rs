@@ -9,17 +9,24 @@
 //! - [`hardening`]: load shedding, per-address limits, slowloris and fast
 //!   trickles, dropping root;
 //! - [`prefork`]: the prefork master as a supervisor;
-//! - [`drivers`]: property tests of both drivers over real sockets;
-//! - [`faults`]: the syscall fault-injection shim itself.
+//! - [`drivers`]: property tests of both drivers, and of a handler's
+//!   `Connection` over both, over real sockets;
+//! - [`faults`]: the syscall fault-injection shim itself;
+//! - [`accept_errors`]: the accept policy's error table, a test per row in
+//!   every mode (with the shim);
+//! - [`signals`]: the common signals that are not stops, sent to every mode
+//!   under load: handled as the signal table says, nobody hurt.
 //!
 //! `cargo test --test e2e modes::fork::` runs one mode, `cargo test --test
 //! e2e half_close` one case in every mode, `cargo test --test e2e limits::`
 //! one topic; `-- --nocapture` also prints the figures the tests measure.
 
+mod accept_errors;
 mod drivers;
 mod faults;
 mod hardening;
 mod limits;
 mod modes;
 mod prefork;
+mod signals;
 mod support;

@@ -95,6 +95,8 @@ impl Poller {
     /// rest), metrics requests are read. `events` holds the owner's.
     pub(crate) fn wait(&mut self, events: &mut Events, deadline: Option<Instant>) -> io::Result<()> {
         let now = Instant::now();
+        let retry = self.metrics.as_ref().and_then(|m| m.retry_at());
+        let deadline = [deadline, retry].into_iter().flatten().min();
         let timeout = deadline.map_or(HEARTBEAT, |d| d.saturating_duration_since(now).min(HEARTBEAT));
         let polled = match self.poll.poll(events, Some(timeout)) {
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {
@@ -115,6 +117,9 @@ impl Poller {
                 }
                 _ => {}
             }
+        }
+        if let Some(m) = &mut self.metrics {
+            m.retry(self.poll.registry(), Instant::now());
         }
         Ok(())
     }

@@ -378,11 +378,19 @@ fn accept_guarded<T>(accept: impl FnOnce() -> io::Result<T>) -> io::Result<T> {
     accept()
 }
 
-/// Accepts and closes waiting clients (at most [`MAX_REFUSED`]); returns
-/// how many.
+/// How many clients wait in `listener`'s accept queue now: what a shed or
+/// a refusal may close. Clients that arrive while it runs did not wait, and
+/// are left for the next look (a loop that chased them could go on for as
+/// long as they keep coming).
+fn waiting_now<L: Listen>(listener: &L) -> usize {
+    crate::sys::waiting_clients(listener).unwrap_or(MAX_REFUSED).min(MAX_REFUSED)
+}
+
+/// Accepts and closes the clients waiting now; returns how many.
 fn refuse_waiting<L: Listen>(listener: &L) -> usize {
+    let waiting = waiting_now(listener);
     let mut refused = 0;
-    while refused < MAX_REFUSED {
+    while refused < waiting {
         match accept_guarded(|| listener.accept()) {
             Ok(_) => refused += 1,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -404,8 +412,9 @@ fn shed<L: Listen>(listener: &L) -> usize {
         *reserve = open_reserve();
         return 0;
     }
+    let waiting = waiting_now(listener);
     let mut shed = 0;
-    while shed < MAX_REFUSED {
+    while shed < waiting {
         match listener.accept() {
             Ok(_) => shed += 1,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}

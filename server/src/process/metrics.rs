@@ -17,7 +17,7 @@
 use std::fmt::Write as _;
 use std::io::{self, Read, Write};
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use mio::event::Event;
 use mio::net::{TcpListener, TcpStream};
@@ -30,6 +30,8 @@ use super::scoreboard::{now_ms, Counter, Slot};
 const MAX_CLIENTS: usize = 16;
 /// Request heads longer than this are refused.
 const MAX_HEAD: usize = 8 * 1024;
+/// How long after a failed accept the endpoint tries again.
+const RETRY: Duration = Duration::from_millis(100);
 
 /// Counters of workers that have exited, so totals never go down.
 #[derive(Debug, Default, Clone, Copy)]
@@ -65,6 +67,8 @@ pub(crate) struct Metrics {
     listener: TcpListener,
     base: Token,
     clients: Slab<Client>,
+    /// When to accept again after a failed accept.
+    retry_at: Option<Instant>,
 }
 
 impl Metrics {
@@ -74,7 +78,7 @@ impl Metrics {
             .map_err(|e| io::Error::new(e.kind(), format!("metrics: cannot bind {addr}: {e}")))?;
         registry.register(&mut listener, base, Interest::READABLE)?;
         log::info!("metrics on http://{}/metrics", listener.local_addr()?);
-        Ok(Metrics { listener, base, clients: Slab::new() })
+        Ok(Metrics { listener, base, clients: Slab::new(), retry_at: None })
     }
 
     /// Whether `token` belongs to this endpoint.
@@ -104,6 +108,19 @@ impl Metrics {
         };
         if done {
             self.drop_client(key, registry);
+        }
+    }
+
+    /// When [`Metrics::retry`] is due (after a failed accept).
+    pub(crate) fn retry_at(&self) -> Option<Instant> {
+        self.retry_at
+    }
+
+    /// Accepts again if a failed accept asked for it and its time came.
+    pub(crate) fn retry(&mut self, registry: &Registry, now: Instant) {
+        if self.retry_at.is_some_and(|t| now >= t) {
+            self.retry_at = None;
+            self.accept(registry);
         }
     }
 
@@ -153,9 +170,18 @@ impl Metrics {
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                // That one connection failed: take the next.
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::Interrupted | io::ErrorKind::ConnectionAborted | io::ErrorKind::ConnectionReset
+                    ) => {}
+                // Out of fds, or worse: the listener is edge-triggered, so
+                // what waits now would wait for the next arrival; try again
+                // soon instead.
                 Err(e) => {
-                    log::debug!("metrics accept: {e}");
+                    log::debug!("metrics accept: {e}; retrying in {RETRY:?}");
+                    self.retry_at = Some(Instant::now() + RETRY);
                     return;
                 }
             }

@@ -152,6 +152,30 @@ pub(crate) fn register_listener<L: AsRawFd>(poll: &mio::Poll, listener: &L, toke
     Ok(())
 }
 
+/// How many connections wait in the accept queue of a listening TCP socket
+/// now (`TCP_INFO`: for a socket in LISTEN state the kernel reports its
+/// accept queue's length as `tcpi_unacked`).
+pub(crate) fn waiting_clients<L: AsFd>(listener: &L) -> io::Result<usize> {
+    // SAFETY: an all-zero tcp_info is a valid value (integers only).
+    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+    // SAFETY: the fd is open (borrowed from a live owner); `info` and `len`
+    // are valid for writes of `len` bytes, which the kernel does not exceed.
+    let r = unsafe {
+        libc::getsockopt(
+            listener.as_fd().as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            (&mut info as *mut libc::tcp_info).cast(),
+            &mut len,
+        )
+    };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(info.tcpi_unacked as usize)
+}
+
 /// The epoll fd of `poll`, borrowed for as long as `poll` is (mio exposes
 /// only the raw fd), to `poll(2)` it beside other fds.
 pub(crate) fn poll_fd(poll: &mio::Poll) -> BorrowedFd<'_> {
@@ -175,6 +199,22 @@ mod tests {
         assert!(err.to_string().contains("single-threaded"), "{err}");
         drop(tx);
         let _ = t.join();
+    }
+
+    #[test]
+    fn counts_the_clients_waiting_to_be_accepted() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        assert_eq!(waiting_clients(&l).unwrap(), 0);
+        let clients: Vec<_> = (0..3).map(|_| std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap()).collect();
+        // The handshakes complete in the kernel: wait (bounded) for them.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while waiting_clients(&l).unwrap() < 3 && std::time::Instant::now() < deadline {
+            std::thread::yield_now();
+        }
+        assert_eq!(waiting_clients(&l).unwrap(), 3);
+        drop(l.accept().unwrap());
+        assert_eq!(waiting_clients(&l).unwrap(), 2);
+        drop(clients);
     }
 
     #[test]

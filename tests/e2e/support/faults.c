@@ -6,13 +6,22 @@
  *
  *   SWITCHYARD_FAULTS="accept4:ECONNABORTED:first=3:every=5:count=10,setsockopt_nodelay:EINVAL"
  *
- * A rule is FUNCTION:ERRNO[:first=N][:every=N][:count=N] (defaults: first=1,
- * every=0, count=1). Calls to FUNCTION in this process are numbered from 1;
+ * A rule is FUNCTION:ERRNO[:first=N][:every=N][:count=N][:when=W] (defaults:
+ * first=1, every=0, count=1, every call). Calls to FUNCTION in this process
+ * (only those that meet `when`, if given) are numbered from 1;
  * calls first, first+every, first+2*every, ... fail with ERRNO, count of
  * them at most (every=0: call first only), without calling the real
  * function; every other call goes to the real one (dlsym RTLD_NEXT). The
  * counters are per process: a forked child inherits the parent's counts and
  * goes on from there on its own; an exec'd program starts again from 1.
+ *
+ * `when` narrows which calls count:
+ *   when=pending            accept4, accept: only calls made while a client
+ *                           waits on the listening fd (a zero-timeout poll),
+ *                           so a fault hits a real client's accept rather
+ *                           than a loop's first look at an empty backlog
+ *   when=connected          epoll_ctl_add: only connected sockets (a peer
+ *                           name), not listeners, pipes or eventfds
  *
  * FUNCTION is one of:
  *   accept4, accept         fail with -1 and errno
@@ -32,6 +41,7 @@
 #include <errno.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <poll.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdlib.h>
@@ -47,10 +57,13 @@ static const char *const hook_names[H_COUNT] = {
     "accept4", "accept", "setsockopt_nodelay", "fork", "pthread_create", "epoll_ctl_add",
 };
 
+enum when { W_ALWAYS, W_PENDING, W_CONNECTED };
+
 struct rule {
     int active;
     int err;
     unsigned long first, every, count;
+    enum when when;
 };
 
 static struct rule rules[H_COUNT];
@@ -112,7 +125,7 @@ static int parse_number(const char *s, size_t len, unsigned long *out) {
 /* One rule: [rule, rule+len). */
 static void parse_rule(const char *rule, size_t len) {
     const char *field = rule, *end = rule + len;
-    struct rule r = {1, 0, 1, 0, 1};
+    struct rule r = {1, 0, 1, 0, 1, W_ALWAYS};
     int hook = -1;
     for (int n = 0; field <= end; n++) {
         const char *colon = memchr(field, ':', (size_t)(end - field));
@@ -130,6 +143,13 @@ static void parse_rule(const char *rule, size_t len) {
                     r.err = errnos[e].value;
             if (r.err == 0)
                 die("unknown errno name", rule, len);
+        } else if (flen > 5 && memcmp(field, "when=", 5) == 0) {
+            if (is(field + 5, flen - 5, "pending") && (hook == H_ACCEPT4 || hook == H_ACCEPT))
+                r.when = W_PENDING;
+            else if (is(field + 5, flen - 5, "connected") && hook == H_EPOLL_CTL_ADD)
+                r.when = W_CONNECTED;
+            else
+                die("when=pending is for accept4 and accept, when=connected for epoll_ctl_add", rule, len);
         } else {
             const char *eq = memchr(field, '=', flen);
             unsigned long v;
@@ -183,10 +203,35 @@ __attribute__((constructor)) static void faults_init(void) {
     }
 }
 
-/* The errno call number n of hook h must fail with, or 0. */
-static int injected(enum hook h) {
+/* Whether a client waits on the listening socket fd. */
+static int pending(int fd) {
+    struct pollfd p = {.fd = fd, .events = POLLIN, .revents = 0};
+    return poll(&p, 1, 0) == 1 && (p.revents & POLLIN);
+}
+
+/* Whether fd is a connected socket. */
+static int connected(int fd) {
+    struct sockaddr_storage peer;
+    socklen_t len = sizeof peer;
+    return getpeername(fd, (struct sockaddr *)&peer, &len) == 0;
+}
+
+/* Whether the rule of hook h counts a call on fd. */
+static int counts(enum hook h, int fd) {
+    switch (rules[h].when) {
+    case W_PENDING:
+        return pending(fd);
+    case W_CONNECTED:
+        return connected(fd);
+    default:
+        return 1;
+    }
+}
+
+/* The errno this call of hook h (on fd, or -1) must fail with, or 0. */
+static int injected_on(enum hook h, int fd) {
     const struct rule *r = &rules[h];
-    if (!r->active)
+    if (!r->active || !counts(h, fd))
         return 0;
     unsigned long n = atomic_fetch_add_explicit(&calls[h], 1, memory_order_relaxed) + 1;
     if (n < r->first)
@@ -204,8 +249,12 @@ static int injected(enum hook h) {
     return index < r->count ? r->err : 0;
 }
 
+static int injected(enum hook h) {
+    return injected_on(h, -1);
+}
+
 int accept4(int fd, struct sockaddr *addr, socklen_t *len, int flags) {
-    int err = injected(H_ACCEPT4);
+    int err = injected_on(H_ACCEPT4, fd);
     if (err) {
         errno = err;
         return -1;
@@ -214,7 +263,7 @@ int accept4(int fd, struct sockaddr *addr, socklen_t *len, int flags) {
 }
 
 int accept(int fd, struct sockaddr *addr, socklen_t *len) {
-    int err = injected(H_ACCEPT);
+    int err = injected_on(H_ACCEPT, fd);
     if (err) {
         errno = err;
         return -1;
@@ -251,7 +300,7 @@ int pthread_create(pthread_t *thread, const pthread_attr_t *attr, void *(*start)
 
 int epoll_ctl(int epfd, int op, int fd, struct epoll_event *event) {
     if (op == EPOLL_CTL_ADD) {
-        int err = injected(H_EPOLL_CTL_ADD);
+        int err = injected_on(H_EPOLL_CTL_ADD, fd);
         if (err) {
             errno = err;
             return -1;

@@ -241,15 +241,21 @@ pub fn http_get(addr: SocketAddr, path: &str) -> Result<(u16, String, String), S
 /// `GET /metrics`, which must answer 200 with a text/plain page that
 /// parses.
 pub fn scrape(addr: SocketAddr) -> Scrape {
-    let (code, head, body) = http_get(addr, "/metrics").unwrap_or_else(|e| panic!("GET /metrics: {e}"));
-    assert_eq!(code, 200, "GET /metrics status; head:\n{head}\nbody:\n{body}");
+    try_scrape(addr).unwrap_or_else(|e| panic!("GET /metrics: {e}"))
+}
+
+/// [`scrape`], with what went wrong as an error.
+pub fn try_scrape(addr: SocketAddr) -> Result<Scrape, String> {
+    let (code, head, body) = http_get(addr, "/metrics")?;
+    if code != 200 {
+        return Err(format!("status {code}; head:\n{head}\nbody:\n{body}"));
+    }
     let ctype = head.lines().find_map(|l| l.split_once(':').filter(|(k, _)| k.eq_ignore_ascii_case("content-type")));
-    assert!(
-        ctype.is_some_and(|(_, v)| v.trim().starts_with("text/plain")),
-        "GET /metrics Content-Type is {ctype:?}, expected text/plain"
-    );
-    let samples = parse_exposition(&body).unwrap_or_else(|e| panic!("bad exposition: {e}\n{body}"));
-    Scrape { samples, text: body }
+    if !ctype.is_some_and(|(_, v)| v.trim().starts_with("text/plain")) {
+        return Err(format!("Content-Type is {ctype:?}, expected text/plain"));
+    }
+    let samples = parse_exposition(&body).map_err(|e| format!("bad exposition: {e}\n{body}"))?;
+    Ok(Scrape { samples, text: body })
 }
 
 #[test]

@@ -62,6 +62,52 @@ macro_rules! every_mode {
                 forks: true,
                 args: &["--workers", "2", "--worker", "event", "--reuseport"]
             },
+            // The same table with the echo written as a coroutine
+            // (`--handler async`): every case again, every strategy.
+            serial_async / SERIAL_ASYNC: Mode {
+                name: "serial", concurrent: false, forks: false, args: &["--handler", "async"]
+            },
+            fork_async / FORK_ASYNC: Mode { name: "fork", concurrent: true, forks: true, args: &["--handler", "async"] },
+            thread_async / THREAD_ASYNC: Mode {
+                name: "thread", concurrent: true, forks: false, args: &["--handler", "async"]
+            },
+            pool_async / POOL_ASYNC: Mode { name: "pool", concurrent: true, forks: false, args: &["--handler", "async"] },
+            event_async / EVENT_ASYNC: Mode {
+                name: "event", concurrent: true, forks: false, args: &["--handler", "async"]
+            },
+            reactor_async / REACTOR_ASYNC: Mode {
+                name: "reactor", concurrent: true, forks: false, args: &["--threads", "2", "--handler", "async"]
+            },
+            prefork_event_async / PREFORK_EVENT_ASYNC: Mode {
+                name: "prefork",
+                concurrent: true,
+                forks: true,
+                args: &["--workers", "2", "--worker", "event", "--handler", "async"]
+            },
+            prefork_serial_async / PREFORK_SERIAL_ASYNC: Mode {
+                name: "prefork",
+                concurrent: false,
+                forks: true,
+                args: &["--workers", "6", "--worker", "serial", "--handler", "async"]
+            },
+            prefork_thread_async / PREFORK_THREAD_ASYNC: Mode {
+                name: "prefork",
+                concurrent: true,
+                forks: true,
+                args: &["--workers", "2", "--worker", "thread", "--handler", "async"]
+            },
+            prefork_pool_async / PREFORK_POOL_ASYNC: Mode {
+                name: "prefork",
+                concurrent: true,
+                forks: true,
+                args: &["--workers", "2", "--worker", "pool", "--handler", "async"]
+            },
+            prefork_reuseport_async / PREFORK_REUSEPORT_ASYNC: Mode {
+                name: "prefork",
+                concurrent: true,
+                forks: true,
+                args: &["--workers", "2", "--worker", "event", "--reuseport", "--handler", "async"]
+            },
         }
     };
     (@rows $each:ident $(

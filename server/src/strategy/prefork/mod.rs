@@ -104,8 +104,11 @@ struct Master {
     pid: nix::unistd::Pid,
     poller: Poller,
     board: Scoreboard,
-    /// Index = worker position; one socket (shared) or one per position.
-    listeners: Vec<TcpListener>,
+    /// Where the server listens.
+    addr: std::net::SocketAddr,
+    /// Index = worker position; one socket (shared) or one per position
+    /// (`None`: a position given up by SIGTTOU, re-bound when used again).
+    listeners: Vec<Option<TcpListener>>,
     workers: Children<Worker>,
     target: usize,
     boot_failures: u32,
@@ -134,10 +137,11 @@ impl Master {
             if cfg.reuseport { "one SO_REUSEPORT socket per worker" } else { "one shared listener" }
         );
         Ok(Master {
+            addr: listener.local_addr()?,
             pid: nix::unistd::getpid(),
             poller,
             board,
-            listeners: vec![listener],
+            listeners: vec![Some(listener)],
             workers: Children::new(),
             target,
             boot_failures: 0,
@@ -210,8 +214,18 @@ impl Master {
                     w.info.old = true;
                 }
             }
-            if notices.more + notices.fewer > 0 {
-                self.target = (self.target + notices.more as usize).saturating_sub(notices.fewer as usize).max(1);
+            let fewer = if notices.fewer > 0 && self.ctx.config.reuseport && !migrates_queued_connections() {
+                log::info!(
+                    "SIGTTOU: ignored with --reuseport: a worker's socket cannot leave the SO_REUSEPORT group \
+                     without resetting the connections queued in it (the kernel moves them to a sibling only \
+                     with net.ipv4.tcp_migrate_req=1)"
+                );
+                0
+            } else {
+                notices.fewer
+            };
+            if notices.more + fewer > 0 {
+                self.target = (self.target + notices.more as usize).saturating_sub(fewer as usize).max(1);
                 log::info!("workers: target now {}", self.target);
             }
             self.retire(now);
@@ -256,6 +270,14 @@ impl Master {
             };
             if drain && !w.told() {
                 log::info!("worker {}: draining", w.pid);
+                if !w.info.old && self.ctx.config.reuseport {
+                    // Its position is given up: its socket closes now (the
+                    // worker closes its copy as it drains), or the kernel
+                    // would go on handing it connections nobody accepts.
+                    if let Some(l) = self.listeners.get_mut(w.info.position) {
+                        *l = None;
+                    }
+                }
                 board.slot(w.info.slot).set_state(State::Draining);
                 w.stop(Signal::SIGTERM, kill_at);
             }
@@ -280,15 +302,18 @@ impl Master {
         let slot = self.board.slot(slot_index);
         slot.claim(0);
         let index = if self.ctx.config.reuseport { position } else { 0 };
-        while self.listeners.len() <= index {
-            let addr = self.listeners[0].local_addr()?;
-            self.listeners
-                .push(listener::bind(addr, BindOptions { backlog: self.ctx.config.backlog, reuseport: true })?);
+        if self.listeners.len() <= index {
+            self.listeners.resize_with(index + 1, || None);
         }
+        if self.listeners[index].is_none() {
+            let opts = BindOptions { backlog: self.ctx.config.backlog, reuseport: true };
+            self.listeners[index] = Some(listener::bind(self.addr, opts)?);
+        }
+        let listener = self.listeners[index].as_ref().expect("bound above").try_clone()?;
         let cfg = &self.ctx.config;
         self.seq += 1;
         let max_requests = cfg.max_requests.map(|n| n + jitter(cfg.max_requests_jitter, self.seq));
-        Ok(Prepared { position, slot_index, slot, listener: self.listeners[index].try_clone()?, max_requests })
+        Ok(Prepared { position, slot_index, slot, listener, max_requests })
     }
 
     fn spawned(&mut self, pid: nix::unistd::Pid, prep: Prepared) {
@@ -324,6 +349,13 @@ impl Master {
             self.workers.iter().map(|w| (w.pid.as_raw() as u32, self.board.slot(w.info.slot))).collect();
         metrics::render(&workers, self.retired, self.spawned_total, self.deaths_total, self.started.elapsed())
     }
+}
+
+/// Whether the kernel hands the connections queued in a closing
+/// SO_REUSEPORT listener to another listener of its group (Linux 5.14+,
+/// `net.ipv4.tcp_migrate_req`), instead of resetting them.
+fn migrates_queued_connections() -> bool {
+    std::fs::read_to_string("/proc/sys/net/ipv4/tcp_migrate_req").is_ok_and(|v| v.trim() == "1")
 }
 
 /// A deterministic spread in 0..=j for the seq-th worker.

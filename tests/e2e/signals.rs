@@ -1,0 +1,173 @@
+//! The signal table, in every mode, under load: every signal an operator or
+//! a terminal commonly sends besides the stops (SIGHUP, SIGTTIN, SIGTTOU,
+//! SIGWINCH, SIGPIPE, SIGUSR1, SIGUSR2, SIGALRM) goes to the server and to
+//! each of its children while clients echo all along. None may kill or stop
+//! a process or cost a client anything; each one the table has a meaning
+//! or a note for is logged as the table says (a prefork master reloads and
+//! resizes its workers, everyone else says what the signal means there).
+//! The stops have their own tests (`modes`).
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+
+use crate::support::modes::{every_mode, Mode};
+use crate::support::net::{close_cleanly, roundtrip, try_connect};
+use crate::support::process::{exit_signal, poll_until, signal_pid};
+use crate::support::server::{Server, SETTLE_TIMEOUT};
+
+/// The signals sent, and what the server process logs for each (`{mode}`
+/// is the mode's name); `None`: ignored without a word (SIGPIPE).
+fn expected(mode: &Mode, sig: Signal) -> Option<String> {
+    let m = mode.name;
+    let prefork = m == "prefork";
+    let workers: usize =
+        mode.args.windows(2).find(|w| w[0] == "--workers").map_or(0, |w| w[1].parse().expect("--workers N"));
+    Some(match sig {
+        Signal::SIGHUP if prefork => "SIGHUP: rolling restart of".to_string(),
+        Signal::SIGHUP => format!("SIGHUP: nothing to reload in {m} mode"),
+        Signal::SIGTTIN if prefork => format!("workers: target now {}", workers + 1),
+        Signal::SIGTTIN => format!("SIGTTIN: no workers to add in {m} mode"),
+        // With --reuseport a worker's socket cannot leave its group without
+        // resetting its queued connections, so the master refuses (unless
+        // the kernel migrates them).
+        Signal::SIGTTOU if prefork && mode.args.contains(&"--reuseport") && !migrates() => {
+            "SIGTTOU: ignored with --reuseport".to_string()
+        }
+        Signal::SIGTTOU if prefork => format!("workers: target now {workers}"),
+        Signal::SIGTTOU => format!("SIGTTOU: no workers to remove in {m} mode"),
+        Signal::SIGWINCH => "SIGWINCH: terminal resized: nothing to do".to_string(),
+        Signal::SIGPIPE => return None,
+        other => format!("{other}: no meaning in {m} mode: ignored"),
+    })
+}
+
+/// Whether this kernel migrates a closing SO_REUSEPORT listener's queue.
+fn migrates() -> bool {
+    std::fs::read_to_string("/proc/sys/net/ipv4/tcp_migrate_req").is_ok_and(|v| v.trim() == "1")
+}
+
+const SENT: [Signal; 8] = [
+    Signal::SIGHUP,
+    Signal::SIGTTIN,
+    Signal::SIGTTOU,
+    Signal::SIGWINCH,
+    Signal::SIGPIPE,
+    Signal::SIGUSR1,
+    Signal::SIGUSR2,
+    Signal::SIGALRM,
+];
+
+/// Clients that echo until told to stop (at most 60 s): each opens a
+/// connection, does 20 round trips and closes it, again and again.
+struct Load {
+    stop: Arc<AtomicBool>,
+    trips: Arc<AtomicU64>,
+    errors: Arc<Mutex<Vec<String>>>,
+    threads: Vec<thread::JoinHandle<()>>,
+}
+
+impl Load {
+    fn start(server: &Server, clients: usize) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let trips = Arc::new(AtomicU64::new(0));
+        let errors = Arc::new(Mutex::new(Vec::new()));
+        let threads = (0..clients)
+            .map(|c| {
+                let (stop, trips, errors, addr) = (stop.clone(), trips.clone(), errors.clone(), server.addr);
+                thread::spawn(move || {
+                    let deadline = Instant::now() + Duration::from_secs(60);
+                    let mut conn = 0;
+                    while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+                        conn += 1;
+                        let r = (|| {
+                            let mut s = try_connect(addr).map_err(|e| format!("connect: {e}"))?;
+                            for i in 0..20 {
+                                roundtrip(&mut s, format!("client {c} conn {conn} trip {i}").as_bytes())?;
+                                trips.fetch_add(1, Ordering::Relaxed);
+                            }
+                            close_cleanly(&mut s)
+                        })();
+                        if let Err(e) = r {
+                            errors.lock().unwrap().push(format!("client {c}, connection {conn}: {e}"));
+                        }
+                    }
+                })
+            })
+            .collect();
+        Load { stop, trips, errors, threads }
+    }
+
+    /// Waits (bounded) until `n` more round trips were done.
+    fn progresses(&self, n: u64) -> bool {
+        let target = self.trips.load(Ordering::Relaxed) + n;
+        poll_until(SETTLE_TIMEOUT, || self.trips.load(Ordering::Relaxed) >= target)
+    }
+
+    fn finish(self) -> (u64, Vec<String>) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads {
+            t.join().unwrap();
+        }
+        (self.trips.load(Ordering::Relaxed), std::mem::take(&mut *self.errors.lock().unwrap()))
+    }
+}
+
+fn common_signals_neither_kill_nor_freeze(mode: &Mode) {
+    let mut server = Server::start(mode, &["--grace", "5"]);
+    let load = Load::start(&server, 4);
+    assert!(load.progresses(50), "{}: no traffic before the signals\n{}", mode.name, server.log());
+    for sig in SENT {
+        server.signal(sig);
+        if let Some(line) = expected(mode, sig) {
+            assert!(
+                server.wait_log_line(&line, SETTLE_TIMEOUT).is_some(),
+                "{}: {sig} not handled as the table says (no {line:?} in the log)\n{}",
+                mode.name,
+                server.log()
+            );
+        }
+        assert!(server.is_running(), "{}: {sig} ended the server\n{}", mode.name, server.log());
+        assert!(load.progresses(20), "{}: no traffic after {sig}\n{}", mode.name, server.log());
+    }
+    // And to every child (fork children serving clients, prefork workers),
+    // as a terminal's process group would get them.
+    for child in server.live_children() {
+        for sig in SENT {
+            // A fork child may have finished its client meanwhile.
+            let _ = signal_pid(child.pid, sig);
+        }
+    }
+    assert!(load.progresses(50), "{}: no traffic after signalling the children\n{}", mode.name, server.log());
+    let (trips, errors) = load.finish();
+    assert!(
+        errors.is_empty(),
+        "{}: clients failed ({trips} round trips):\n{}\n{}",
+        mode.name,
+        errors.join("\n"),
+        server.log()
+    );
+    assert!(server.is_running(), "{}: the server died\n{}", mode.name, server.log());
+    server.signal(Signal::SIGTERM);
+    let status = server.wait_exit(Duration::from_secs(15));
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "{}: exit after SIGTERM: {status:?} (signal {:?})\n{}",
+        mode.name,
+        status.as_ref().and_then(exit_signal),
+        server.log()
+    );
+}
+
+macro_rules! signal_tests {
+    ($id:ident, $konst:ident, $name:literal, $concurrent:tt, $forks:tt, $args:expr) => {
+        #[test]
+        fn $id() {
+            common_signals_neither_kill_nor_freeze(&crate::support::modes::$konst);
+        }
+    };
+}
+every_mode!(signal_tests);
