@@ -41,9 +41,14 @@ impl FloorRow {
         (median(self.client.iter().map(f).collect()), median(self.loadgen.iter().map(f).collect()))
     }
 
-    /// The median of the pairwise ratios client / loadgen of CPU per message.
+    /// The pairwise ratios client / loadgen of CPU per message.
+    pub fn ratios(&self) -> Vec<f64> {
+        self.client.iter().zip(&self.loadgen).map(|(c, l)| c.cpu_us_per_msg / l.cpu_us_per_msg).collect()
+    }
+
+    /// Their median.
     pub fn ratio(&self) -> f64 {
-        median(self.client.iter().zip(&self.loadgen).map(|(c, l)| c.cpu_us_per_msg / l.cpu_us_per_msg).collect())
+        median(self.ratios())
     }
 }
 
@@ -60,7 +65,12 @@ fn run_child(mut cmd: Command) -> Result<(f64, String), String> {
     let out = cmd.stdin(Stdio::null()).output().map_err(|e| e.to_string())?;
     let cpu = children_cpu() - before;
     if !out.status.success() {
-        return Err(format!("{:?} exited with {}: {}", cmd.get_program(), out.status, String::from_utf8_lossy(&out.stderr)));
+        return Err(format!(
+            "{:?} exited with {}: {}",
+            cmd.get_program(),
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        ));
     }
     Ok((cpu, String::from_utf8_lossy(&out.stdout).into_owned()))
 }
@@ -101,6 +111,9 @@ fn one(p: &Programs, server_pid: u32, tool: &str, secs: f64, addr: &str) -> Resu
 /// Client and load generator in turn against one `spec` server.
 pub fn measure(p: &Programs, spec: &'static ModeSpec, o: &Opts) -> FloorRow {
     let secs = if o.quick { 1.0 } else { 3.0 };
+    // Pairs: this shared machine's noise moves single runs by ±30%, so more
+    // pairs than the other figures' repeats.
+    let pairs = if o.quick { 2 } else { o.repeats.max(5) };
     let mut row = FloorRow { server: spec.name, secs, ..Default::default() };
     let server = match p.start(spec, &[]) {
         Ok(s) => s,
@@ -110,9 +123,9 @@ pub fn measure(p: &Programs, spec: &'static ModeSpec, o: &Opts) -> FloorRow {
         }
     };
     let killer = server.killer();
-    let _watchdog = killer.arm(Duration::from_secs_f64((secs + 10.0) * 2.0 * o.repeats as f64 + 30.0));
+    let _watchdog = killer.arm(Duration::from_secs_f64((secs + 10.0) * 2.0 * pairs as f64 + 30.0));
     let addr = server.addr.to_string();
-    for _ in 0..o.repeats {
+    for _ in 0..pairs {
         for tool in ["client", "loadgen"] {
             match one(p, server.pid, tool, secs, &addr) {
                 Ok(r) if tool == "client" => row.client.push(r),

@@ -473,10 +473,10 @@ fn floor_markdown(res: &Results, s: &mut String) {
     let _ = writeln!(
         s,
         "The `client` binary (`-t 1`) and `benches/strategies/loadgen.rs` (one thread, mio, a fixed buffer per \
-         connection, bytes compared, one clock read per reply) take turns against one server, {} run(s) of {secs:.0} s \
-         each; CPU is each process's whole user + system time (`getrusage` of the reaped child) per message it \
-         completed. Medians; the ratio is the median of the pairwise ratios.\n",
-        res.opts.repeats
+         connection, bytes compared, one clock read per reply) take turns against one server, {} pair(s) of {secs:.0} s \
+         runs; CPU is each process's whole user + system time (`getrusage` of the reaped child) per message it \
+         completed. Medians; the ratio is the median of the pairwise ratios (their range in brackets).\n",
+        res.floor[0].client.len()
     );
     let _ = writeln!(
         s,
@@ -493,11 +493,13 @@ fn floor_markdown(res: &Results, s: &mut String) {
         let (cs, ls) = r.medians(|t| t.server_cpu_us_per_msg);
         let _ = writeln!(
             s,
-            "| {} | {} | {} | {:.2}× | {} | {} | {} | {} |",
+            "| {} | {} | {} | {:.2}× ({:.2}–{:.2}) | {} | {} | {} | {} |",
             r.server,
             us(cc),
             us(lc),
             r.ratio(),
+            r.ratios().into_iter().fold(f64::MAX, f64::min),
+            r.ratios().into_iter().fold(0.0, f64::max),
             num(cr),
             num(lr),
             us(cs),

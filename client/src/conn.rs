@@ -491,7 +491,10 @@ impl Conn {
                 k += 1;
                 pos += (msg.len() - o) as u64;
             }
-            match stream.write_vectored(&bufs[..k]) {
+            // One message (the usual case): send(2), which skips the VFS
+            // layer (and its fsnotify hook) that writev(2) goes through.
+            let r = if k == 1 { stream.write(&bufs[0]) } else { stream.write_vectored(&bufs[..k]) };
+            match r {
                 Ok(0) => return Err(ErrorKind::Other),
                 Ok(n) => self.wpos += n as u64,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),

@@ -28,7 +28,7 @@ use crate::pacing::{share, Pacer, NANOS_PER_SEC};
 use crate::payload::Payloads;
 use crate::progress::Series;
 use crate::report::Report;
-use crate::stats::{thread_cpu_secs, ErrorKind, Recorder, Tick};
+use crate::stats::{thread_cpu_secs, ErrorKind, Recorder, Tick, TickSink};
 use crate::timer::Waker;
 
 /// How often each loop checks timeouts and sends its per-second tick.
@@ -95,15 +95,22 @@ pub fn run(cfg: &Config) -> io::Result<Report> {
     let t0 = Instant::now();
     let plan = Plan::new(cfg, threads, SystemTime::now());
     let mut series = Series::new(threads, plan.measure_start_ns, cfg.progress, cfg.conns);
+    if threads == 1 {
+        // One engine thread: run it here, feeding the series itself.
+        let sink = TickSink::Series(Box::new(series));
+        let mut rec = Thread::new(0, 1, cfg, &plan, &payloads, t0, sink).run()?;
+        let series = rec.take_series().expect("the series the ticks went into");
+        return Ok(Report::from_run(cfg, threads, &plan, &[rec], series.finish(), 0.0));
+    }
     let (tx, rx) = mpsc::channel::<Tick>();
     let recorders = std::thread::scope(|s| {
         let handles: Vec<_> = (0..threads)
             .map(|t| {
                 let tx = tx.clone();
                 let payloads = &payloads;
-                std::thread::Builder::new()
-                    .name(format!("client-{t}"))
-                    .spawn_scoped(s, move || Thread::new(t, threads, cfg, &plan, payloads, t0, tx).run())
+                std::thread::Builder::new().name(format!("client-{t}")).spawn_scoped(s, move || {
+                    Thread::new(t, threads, cfg, &plan, payloads, t0, TickSink::Channel(tx)).run()
+                })
             })
             .collect::<io::Result<_>>()?;
         drop(tx);
@@ -169,11 +176,11 @@ impl<'a> Thread<'a> {
         plan: &'a Plan,
         payloads: &'a Payloads,
         t0: Instant,
-        ticks: mpsc::Sender<Tick>,
+        sink: TickSink,
     ) -> Thread<'a> {
         let paced = cfg.rate.is_some();
         let depth = cfg.effective_depth();
-        let mut rec = Recorder::new(t, plan.measure_start_ns, paced, Some(ticks));
+        let mut rec = Recorder::new(t, plan.measure_start_ns, paced, sink);
         let mut conns = Vec::new();
         let mut budget = 0;
         for i in (t..cfg.conns).step_by(threads) {

@@ -20,6 +20,7 @@ use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 
 use crate::pacing::NANOS_PER_SEC;
+use crate::progress::Series;
 
 /// Largest latency a histogram tells apart (100 s); larger values saturate.
 pub const HIST_MAX_NS: u64 = 100 * NANOS_PER_SEC;
@@ -349,14 +350,38 @@ pub struct Recorder {
     sec_errors: u64,
     sec: Hists,
     sec_warmup: Histogram<u64>,
-    ticks: Option<Sender<Tick>>,
+    sink: TickSink,
+    /// The thread's CPU time when the recorder was made.
+    cpu0: f64,
+}
+
+/// Where a recorder's per-second ticks go.
+pub enum TickSink {
+    /// Nowhere.
+    None,
+    /// To the main thread, which assembles the series (several engine threads).
+    Channel(Sender<Tick>),
+    /// Straight into the series (one engine thread, run on the calling thread:
+    /// a process with a single thread also spares libc's cancellation
+    /// bookkeeping around every system call).
+    Series(Box<Series>),
+}
+
+impl std::fmt::Debug for TickSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            TickSink::None => "None",
+            TickSink::Channel(_) => "Channel",
+            TickSink::Series(_) => "Series",
+        })
+    }
 }
 
 impl Recorder {
     /// A recorder whose statistics start at `measure_start_ns` (after
-    /// warm-up), sending one [`Tick`] per second to `ticks` if given;
+    /// warm-up), sending one [`Tick`] per second to `sink`;
     /// `paced` (fixed rate) records the uncorrected latency apart.
-    pub fn new(thread: usize, measure_start_ns: u64, paced: bool, ticks: Option<Sender<Tick>>) -> Recorder {
+    pub fn new(thread: usize, measure_start_ns: u64, paced: bool, sink: TickSink) -> Recorder {
         Recorder {
             hists: Hists::default(),
             connect: new_histogram(),
@@ -387,7 +412,8 @@ impl Recorder {
             sec_errors: 0,
             sec: Hists::default(),
             sec_warmup: new_histogram(),
-            ticks,
+            sink,
+            cpu0: thread_cpu_secs(),
         }
     }
 
@@ -459,13 +485,27 @@ impl Recorder {
     }
 
     /// Sends the current (partial) second as the thread's last tick, records
-    /// the end time and the thread's CPU time, and lets go of the channel.
+    /// the end time and the CPU time the thread used since the recorder was
+    /// made, and lets go of the channel (if it sends to one).
     pub fn finish(&mut self, now_ns: u64) {
         self.tick(now_ns, 0);
         self.send_second(0, true);
-        self.ticks = None;
+        if let TickSink::Channel(_) = self.sink {
+            self.sink = TickSink::None;
+        }
         self.end_ns = now_ns;
-        self.cpu_secs = thread_cpu_secs();
+        self.cpu_secs = thread_cpu_secs() - self.cpu0;
+    }
+
+    /// The series the ticks went into, if they went straight into one.
+    pub fn take_series(&mut self) -> Option<Series> {
+        match std::mem::replace(&mut self.sink, TickSink::None) {
+            TickSink::Series(s) => Some(*s),
+            other => {
+                self.sink = other;
+                None
+            }
+        }
     }
 
     fn send_second(&mut self, conns_open: u64, last: bool) {
@@ -492,9 +532,11 @@ impl Recorder {
         };
         self.second += 1;
         self.second_end_ns += NANOS_PER_SEC;
-        if let Some(tx) = &self.ticks {
+        match &mut self.sink {
             // The main thread may have gone; the tick is then just dropped.
-            let _ = tx.send(tick);
+            TickSink::Channel(tx) => drop(tx.send(tick)),
+            TickSink::Series(s) => s.add(tick),
+            TickSink::None => {}
         }
     }
 }
@@ -523,7 +565,7 @@ mod tests {
 
     #[test]
     fn warmup_messages_are_not_measured() {
-        let mut r = Recorder::new(0, 1000, true, None);
+        let mut r = Recorder::new(0, 1000, true, TickSink::None);
         r.outstanding = 2;
         r.complete(999, 999, 2000, 64);
         r.complete(1000, 1500, 2000, 64);
@@ -536,7 +578,7 @@ mod tests {
 
     #[test]
     fn closed_loop_latencies_are_one() {
-        let mut r = Recorder::new(0, 0, false, None);
+        let mut r = Recorder::new(0, 0, false, TickSink::None);
         r.outstanding = 1;
         r.complete(100, 100, 700, 64);
         r.finish(800);
@@ -547,7 +589,7 @@ mod tests {
 
     #[test]
     fn saturating_record_clamps() {
-        let mut r = Recorder::new(0, 0, false, None);
+        let mut r = Recorder::new(0, 0, false, TickSink::None);
         r.outstanding = 1;
         r.complete(0, 0, 10 * HIST_MAX_NS, 1);
         r.finish(10 * HIST_MAX_NS);
@@ -557,7 +599,7 @@ mod tests {
 
     #[test]
     fn lag_is_recorded_for_measured_messages_only() {
-        let mut r = Recorder::new(0, 1000, true, None);
+        let mut r = Recorder::new(0, 1000, true, TickSink::None);
         r.took_up(500, 600);
         r.took_up(1000, 1250);
         r.finish(2000);
@@ -583,7 +625,7 @@ mod tests {
     #[test]
     fn ticks_cover_every_second_and_add_up_to_the_totals() {
         let (tx, rx) = std::sync::mpsc::channel();
-        let mut r = Recorder::new(0, 0, false, Some(tx));
+        let mut r = Recorder::new(0, 0, false, TickSink::Channel(tx));
         r.outstanding = 3;
         r.complete(0, 0, 10, 8);
         r.complete(0, 0, 2 * NANOS_PER_SEC + 10, 8);
