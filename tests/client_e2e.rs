@@ -249,6 +249,7 @@ fn bad_arguments_exit_2() {
         &["--start-at", "2001-01-01T00:00:00Z", "-n", "1"],
         &["--max-lag", "soon"],
         &["--seed", "-1"],
+        &["--spin", "soon"],
         &["plot", "r.json"],
     ] {
         let o = client(args);

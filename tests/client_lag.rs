@@ -2,7 +2,8 @@
 //! 300 ms (SIGSTOP, then SIGCONT) sends the messages that fell due meanwhile
 //! late; that shows up in the lag histogram, the report says the corrected
 //! figures include the client's own delay, and `--max-lag` makes it a
-//! failure. A run left alone stays within a generous `--max-lag`. Bounded by
+//! failure. A run left alone (here with `--spin`) stays within a generous
+//! `--max-lag`. Bounded by
 //! `--duration`; processes are killed by PID when the test ends.
 
 mod client_support;
@@ -77,11 +78,14 @@ fn a_client_left_alone_stays_within_a_generous_max_lag() {
         "1s",
         "--max-lag",
         "1s",
+        "--spin",
+        "50us",
         "--json",
         &json,
     ]);
     assert_eq!(o.status.code(), Some(0), "{}", describe(&o));
     let (r, _) = read_report(&json);
+    assert_eq!(r.config.spin_secs, 50e-6);
     assert_eq!(r.lag.len(), r.messages + r.unfinished);
     assert!(r.lag.max() < 1_000_000_000, "lag max {} ns", r.lag.max());
 }

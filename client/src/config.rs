@@ -38,6 +38,9 @@ pub struct Config {
     pub start_at: Option<SystemTime>,
     /// Fixed rate: fail the run when the p99 of the client's schedule lag exceeds this.
     pub max_lag: Option<Duration>,
+    /// Fixed rate: wake this long before each send and poll without sleeping
+    /// until it is due (less lag, more CPU; zero: sleep until due).
+    pub spin: Duration,
     /// A new connection per message (connect, send, read, close).
     pub reconnect: bool,
     /// How long to measure (after warm-up). With `messages`, whichever ends first.
@@ -84,6 +87,7 @@ impl Default for Config {
             seed: DEFAULT_SEED,
             start_at: None,
             max_lag: None,
+            spin: Duration::ZERO,
             reconnect: false,
             duration: None,
             messages: None,

@@ -145,6 +145,15 @@ fn ns_since(t0: Instant) -> u64 {
     t0.elapsed().as_nanos() as u64
 }
 
+/// A message due at a fixed rate, not yet sent.
+#[derive(Clone, Copy, Debug)]
+struct Due {
+    /// When it was due (ns since the start of the run).
+    sched: u64,
+    /// Its lag is recorded (it found every connection busy).
+    lag_taken: bool,
+}
+
 /// One event loop: connections `t`, `t + threads`, `t + 2 * threads`, ...
 struct Thread<'a> {
     cfg: &'a Config,
@@ -155,8 +164,8 @@ struct Thread<'a> {
     conns: Vec<Conn>,
     /// Fixed rate: the connections that may take a message, longest-waiting first.
     free: VecDeque<usize>,
-    /// Fixed rate: messages taken up (their scheduled times) waiting for a free connection.
-    backlog: VecDeque<u64>,
+    /// Fixed rate: messages due and waiting for a free connection.
+    backlog: VecDeque<Due>,
     pacer: Option<Pacer>,
     connect_rate: u64,
     /// Connections not done.
@@ -274,7 +283,12 @@ impl<'a> Thread<'a> {
         }
     }
 
-    /// Takes up every message due by `now` and hands what it can to free connections.
+    /// Takes up every message due by `now` and hands what it can to free
+    /// connections. A message's lag is how late it left against its
+    /// schedule: the clock is read as each one is handed to its socket (a
+    /// batch of late messages leaves one after the other); a message that
+    /// finds every connection busy has its lag taken when it is taken up,
+    /// and waits for a connection in the backlog.
     fn dispatch(&mut self, reg: &Registry, now: u64) {
         let Some(pacer) = self.pacer.as_mut() else { return };
         let before = self.backlog.len();
@@ -291,22 +305,37 @@ impl<'a> Thread<'a> {
                 }
             }
             pacer.take();
-            self.rec.took_up(sched, now);
-            self.backlog.push_back(sched);
+            self.backlog.push_back(Due { sched, lag_taken: false });
         }
         let added = self.backlog.len() - before;
-        while let Some(&sched) = self.backlog.front() {
+        let mut t = now;
+        while let Some(&due) = self.backlog.front() {
             let Some(i) = self.free.pop_front() else { break };
             self.conns[i].queued = false;
             if !self.conns[i].is_free(&self.ctx) {
                 continue;
             }
             self.backlog.pop_front();
+            if !due.lag_taken {
+                self.rec.took_up(due.sched, t);
+            }
             let was = self.conns[i].state() == State::Done;
-            let r = self.conns[i].dispatch(sched, &self.ctx, &mut self.rec, reg, now);
+            let r = self.conns[i].dispatch(due.sched, &self.ctx, &mut self.rec, reg, t);
             self.settle(i, was, r, reg);
+            t = ns_since(self.t0);
+        }
+        // Every connection is busy: the rest wait, late by the server's doing from here on.
+        for due in self.backlog.iter_mut().filter(|d| !d.lag_taken) {
+            due.lag_taken = true;
+            self.rec.took_up(due.sched, t);
         }
         self.rec.waited_for_conn += added.min(self.backlog.len()) as u64;
+    }
+
+    /// Whether a message is due by `now`, or waits while a connection is free.
+    fn wants_dispatch(&self, now: u64) -> bool {
+        !self.ctx.stopping
+            && (self.next_due().is_some_and(|at| at <= now) || (!self.backlog.is_empty() && !self.free.is_empty()))
     }
 
     /// The next time the pacer wants the loop awake, if it does.
@@ -323,6 +352,7 @@ impl<'a> Thread<'a> {
         let mut now = ns_since(self.t0);
         let mut poll = Poll::new()?;
         let mut waker = Waker::new(poll.registry(), WAKER)?;
+        let spin_ns = self.cfg.spin.as_nanos() as u64;
         loop {
             let reg = poll.registry();
             if !self.ctx.stopping && (self.plan.deadline_ns.is_some_and(|d| now >= d) || self.budget_done()) {
@@ -372,15 +402,22 @@ impl<'a> Thread<'a> {
             }
             // Pacing and the start of a coordinated run want the exact nanosecond.
             let precise = self.next_due().into_iter().chain((!self.kicked).then_some(self.ctx.origin)).min();
+            // With --spin, the timer wakes the loop that much early and it
+            // polls without sleeping until the moment comes.
+            let mut busy = false;
             if let Some(at) = precise.filter(|&at| at < wake) {
                 wake = at;
-                waker.arm(at, now)?;
+                if at.saturating_sub(now) <= spin_ns {
+                    busy = true;
+                } else {
+                    waker.arm(at - spin_ns, now)?;
+                }
             }
             if self.started < self.conns.len() && !self.ctx.stopping {
                 let next = self.started as u128 * u128::from(NANOS_PER_SEC) / u128::from(self.connect_rate);
                 wake = wake.min(next as u64);
             }
-            let wait = Duration::from_nanos(wake.saturating_sub(now));
+            let wait = if busy { Duration::ZERO } else { Duration::from_nanos(wake.saturating_sub(now)) };
             match poll.poll(&mut events, Some(wait)) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -401,6 +438,11 @@ impl<'a> Thread<'a> {
                 let was = self.conns[i].state() == State::Done;
                 let r = self.conns[i].on_event(ev, &self.ctx, &mut self.rec, reg, &mut scratch, now);
                 self.settle(i, was, r, reg);
+                // A message that fell due while the batch is handled, or that waits
+                // for the connection this event freed, goes now, not after the batch.
+                if self.wants_dispatch(now) {
+                    self.dispatch(reg, now);
+                }
             }
             now = ns_since(self.t0);
         }

@@ -43,6 +43,8 @@ pub struct RunInfo {
     pub start_at_unix: Option<f64>,
     /// `--max-lag`, s.
     pub max_lag_secs: Option<f64>,
+    /// `--spin`, s.
+    pub spin_secs: f64,
     /// One connection per message.
     pub reconnect: bool,
     /// Measured duration asked for, s.
@@ -76,6 +78,7 @@ impl RunInfo {
             seed: cfg.seed,
             start_at_unix: cfg.start_at.map(unix_secs),
             max_lag_secs: cfg.max_lag.map(|d| d.as_secs_f64()),
+            spin_secs: cfg.spin.as_secs_f64(),
             reconnect: cfg.reconnect,
             duration_secs: cfg.effective_duration().map(|d| d.as_secs_f64()),
             messages: cfg.messages,
