@@ -8,6 +8,7 @@
 use std::io;
 use std::path::Path;
 
+use plotters::coord::ranged1d::ValueFormatter;
 use plotters::coord::types::RangedCoordf64;
 use plotters::prelude::*;
 
@@ -46,34 +47,30 @@ fn panel(
     let xr = 0f64..x.max(1.0);
     if log {
         let mut c = chart.build_cartesian_2d(xr, (1f64..ymax * 4.0).log_scale()).map_err(err)?;
-        c.configure_mesh()
-            .x_desc("seconds")
-            .y_desc(desc)
-            .y_label_formatter(&|y| format!("{y:.0}"))
-            .draw()
-            .map_err(err)?;
-        draw_lines(&mut c, lines)
+        draw_lines(&mut c, desc, lines)
     } else {
         let mut c = chart.build_cartesian_2d(xr, 0f64..ymax * 1.3).map_err(err)?;
-        c.configure_mesh()
-            .x_desc("seconds")
-            .y_desc(desc)
-            .y_label_formatter(&|y| format!("{y:.0}"))
-            .draw()
-            .map_err(err)?;
-        draw_lines(&mut c, lines)
+        draw_lines(&mut c, desc, lines)
     }
 }
 
-/// Draws `lines` and their legend into `chart`.
+/// Draws the axes (y described by `desc`), `lines` and their legend into `chart`.
 fn draw_lines<'a, 'b, Y>(
     chart: &mut ChartContext<'a, SVGBackend<'b>, Cartesian2d<RangedCoordf64, Y>>,
+    desc: &str,
     lines: &[Line],
 ) -> io::Result<()>
 where
-    Y: Ranged<ValueType = f64>,
+    Y: Ranged<ValueType = f64> + ValueFormatter<f64>,
     'b: 'a,
 {
+    chart
+        .configure_mesh()
+        .x_desc("seconds")
+        .y_desc(desc)
+        .y_label_formatter(&|y| format!("{y:.0}"))
+        .draw()
+        .map_err(err)?;
     for l in lines {
         let c = l.color;
         chart

@@ -12,27 +12,18 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::{Arc, Mutex};
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use switchyard::client::Report;
 use switchyard::common::upper::to_upper;
 
+// The end-to-end tests' shared harness; only its bounded poll is used here.
+#[path = "../support/mod.rs"]
+mod support;
+pub use support::poll_until;
+
 /// How long a server may take to print its `listening on` line (and its metrics line).
 pub const START_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Polls `cond` every 10 ms until it holds or `timeout` passes; whether it held.
-pub fn poll_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if cond() {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        thread::sleep(Duration::from_millis(10));
-    }
-}
 
 /// Raises this process's open-file limit to its hard limit (the client and
 /// server processes a test starts inherit it); returns the new soft limit.
