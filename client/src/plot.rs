@@ -78,6 +78,7 @@ where
             .map_err(err)?
             .label(l.name)
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(2)));
+        chart.draw_series(l.points.iter().map(|&p| Circle::new(p, 2, c.filled()))).map_err(err)?;
     }
     chart
         .configure_series_labels()
@@ -94,14 +95,15 @@ pub fn svg(r: &Report, title: &str, path: &Path) -> io::Result<()> {
         return Err(io::Error::new(io::ErrorKind::InvalidData, "the report has no per-second series"));
     }
     let paced = r.target_rate.is_some() && r.series.iter().any(|s| s.lag_p99_us.is_some());
+    // Each second is drawn at its middle.
     let x = r.series.iter().map(|s| s.t).fold(0.0, f64::max);
     let pts = |f: &dyn Fn(&crate::SecondStat) -> Option<f64>| -> Vec<(f64, f64)> {
-        r.series.iter().filter_map(|s| f(s).map(|v| (s.t, v.max(1.0)))).collect()
+        r.series.iter().filter_map(|s| f(s).map(|v| (s.t - 0.5, v.max(1.0)))).collect()
     };
     let rate = vec![Line {
         name: "messages per second",
         color: BLUE,
-        points: r.series.iter().map(|s| (s.t, s.messages as f64)).collect(),
+        points: r.series.iter().map(|s| (s.t - 0.5, s.messages as f64)).collect(),
     }];
     let mut latency = vec![
         Line { name: "p50", color: BLUE, points: pts(&|s| s.p50_us) },
