@@ -17,7 +17,6 @@ use mio::event::Event;
 use mio::net::TcpStream;
 use mio::{Interest, Registry, Token};
 use socket2::{Domain, Protocol, Socket, Type};
-use switchyard_common::upper::is_upper_of;
 
 use crate::payload::Payloads;
 use crate::stats::{ErrorKind, Recorder};
@@ -79,6 +78,15 @@ pub struct Conn {
     base: u64,
     wpos: u64,
     rpos: u64,
+    /// Where reading and writing are, kept without divisions: the offset in
+    /// the current message, and where that message starts in the payload buffer.
+    r_off: usize,
+    r_pay: usize,
+    w_off: usize,
+    w_pay: usize,
+    /// The slots of the next message to issue and of the next to complete.
+    i_slot: usize,
+    c_slot: usize,
     bad: bool,
     slots: Box<[Slot]>,
     /// Closed loop: measured messages this connection may still issue.
@@ -136,6 +144,12 @@ impl Conn {
             base: 0,
             wpos: 0,
             rpos: 0,
+            r_off: 0,
+            r_pay: 0,
+            w_off: 0,
+            w_pay: 0,
+            i_slot: 0,
+            c_slot: 0,
             bad: false,
             slots: vec![Slot::default(); depth].into_boxed_slice(),
             budget,
@@ -216,6 +230,10 @@ impl Conn {
         self.base = self.issued;
         self.wpos = 0;
         self.rpos = 0;
+        self.r_off = 0;
+        self.w_off = 0;
+        self.r_pay = ctx.payloads.offset(self.id, self.base);
+        self.w_pay = self.r_pay;
         Ok(())
     }
 
@@ -340,24 +358,26 @@ impl Conn {
         reg: &Registry,
         now: u64,
     ) -> Result<(), ErrorKind> {
-        let size = ctx.payloads.size() as u64;
+        let size = ctx.payloads.size();
         while !data.is_empty() {
             if self.rpos >= self.wpos {
                 // The server sent bytes we never sent.
                 return Err(ErrorKind::Mismatch);
             }
-            let j = self.rpos / size;
-            let o = (self.rpos % size) as usize;
-            let m = self.base + j;
-            let msg = ctx.payloads.message(self.id, m);
-            let n = data.len().min(msg.len() - o).min((self.wpos - self.rpos) as usize);
-            if !is_upper_of(&msg[o..o + n], &data[..n]) {
+            let expected = ctx.payloads.reply_at(self.r_pay);
+            let o = self.r_off;
+            let n = data.len().min(size - o).min((self.wpos - self.rpos) as usize);
+            if expected[o..o + n] != data[..n] {
                 self.bad = true;
             }
             self.rpos += n as u64;
+            self.r_off += n;
             data = &data[n..];
-            if o + n == msg.len() {
-                let slot = self.slots[(m % self.slots.len() as u64) as usize];
+            if self.r_off == size {
+                self.r_off = 0;
+                self.r_pay = ctx.payloads.next_offset(self.r_pay);
+                let slot = self.slots[self.c_slot];
+                self.c_slot = self.wrap(self.c_slot + 1);
                 self.completed += 1;
                 let bad = std::mem::take(&mut self.bad);
                 if bad {
@@ -378,7 +398,7 @@ impl Conn {
                     self.close(reg, State::Done);
                     return Ok(());
                 }
-                rec.complete(slot.sched, slot.sent, now, size);
+                rec.complete(slot.sched, slot.sent, now, size as u64);
                 if ctx.reconnect && last {
                     self.close(reg, State::Waiting);
                 }
@@ -389,8 +409,8 @@ impl Conn {
 
     /// Puts a message scheduled at `sched` into the pipeline at `now`.
     fn issue(&mut self, sched: u64, now: u64, check: bool, rec: &mut Recorder) {
-        let i = (self.issued % self.slots.len() as u64) as usize;
-        self.slots[i] = Slot { sched, sent: now, check };
+        self.slots[self.i_slot] = Slot { sched, sent: now, check };
+        self.i_slot = self.wrap(self.i_slot + 1);
         self.issued += 1;
         if !check {
             rec.outstanding += 1;
@@ -473,30 +493,49 @@ impl Conn {
         }
     }
 
+    /// Slot index `i` wrapped around the pipeline's depth.
+    #[inline]
+    fn wrap(&self, i: usize) -> usize {
+        if i == self.slots.len() {
+            0
+        } else {
+            i
+        }
+    }
+
     /// Writes issued bytes until done or the socket would block.
     fn flush(&mut self, ctx: &Ctx) -> Result<(), ErrorKind> {
-        let size = ctx.payloads.size() as u64;
-        let target = (self.issued - self.base) * size;
-        let Some(stream) = self.stream.as_mut() else {
-            return Ok(());
-        };
+        let size = ctx.payloads.size();
+        let target = (self.issued - self.base) * size as u64;
         while self.wpos < target {
+            let Some(stream) = self.stream.as_mut() else {
+                return Ok(());
+            };
+            if target - self.wpos <= (size - self.w_off) as u64 {
+                // The rest of one message (the usual case): send(2), which
+                // skips the VFS layer (and its fsnotify hook) of writev(2).
+                match stream.write(&ctx.payloads.at(self.w_pay)[self.w_off..]) {
+                    Ok(0) => return Err(ErrorKind::Other),
+                    Ok(n) => self.wrote(n, ctx),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(kind_of(&e)),
+                }
+                continue;
+            }
             let mut bufs = [IoSlice::new(&[]); 16];
             let mut k = 0;
-            let mut pos = self.wpos;
+            let (mut pos, mut off, mut pay) = (self.wpos, self.w_off, self.w_pay);
             while k < bufs.len() && pos < target {
-                let o = (pos % size) as usize;
-                let msg = ctx.payloads.message(self.id, self.base + pos / size);
-                bufs[k] = IoSlice::new(&msg[o..]);
+                bufs[k] = IoSlice::new(&ctx.payloads.at(pay)[off..]);
                 k += 1;
-                pos += (msg.len() - o) as u64;
+                pos += (size - off) as u64;
+                off = 0;
+                pay = ctx.payloads.next_offset(pay);
             }
-            // One message (the usual case): send(2), which skips the VFS
-            // layer (and its fsnotify hook) that writev(2) goes through.
-            let r = if k == 1 { stream.write(&bufs[0]) } else { stream.write_vectored(&bufs[..k]) };
-            match r {
+            match stream.write_vectored(&bufs[..k]) {
                 Ok(0) => return Err(ErrorKind::Other),
-                Ok(n) => self.wpos += n as u64,
+                Ok(n) => self.wrote(n, ctx),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(kind_of(&e)),
@@ -505,12 +544,27 @@ impl Conn {
         Ok(())
     }
 
+    /// Moves the write position on by `n` bytes.
+    fn wrote(&mut self, mut n: usize, ctx: &Ctx) {
+        let size = ctx.payloads.size();
+        self.wpos += n as u64;
+        while n > 0 {
+            let take = n.min(size - self.w_off);
+            self.w_off += take;
+            n -= take;
+            if self.w_off == size {
+                self.w_off = 0;
+                self.w_pay = ctx.payloads.next_offset(self.w_pay);
+            }
+        }
+    }
+
     /// The timeout this connection has run into at `now`, if any.
     pub fn check_timeout(&self, now: u64, timeout_ns: u64) -> Option<ErrorKind> {
         match self.state {
             State::Connecting(started) if now.saturating_sub(started) > timeout_ns => Some(ErrorKind::ConnectTimeout),
             State::Open if self.in_flight() > 0 => {
-                let oldest = self.slots[(self.completed % self.slots.len() as u64) as usize];
+                let oldest = self.slots[self.c_slot];
                 (now.saturating_sub(oldest.sent) > timeout_ns).then_some(ErrorKind::ReplyTimeout)
             }
             _ => None,

@@ -18,7 +18,7 @@
 use std::collections::VecDeque;
 use std::io;
 use std::sync::mpsc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use mio::{Events, Poll, Registry, Token};
 
@@ -92,13 +92,13 @@ pub fn run(cfg: &Config) -> io::Result<Report> {
     let threads = cfg.threads.min(cfg.conns);
     let payloads = Payloads::new(cfg.payload, cfg.size);
     let cpu0 = thread_cpu_secs();
-    let t0 = Instant::now();
+    let clock = Clock::start();
     let plan = Plan::new(cfg, threads, SystemTime::now());
     let mut series = Series::new(threads, plan.measure_start_ns, cfg.progress, cfg.conns);
     if threads == 1 {
         // One engine thread: run it here, feeding the series itself.
         let sink = TickSink::Series(Box::new(series));
-        let mut rec = Thread::new(0, 1, cfg, &plan, &payloads, t0, sink).run()?;
+        let mut rec = Thread::new(0, 1, cfg, &plan, &payloads, clock, sink).run()?;
         let series = rec.take_series().expect("the series the ticks went into");
         return Ok(Report::from_run(cfg, threads, &plan, &[rec], series.finish(), 0.0));
     }
@@ -109,7 +109,7 @@ pub fn run(cfg: &Config) -> io::Result<Report> {
                 let tx = tx.clone();
                 let payloads = &payloads;
                 std::thread::Builder::new().name(format!("client-{t}")).spawn_scoped(s, move || {
-                    Thread::new(t, threads, cfg, &plan, payloads, t0, TickSink::Channel(tx)).run()
+                    Thread::new(t, threads, cfg, &plan, payloads, clock, TickSink::Channel(tx)).run()
                 })
             })
             .collect::<io::Result<_>>()?;
@@ -140,9 +140,33 @@ pub fn ramp_ns(cfg: &Config, threads: usize) -> u64 {
         .unwrap_or(0)
 }
 
-/// Nanoseconds since `t0`.
-fn ns_since(t0: Instant) -> u64 {
-    t0.elapsed().as_nanos() as u64
+/// The run's clock: nanoseconds on CLOCK_MONOTONIC since the run started,
+/// read with one clock_gettime (vDSO) and a subtraction (the hot path reads
+/// it once per event and once per send; `Instant` arithmetic costs more).
+#[derive(Clone, Copy, Debug)]
+pub struct Clock {
+    base: u64,
+}
+
+impl Clock {
+    fn raw() -> u64 {
+        use nix::time::{clock_gettime, ClockId};
+        // CLOCK_MONOTONIC cannot fail on Linux; 0 would only freeze the run's clock.
+        clock_gettime(ClockId::CLOCK_MONOTONIC)
+            .map(|t| t.tv_sec() as u64 * NANOS_PER_SEC + t.tv_nsec() as u64)
+            .unwrap_or(0)
+    }
+
+    /// A clock whose zero is now.
+    pub fn start() -> Clock {
+        Clock { base: Clock::raw() }
+    }
+
+    /// Nanoseconds since the clock's zero.
+    #[inline]
+    pub fn now(&self) -> u64 {
+        Clock::raw().saturating_sub(self.base)
+    }
 }
 
 /// A message due at a fixed rate, not yet sent.
@@ -158,7 +182,7 @@ struct Due {
 struct Thread<'a> {
     cfg: &'a Config,
     plan: &'a Plan,
-    t0: Instant,
+    clock: Clock,
     ctx: Ctx<'a>,
     rec: Recorder,
     conns: Vec<Conn>,
@@ -184,7 +208,7 @@ impl<'a> Thread<'a> {
         cfg: &'a Config,
         plan: &'a Plan,
         payloads: &'a Payloads,
-        t0: Instant,
+        clock: Clock,
         sink: TickSink,
     ) -> Thread<'a> {
         let paced = cfg.rate.is_some();
@@ -216,7 +240,7 @@ impl<'a> Thread<'a> {
         Thread {
             cfg,
             plan,
-            t0,
+            clock,
             ctx,
             rec,
             conns,
@@ -322,7 +346,7 @@ impl<'a> Thread<'a> {
             let was = self.conns[i].state() == State::Done;
             let r = self.conns[i].dispatch(due.sched, &self.ctx, &mut self.rec, reg, t);
             self.settle(i, was, r, reg);
-            t = ns_since(self.t0);
+            t = self.clock.now();
         }
         // Every connection is busy: the rest wait, late by the server's doing from here on.
         for due in self.backlog.iter_mut().filter(|d| !d.lag_taken) {
@@ -349,7 +373,7 @@ impl<'a> Thread<'a> {
         let mut events = Events::with_capacity(1024);
         let mut scratch = vec![0u8; SCRATCH];
         let mut next_tick = 0;
-        let mut now = ns_since(self.t0);
+        let mut now = self.clock.now();
         let mut poll = Poll::new()?;
         let mut waker = Waker::new(poll.registry(), WAKER)?;
         let spin_ns = self.cfg.spin.as_nanos() as u64;
@@ -359,8 +383,9 @@ impl<'a> Thread<'a> {
                 self.stop(reg, now);
             }
             // The ramp: at most `connect_rate` new connections per second.
-            let allowed = (1 + u128::from(self.connect_rate) * u128::from(now) / u128::from(NANOS_PER_SEC)) as usize;
-            while !self.ctx.stopping && self.started < self.conns.len().min(allowed) {
+            let rate = u128::from(self.connect_rate);
+            let allowed = || (1 + rate * u128::from(now) / u128::from(NANOS_PER_SEC)) as usize;
+            while !self.ctx.stopping && self.started < self.conns.len() && self.started < allowed() {
                 let i = self.started;
                 self.started += 1;
                 let r = self.conns[i].start(&self.ctx, &mut self.rec, reg, now);
@@ -434,7 +459,7 @@ impl<'a> Thread<'a> {
                     continue;
                 }
                 // Per event: a large batch must not age the later timestamps.
-                now = ns_since(self.t0);
+                now = self.clock.now();
                 let was = self.conns[i].state() == State::Done;
                 let r = self.conns[i].on_event(ev, &self.ctx, &mut self.rec, reg, &mut scratch, now);
                 self.settle(i, was, r, reg);
@@ -444,9 +469,9 @@ impl<'a> Thread<'a> {
                     self.dispatch(reg, now);
                 }
             }
-            now = ns_since(self.t0);
+            now = self.clock.now();
         }
-        self.rec.finish(ns_since(self.t0));
+        self.rec.finish(self.clock.now());
         Ok(self.rec)
     }
 }

@@ -62,6 +62,10 @@ impl SecondStat {
     pub fn from_hists(t: f64, messages: u64, bytes: u64, errors: u64, conns_open: u64, h: &Hists) -> SecondStat {
         let us = |h: &Histogram<u64>, q: f64| h.value_at_quantile(q) as f64 / 1e3;
         let some = |h: &Histogram<u64>, q: f64| (!h.is_empty()).then(|| us(h, q));
+        let p99 = us(&h.latency, 0.99);
+        let latency = encode_histogram(&h.latency);
+        // Closed loop: the uncorrected latency is the corrected one; walk and encode it once.
+        let same = h.uncorrected == h.latency;
         SecondStat {
             t,
             messages,
@@ -69,14 +73,14 @@ impl SecondStat {
             errors,
             conns_open,
             p50_us: Some(us(&h.latency, 0.5)),
-            p99_us: Some(us(&h.latency, 0.99)),
+            p99_us: Some(p99),
             max_us: h.latency.max() as f64 / 1e3,
-            uncorrected_p99_us: Some(us(&h.uncorrected, 0.99)),
+            uncorrected_p99_us: Some(if same { p99 } else { us(&h.uncorrected, 0.99) }),
             lag_p99_us: some(&h.lag, 0.99),
             lag_max_us: some(&h.lag, 1.0),
             histograms: Some(SecondHistograms {
-                latency: encode_histogram(&h.latency),
-                latency_uncorrected: encode_histogram(&h.uncorrected),
+                latency_uncorrected: if same { latency.clone() } else { encode_histogram(&h.uncorrected) },
+                latency,
                 lag: encode_histogram(&h.lag),
             }),
         }
