@@ -10,7 +10,9 @@
 //! - fixed rate at 50% of the mode's measured peak (latency under moderate load);
 //! - one connection per message (connections per second);
 //! - `--work cpu:N` and `--work sleep:MS` (CPU-bound vs IO-bound handlers);
-//! - RSS per idle connection and server CPU per message (issue 3).
+//! - RSS per idle connection and server CPU per message (issue 3);
+//! - the client's CPU per message against a minimal mio load generator
+//!   (issue 12; `strategies/floor.rs`, `strategies/loadgen.rs`).
 //!
 //! Every run is bounded (duration, client timeouts, and a watchdog that
 //! kills the server if a run overruns); every server is SIGKILLed with its
@@ -18,16 +20,23 @@
 //! CPU per message, summed over the whole process tree; peak RSS; client CPU
 //! per message) lead every table. Output: Markdown on stdout,
 //! `<target>/bench/results.json`, SVG plots beside it, and with `--write-docs`
-//! `docs/BENCHMARKS.md` + `docs/bench/*.svg`. Exit status 1 if any run had
-//! verification errors (or could not run).
+//! `docs/BENCHMARKS.md` + `docs/bench/*.svg` (with `--docs-dir DIR`: the same
+//! files in DIR instead, e.g. to check the generator on a quick run); the
+//! generated document also renders `docs/bench/c100k.json`, the latest
+//! result of `scripts/c100k.sh`. Exit status 1 if any run had verification
+//! errors (or could not run).
 //!
 //! The tokio baseline is this same binary re-executed with `--serve-tokio`
 //! (so it is a separate process built in the same profile; see
 //! `strategies/tokio_echo.rs`); the C baseline is `benches/c/epoll_echo.c`,
 //! compiled here with `cc -O2`.
 
+#[path = "strategies/floor.rs"]
+mod floor;
 #[path = "strategies/idle.rs"]
 mod idle;
+#[path = "strategies/loadgen.rs"]
+mod loadgen;
 #[path = "strategies/output.rs"]
 mod output;
 #[path = "strategies/plot.rs"]
@@ -110,7 +119,13 @@ pub struct Opts {
     pub modes: Option<Vec<String>>,
     pub out: PathBuf,
     pub write_docs: bool,
+    /// Where `--write-docs` writes (default: the workspace's docs/).
+    pub docs_dir: Option<PathBuf>,
     pub idle_only: bool,
+    /// Only the client-vs-load-generator CPU table.
+    pub floor_only: bool,
+    /// The client-vs-load-generator CPU table.
+    pub floor: bool,
     pub idle: bool,
     pub idle_conns: usize,
     pub repeats: usize,
@@ -131,7 +146,10 @@ impl Opts {
             modes: None,
             out: target_dir().join("bench"),
             write_docs: false,
+            docs_dir: None,
             idle_only: false,
+            floor_only: false,
+            floor: true,
             idle: true,
             idle_conns: 10_000,
             repeats: 3,
@@ -156,6 +174,12 @@ impl Opts {
                 "--modes" => o.modes = Some(val("--modes")?.split(',').map(str::to_string).collect()),
                 "--out" => o.out = PathBuf::from(val("--out")?),
                 "--write-docs" => o.write_docs = true,
+                "--docs-dir" => {
+                    o.docs_dir = Some(PathBuf::from(val("--docs-dir")?));
+                    o.write_docs = true;
+                }
+                "--floor" => o.floor_only = true,
+                "--no-floor" => o.floor = false,
                 "--conns" => conns = Some(list(&val("--conns")?)?),
                 "--sizes" => sizes = Some(list(&val("--sizes")?)?),
                 "--idle" => o.idle_only = true,
@@ -165,8 +189,8 @@ impl Opts {
                 "--idle-conns" => idle_conns = Some(val("--idle-conns")?.parse().map_err(|_| "bad --idle-conns")?),
                 "-h" | "--help" => {
                     return Err("usage: cargo bench --bench strategies -- [--quick|--full] [--modes a,b] [--out DIR] \
-                                [--write-docs] [--idle] [--no-idle] [--repeats N] [--duration SECS] [--idle-conns N] \
-                                [--conns 1,10] [--sizes 64,4096]"
+                                [--write-docs] [--docs-dir DIR] [--idle] [--no-idle] [--floor] [--no-floor] \
+                                [--repeats N] [--duration SECS] [--idle-conns N] [--conns 1,10] [--sizes 64,4096]"
                         .into())
                 }
                 other => return Err(format!("unknown argument {other}")),
@@ -530,6 +554,7 @@ pub struct Results {
     pub unavailable: Vec<(&'static str, String)>,
     pub rows: Vec<Row>,
     pub idle: Vec<idle::IdleResult>,
+    pub floor: Vec<floor::FloorRow>,
     pub started: String,
     pub elapsed: Duration,
     pub machine: output::Machine,
@@ -549,6 +574,9 @@ fn small_conns(spec: &ModeSpec) -> usize {
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some(loadgen::FLAG) {
+        return loadgen::main_with(&args[2..]);
+    }
     if args.get(1).map(String::as_str) == Some(tokio_echo::SERVE_FLAG) {
         let (Some(flavor), Some(addr)) = (args.get(2), args.get(3).and_then(|a| a.parse::<SocketAddr>().ok())) else {
             eprintln!("usage: {} {} FLAVOR ADDR", args[0], tokio_echo::SERVE_FLAG);
@@ -629,7 +657,8 @@ fn run_all(opts: Opts) -> Result<bool, String> {
     }
     let mut rows = Vec::new();
     let mut idle_results = Vec::new();
-    if !opts.idle_only {
+    let only = opts.idle_only || opts.floor_only;
+    if !only {
         eprintln!("closed loop ({} repeats of {:?} + {:?} warm-up):", opts.repeats, opts.duration, opts.warmup);
         for &size in &opts.sizes {
             for &conns in &opts.conns {
@@ -687,12 +716,31 @@ fn run_all(opts: Opts) -> Result<bool, String> {
             }
         }
     }
-    if opts.idle || opts.idle_only {
+    if (opts.idle && !only) || opts.idle_only {
         eprintln!("idle connections ({} per server):", opts.idle_conns);
         for spec in modes.iter().filter(|s| s.idle) {
             let r = idle::measure(&p, spec, opts.idle_conns);
             eprintln!("  {:<15} {}", spec.name, r.describe());
             idle_results.push(r);
+        }
+    }
+    let mut floor_rows = Vec::new();
+    if (opts.floor && !only) || opts.floor_only {
+        let servers: &[&str] = if opts.quick { &["event"] } else { &["event", "c-epoll"] };
+        for spec in modes.iter().filter(|s| servers.contains(&s.name)) {
+            eprintln!(
+                "client vs minimal load generator ({} conns, {} B, closed loop) on {}:",
+                floor::CONNS,
+                floor::SIZE,
+                spec.name
+            );
+            let r = floor::measure(&p, spec, &opts);
+            let (c, l) = r.medians(|t| t.cpu_us_per_msg);
+            match &r.failure {
+                Some(f) => eprintln!("  FAILED: {f}"),
+                None => eprintln!("  client {c:.2} µs/msg, loadgen {l:.2} µs/msg: {:.2}×", r.ratio()),
+            }
+            floor_rows.push(r);
         }
     }
     let results = Results {
@@ -701,12 +749,14 @@ fn run_all(opts: Opts) -> Result<bool, String> {
         unavailable,
         rows,
         idle: idle_results,
+        floor: floor_rows,
         started,
         elapsed: t0.elapsed(),
         machine,
     };
-    let ok =
-        results.rows.iter().all(|r| r.median.failure.is_none()) && results.idle.iter().all(|r| r.failure.is_none());
+    let ok = results.rows.iter().all(|r| r.median.failure.is_none())
+        && results.idle.iter().all(|r| r.failure.is_none())
+        && results.floor.iter().all(|r| r.failure.is_none());
     output::write_all(&results)?;
     eprintln!("strategies: done in {:.0} s", t0.elapsed().as_secs_f64());
     Ok(ok)

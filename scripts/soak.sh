@@ -73,7 +73,7 @@ REPLY_TIMEOUT=15s
 # serve one connection at a time per process (see start_load). Those queue
 # normal clients behind hostile ones, by design, for longer than the
 # default --queue-timeout (the idle timeout), which would then refuse them;
-# tests/e2e_hardening.rs (fast_trickle_*) covers that refusal. Here the limit
+# tests/e2e/hardening.rs (fast_trickle_*) covers that refusal. Here the limit
 # is set past REPLY_TIMEOUT so that every failed normal client counts.
 SERIAL_QUEUE=(--queue-timeout 30)
 MODE_TABLE=(

@@ -454,6 +454,105 @@ pub fn markdown(res: &Results) -> String {
         }
         s.push('\n');
     }
+    floor_markdown(res, &mut s);
+    s
+}
+
+/// Issue 12: the client's CPU per message against the minimal load generator.
+fn floor_markdown(res: &Results, s: &mut String) {
+    if res.floor.is_empty() {
+        return;
+    }
+    let secs = res.floor[0].secs;
+    let _ = writeln!(
+        s,
+        "### Client CPU per message against a minimal load generator ({} conns, {} B, closed loop, same server)\n",
+        crate::floor::CONNS,
+        crate::floor::SIZE
+    );
+    let _ = writeln!(
+        s,
+        "The `client` binary (`-t 1`) and `benches/strategies/loadgen.rs` (one thread, mio, a fixed buffer per \
+         connection, bytes compared, one clock read per reply) take turns against one server, {} pair(s) of {secs:.0} s \
+         runs; CPU is each process's whole user + system time (`getrusage` of the reaped child) per message it \
+         completed. Medians; the ratio is the median of the pairwise ratios (their range in brackets).\n",
+        res.floor[0].client.len()
+    );
+    let _ = writeln!(
+        s,
+        "| server | client CPU µs/msg | loadgen CPU µs/msg | client / loadgen | client msgs/s | loadgen msgs/s | server CPU µs/msg (client) | server CPU µs/msg (loadgen) |"
+    );
+    let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---:|---:|");
+    for r in &res.floor {
+        if let Some(f) = &r.failure {
+            let _ = writeln!(s, "| {} | **FAILED**: {f} | | | | | | |", r.server);
+            continue;
+        }
+        let (cc, lc) = r.medians(|t| t.cpu_us_per_msg);
+        let (cr, lr) = r.medians(|t| t.msgs_per_sec);
+        let (cs, ls) = r.medians(|t| t.server_cpu_us_per_msg);
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {:.2}× ({:.2}–{:.2}) | {} | {} | {} | {} |",
+            r.server,
+            us(cc),
+            us(lc),
+            r.ratio(),
+            r.ratios().into_iter().fold(f64::MAX, f64::min),
+            r.ratios().into_iter().fold(0.0, f64::max),
+            num(cr),
+            num(lr),
+            us(cs),
+            us(ls)
+        );
+    }
+    if let Some(r) = res.floor.iter().find(|r| r.failure.is_none()) {
+        let x = r.ratio();
+        let _ = writeln!(
+            s,
+            "\nTarget (issue 12): client / loadgen at most 1.00 — measured {x:.2}× against {}: {}.",
+            r.server,
+            if x <= 1.0 { "met" } else { "**not met**" }
+        );
+    }
+    s.push('\n');
+}
+
+/// The latest `scripts/c100k.sh` result (`docs/bench/c100k.json`), as Markdown.
+pub fn c100k_markdown(root: &std::path::Path) -> String {
+    let path = root.join("docs/bench/c100k.json");
+    let Some(v) = fs::read_to_string(&path).ok().and_then(|t| serde_json::from_str::<Value>(&t).ok()) else {
+        return format!("No result yet: run `scripts/c100k.sh` (it writes `{}`).", "docs/bench/c100k.json");
+    };
+    let f = |k: &str| v[k].as_f64().unwrap_or(0.0);
+    let txt = |k: &str| v[k].as_str().unwrap_or("?").to_string();
+    let lat = |k: &str, q: &str| v[k][q].as_f64().map(us).unwrap_or_else(|| "–".into());
+    let mut s = String::new();
+    let _ = writeln!(s, "`{}` on commit {} ({}), {}.\n", txt("command"), txt("commit"), txt("date"), txt("machine"));
+    let _ = writeln!(s, "| target conns | held to the end | errors | server RSS per conn | server RSS | msgs/s | p50 µs | p99 µs | max µs | lag p99 µs | limit |");
+    let _ = writeln!(s, "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|");
+    let _ = writeln!(
+        s,
+        "| {} | {} | {} | {} B | {} | {} | {} | {} | {} | {} | {} |",
+        num(f("target")),
+        num(f("held")),
+        num(f("errors")),
+        num(v["server"]["rss_per_conn_bytes"].as_f64().unwrap_or(0.0)),
+        bytes(v["server"]["rss_bytes"].as_f64().unwrap_or(0.0)),
+        num(f("msgs_per_sec")),
+        lat("latency_us", "p50"),
+        lat("latency_us", "p99"),
+        lat("latency_us", "max"),
+        lat("lag_us", "p99"),
+        txt("limit")
+    );
+    let _ = writeln!(
+        s,
+        "\n{} server workers (`--mode prefork --worker event`), {} client instances (one source address each, \
+         127.0.0.2 upwards), {} msgs/s in total over every connection for {} s (uniform arrivals, round robin over \
+         the connections); server RSS is the sum over the server's process tree while every connection was held.",
+        v["server"]["workers"], v["instances"], v["rate"], v["hold_secs"]
+    );
     s
 }
 
@@ -577,6 +676,12 @@ fn results_json(res: &Results) -> Value {
         "unavailable": res.unavailable.iter().map(|(n, w)| json!({"mode": n, "why": w})).collect::<Vec<_>>(),
         "rows": rows,
         "idle": idle,
+        "cpu_floor": res.floor.iter().map(|r| {
+            let run = |t: &crate::floor::ToolRun| json!({"cpu_us_per_msg": t.cpu_us_per_msg, "msgs_per_sec": t.msgs_per_sec, "server_cpu_us_per_msg": t.server_cpu_us_per_msg});
+            json!({"server": r.server, "conns": crate::floor::CONNS, "size": crate::floor::SIZE, "secs": r.secs,
+                   "client": r.client.iter().map(run).collect::<Vec<_>>(), "loadgen": r.loadgen.iter().map(run).collect::<Vec<_>>(),
+                   "ratio": if r.failure.is_none() { json!(r.ratio()) } else { Value::Null }, "failure": r.failure})
+        }).collect::<Vec<_>>(),
     })
 }
 
@@ -592,7 +697,7 @@ pub fn write_all(res: &Results) -> Result<(), String> {
     eprintln!("wrote {} and {} plots in {}", json_path.display(), plots.len(), out.display());
     if res.opts.write_docs {
         let root = crate::workspace_root();
-        let docs = root.join("docs");
+        let docs = res.opts.docs_dir.clone().unwrap_or_else(|| root.join("docs"));
         let bench = docs.join("bench");
         fs::create_dir_all(&bench).map_err(|e| e.to_string())?;
         for p in &plots {
@@ -613,6 +718,7 @@ pub fn write_all(res: &Results) -> Result<(), String> {
             .replace("{{ELAPSED}}", &format!("{:.0}", res.elapsed.as_secs_f64()))
             .replace("{{FIGURES}}", &figures)
             .replace("{{RESULTS}}", &md)
+            .replace("{{C100K}}", &c100k_markdown(&root))
             .replace(
                 "{{MICRO}}",
                 &micro_markdown().unwrap_or_else(|| "No criterion results were found in the target directory.".into()),

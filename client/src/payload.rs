@@ -1,8 +1,9 @@
 //! Precomputed message payloads. One buffer per run holds `size` bytes plus a
 //! little slack; message `k` of connection `c` is a window into it at an offset
 //! derived from `(c, k)`, so consecutive messages differ without any
-//! allocation on the hot path. `conn.rs` asks for a message's bytes both when
-//! it writes them and when it checks the reply against their uppercase.
+//! allocation on the hot path. `conn.rs` asks for a message's bytes when it
+//! writes them, and for their uppercase (computed once, with the buffer) when
+//! it compares the reply with it.
 
 use std::fmt;
 use std::str::FromStr;
@@ -45,10 +46,14 @@ impl fmt::Display for PayloadKind {
 /// (a prime, so offsets cycle through all of them).
 const SLACK: usize = 4093;
 
-/// The payload buffer of a run.
+/// How far apart consecutive messages of a connection start (below `SLACK`).
+const STEP: usize = 613;
+
+/// The payload buffer of a run, and its uppercase (what the replies must be).
 #[derive(Debug)]
 pub struct Payloads {
     buf: Vec<u8>,
+    upper: Vec<u8>,
     size: usize,
 }
 
@@ -56,7 +61,7 @@ impl Payloads {
     /// Builds the buffer for messages of `size` bytes.
     pub fn new(kind: PayloadKind, size: usize) -> Payloads {
         let len = size + SLACK;
-        let buf = match kind {
+        let buf: Vec<u8> = match kind {
             PayloadKind::Text => {
                 const TEXT: &[u8] = b"The quick brown fox jumps over the lazy dog; Pack my box with five dozen liquor jugs! 0123456789 ";
                 TEXT.iter().copied().cycle().take(len).collect()
@@ -75,7 +80,8 @@ impl Payloads {
                     .collect()
             }
         };
-        Payloads { buf, size }
+        let upper = switchyard_common::upper::to_upper(&buf);
+        Payloads { buf, upper, size }
     }
 
     /// Bytes per message.
@@ -86,8 +92,37 @@ impl Payloads {
     /// The bytes of message `k` of connection `conn`.
     #[inline]
     pub fn message(&self, conn: u64, k: u64) -> &[u8] {
-        let off = (conn.wrapping_mul(7919).wrapping_add(k.wrapping_mul(613)) % SLACK as u64) as usize;
+        self.at(self.offset(conn, k))
+    }
+
+    /// Where message `k` of connection `conn` starts in the buffer.
+    #[inline]
+    pub fn offset(&self, conn: u64, k: u64) -> usize {
+        (conn.wrapping_mul(7919).wrapping_add(k.wrapping_mul(STEP as u64)) % SLACK as u64) as usize
+    }
+
+    /// Where the message after the one at `off` (of the same connection)
+    /// starts: the next offset without a division, for the hot path.
+    #[inline]
+    pub fn next_offset(&self, off: usize) -> usize {
+        let o = off + STEP;
+        if o >= SLACK {
+            o - SLACK
+        } else {
+            o
+        }
+    }
+
+    /// The message that starts at `off`.
+    #[inline]
+    pub fn at(&self, off: usize) -> &[u8] {
         &self.buf[off..off + self.size]
+    }
+
+    /// The reply expected to the message that starts at `off`: its uppercase.
+    #[inline]
+    pub fn reply_at(&self, off: usize) -> &[u8] {
+        &self.upper[off..off + self.size]
     }
 }
 
@@ -111,5 +146,20 @@ mod tests {
         b.message(1, 1).iter().for_each(|&x| seen[x as usize] = true);
         assert!(seen.iter().all(|&s| s));
         assert_eq!(Payloads::new(PayloadKind::Random, 0).message(5, 5), b"");
+        let r = Payloads::new(PayloadKind::Random, 64);
+        let off = r.offset(3, 9);
+        assert!(switchyard_common::upper::is_upper_of(r.at(off), r.reply_at(off)));
+    }
+
+    #[test]
+    fn next_offset_walks_the_messages_of_a_connection() {
+        let p = Payloads::new(PayloadKind::Random, 16);
+        for conn in [0u64, 1, 7, 123_456] {
+            let mut off = p.offset(conn, 0);
+            for k in 1..10_000 {
+                off = p.next_offset(off);
+                assert_eq!(off, p.offset(conn, k), "conn {conn} message {k}");
+            }
+        }
     }
 }

@@ -1,19 +1,19 @@
 //! What a run measured: [`Report`], built by `engine.rs` from the threads'
 //! recorders, merged by `merge.rs`, and turned into a human summary, a JSON
-//! document (with the full histograms, HdrHistogram V2 + DEFLATE, base64) or
-//! an `.hgrm` percentile distribution by `cli.rs` or a benchmark harness.
+//! document (with the full histograms, HdrHistogram V2 + DEFLATE, base64), an
+//! `.hgrm` percentile distribution or (through `hlog.rs`) an interval log by
+//! `cli.rs` or a benchmark harness.
 
 use std::io;
-use std::time::Duration;
+use std::time::{Duration, UNIX_EPOCH};
 
-use base64::Engine as _;
-use hdrhistogram::serialization::{Deserializer, Serializer, V2DeflateSerializer};
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 
-use crate::config::{Config, DEFAULT_PERCENTILES};
+use crate::config::{fmt_wall, unix_secs, Config, DEFAULT_PERCENTILES};
+use crate::engine::Plan;
 use crate::progress::SecondStat;
-use crate::stats::{add_histogram, new_histogram, Errors, Recorder};
+use crate::stats::{decode_histogram, encode_histogram, new_histogram, Errors, Hists, Outcomes, Recorder};
 
 /// The configuration a report came from, as recorded in its JSON.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -35,6 +35,16 @@ pub struct RunInfo {
     pub depth: u64,
     /// Target messages per second (closed loop: none).
     pub rate: Option<u64>,
+    /// Fixed rate: how send times are spread (`uniform` or `poisson`).
+    pub arrival: String,
+    /// Seed of the Poisson schedule.
+    pub seed: u64,
+    /// `--start-at`, Unix seconds.
+    pub start_at_unix: Option<f64>,
+    /// `--max-lag`, s.
+    pub max_lag_secs: Option<f64>,
+    /// `--spin`, s.
+    pub spin_secs: f64,
     /// One connection per message.
     pub reconnect: bool,
     /// Measured duration asked for, s.
@@ -43,7 +53,7 @@ pub struct RunInfo {
     pub messages: Option<u64>,
     /// Warm-up, s.
     pub warmup_secs: f64,
-    /// Connection ramp before the warm-up, s.
+    /// Connection ramp (from the start of the run), s.
     pub ramp_secs: f64,
     /// Connect and reply timeout, s.
     pub timeout_secs: f64,
@@ -54,7 +64,7 @@ pub struct RunInfo {
 }
 
 impl RunInfo {
-    fn of(cfg: &Config, threads: usize) -> RunInfo {
+    fn of(cfg: &Config, threads: usize, plan: &Plan) -> RunInfo {
         RunInfo {
             addrs: cfg.addrs.iter().map(|a| a.to_string()).collect(),
             source_ips: cfg.source_ips.iter().map(|a| a.to_string()).collect(),
@@ -64,15 +74,42 @@ impl RunInfo {
             payload: cfg.payload.to_string(),
             depth: cfg.effective_depth() as u64,
             rate: cfg.rate,
+            arrival: cfg.arrival.to_string(),
+            seed: cfg.seed,
+            start_at_unix: cfg.start_at.map(unix_secs),
+            max_lag_secs: cfg.max_lag.map(|d| d.as_secs_f64()),
+            spin_secs: cfg.spin.as_secs_f64(),
             reconnect: cfg.reconnect,
             duration_secs: cfg.effective_duration().map(|d| d.as_secs_f64()),
             messages: cfg.messages,
             warmup_secs: cfg.warmup.as_secs_f64(),
-            ramp_secs: crate::engine::ramp_ns(cfg, threads) as f64 / 1e9,
+            ramp_secs: plan.ramp_ns as f64 / 1e9,
             timeout_secs: cfg.timeout.as_secs_f64(),
             connect_rate: cfg.connect_rate,
             nodelay: cfg.nodelay,
         }
+    }
+}
+
+/// The wall-clock measuring window of one client instance.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Window {
+    /// Measuring started (after warm-up), Unix seconds.
+    pub start_unix: f64,
+    /// Measuring ended, Unix seconds.
+    pub end_unix: f64,
+}
+
+impl Window {
+    /// Its length, s.
+    pub fn secs(&self) -> f64 {
+        (self.end_unix - self.start_unix).max(0.0)
+    }
+
+    /// A wall-clock time `secs` Unix seconds, as RFC 3339.
+    pub fn fmt(secs: f64) -> String {
+        fmt_wall(UNIX_EPOCH + Duration::from_secs_f64(secs.max(0.0)))
     }
 }
 
@@ -83,28 +120,37 @@ pub struct Report {
     pub config: RunInfo,
     /// Client instances merged into this report (1 for a single run).
     pub instances: u64,
-    /// Measured time (after warm-up; the longest of merged runs).
+    /// Measured time (after warm-up; merged: the common window, or the
+    /// longest run if the windows do not overlap).
     pub elapsed: Duration,
     /// Messages completed after warm-up.
     pub messages: u64,
     /// Bytes echoed after warm-up (each counted once).
     pub bytes: u64,
-    /// Messages per second (summed over merged runs).
+    /// Messages per second (merged: the sum over the common window).
     pub msgs_per_sec: f64,
-    /// Megabytes (10^6 bytes) echoed per second (summed over merged runs).
+    /// Megabytes (10^6 bytes) echoed per second.
     pub mb_per_sec: f64,
     /// Messages completed during warm-up.
     pub warmup_messages: u64,
+    /// Final checks answered (one per held connection, not measured).
+    pub checks: u64,
     /// Messages outstanding when the run stopped.
     pub unfinished: u64,
+    /// Fixed rate: messages that found every connection busy and waited for one.
+    pub waited_for_conn: u64,
     /// Connections attempted.
     pub conns_attempted: u64,
     /// Connections established.
     pub conns_established: u64,
+    /// What became of the connections.
+    pub outcomes: Outcomes,
     /// Latency from the scheduled send time, ns (coordinated-omission corrected).
     pub latency: Histogram<u64>,
     /// Latency from the actual send time, ns.
     pub latency_uncorrected: Histogram<u64>,
+    /// Fixed rate: how late the client took up each message against its schedule, ns.
+    pub lag: Histogram<u64>,
     /// Connect latency, ns.
     pub connect_latency: Histogram<u64>,
     /// Errors by kind.
@@ -115,6 +161,8 @@ pub struct Report {
     pub target_rate: Option<f64>,
     /// One entry per second after warm-up.
     pub series: Vec<SecondStat>,
+    /// The measuring window of each instance (one for a single run).
+    pub windows: Vec<Window>,
     /// Percentiles to show.
     pub percentiles: Vec<f64>,
 }
@@ -140,12 +188,31 @@ struct RateJson {
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 #[serde(default)]
+struct LagJson {
+    threshold_us: f64,
+    threshold_from: String,
+    exceeded: bool,
+    waited_for_conn: u64,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(default)]
 struct HistogramsJson {
     encoding: String,
     unit: String,
     latency: String,
     latency_uncorrected: String,
+    lag: String,
     connect: String,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(default)]
+struct WindowJson {
+    start_unix: f64,
+    end_unix: f64,
+    start: String,
+    end: String,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -154,45 +221,31 @@ struct ReportJson {
     tool: String,
     instances: u64,
     config: RunInfo,
+    windows: Vec<WindowJson>,
     elapsed_secs: f64,
     messages: u64,
     bytes: u64,
     msgs_per_sec: f64,
     mb_per_sec: f64,
     warmup_messages: u64,
+    checks: u64,
     unfinished: u64,
     conns_attempted: u64,
     conns_established: u64,
+    connections: Outcomes,
     rate: Option<RateJson>,
     errors: Errors,
     errors_total: u64,
     latency: LatencyJson,
     latency_uncorrected: LatencyJson,
+    lag: Option<LatencyJson>,
+    lag_check: Option<LagJson>,
     connect_latency: LatencyJson,
     client_cpu_secs: f64,
     client_cpu_secs_per_million_msgs: Option<f64>,
     percentiles: Vec<f64>,
     series: Vec<SecondStat>,
     histograms: HistogramsJson,
-}
-
-fn encode(h: &Histogram<u64>) -> String {
-    let mut buf = Vec::new();
-    // Serializing into a Vec cannot fail for a valid histogram.
-    let _ = V2DeflateSerializer::new().serialize(h, &mut buf);
-    base64::engine::general_purpose::STANDARD.encode(buf)
-}
-
-fn decode(s: &str) -> io::Result<Histogram<u64>> {
-    if s.is_empty() {
-        return Ok(new_histogram());
-    }
-    let bytes = base64::engine::general_purpose::STANDARD
-        .decode(s)
-        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("histogram base64: {e}")))?;
-    Deserializer::new()
-        .deserialize(&mut io::Cursor::new(bytes))
-        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("histogram: {e:?}")))
 }
 
 /// The name of a percentile in JSON: `p50`, `p99.9`, `p100`.
@@ -209,6 +262,24 @@ fn latency_json(h: &Histogram<u64>, percentiles: &[f64]) -> LatencyJson {
         stdev_us: h.stdev() / 1e3,
         max_us: us(h.max()),
         percentiles_us: percentiles.iter().map(|&p| (pname(p), us(h.value_at_percentile(p)))).collect(),
+    }
+}
+
+/// How the schedule lag compares with its threshold.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct LagCheck {
+    /// The lag's 99th percentile, ns.
+    pub p99_ns: u64,
+    /// The threshold, ns.
+    pub threshold_ns: u64,
+    /// The threshold is `--max-lag` (a failure), not 10% of the corrected p99 (a warning).
+    pub explicit: bool,
+}
+
+impl LagCheck {
+    /// Whether the lag is above the threshold.
+    pub fn exceeded(&self) -> bool {
+        self.p99_ns > self.threshold_ns
     }
 }
 
@@ -243,39 +314,50 @@ impl Report {
     pub(crate) fn from_run(
         cfg: &Config,
         threads: usize,
-        measure_start: u64,
+        plan: &Plan,
         recs: &[Recorder],
         series: Vec<SecondStat>,
         main_cpu: f64,
     ) -> Report {
         let mut r = Report::empty();
-        r.config = RunInfo::of(cfg, threads);
+        r.config = RunInfo::of(cfg, threads, plan);
         r.instances = 1;
         r.percentiles = cfg.percentiles.clone();
         r.target_rate = cfg.rate.map(|x| x as f64);
         r.series = series;
         r.client_cpu_secs = main_cpu;
-        let warmup = measure_start;
+        let warmup = plan.measure_start_ns;
         let mut end = 0;
+        let mut hists = Hists::default();
         for rec in recs {
             r.messages += rec.messages;
             r.bytes += rec.bytes;
             r.warmup_messages += rec.warmup_messages;
+            r.checks += rec.checks;
             r.unfinished += rec.unfinished;
+            r.waited_for_conn += rec.waited_for_conn;
             r.conns_attempted += rec.conns_attempted;
             r.conns_established += rec.conns_established;
+            r.outcomes.add(&rec.outcomes);
             r.errors.add(&rec.errors);
             r.client_cpu_secs += rec.cpu_secs;
-            add_histogram(&mut r.latency, &rec.latency);
-            add_histogram(&mut r.latency_uncorrected, &rec.latency_uncorrected);
-            add_histogram(&mut r.connect_latency, &rec.connect);
+            hists.add(&rec.hists);
+            crate::stats::add_histogram(&mut r.connect_latency, &rec.connect);
             // A thread that ran out of work ended at its last reply.
             end = end.max(if cfg.messages.is_some() { rec.last_completion_ns.max(warmup) } else { rec.end_ns });
         }
-        if let Some(d) = cfg.effective_duration() {
-            end = end.min(warmup + d.as_nanos() as u64);
+        (r.latency, r.latency_uncorrected, r.lag) = (hists.latency, hists.uncorrected, hists.lag);
+        if let Some(d) = plan.deadline_ns {
+            end = end.min(d);
         }
         r.elapsed = Duration::from_nanos(end.saturating_sub(warmup));
+        // A thread's last, partial tick may come after the window with nothing in it.
+        let window_end = r.elapsed.as_secs_f64();
+        while r.series.last().is_some_and(|s| s.messages == 0 && s.errors == 0 && s.t - 1.0 >= window_end - 1e-9) {
+            r.series.pop();
+        }
+        let start = unix_secs(plan.wall(warmup));
+        r.windows = vec![Window { start_unix: start, end_unix: start + r.elapsed.as_secs_f64() }];
         r.recompute_rates();
         r
     }
@@ -291,21 +373,26 @@ impl Report {
             msgs_per_sec: 0.0,
             mb_per_sec: 0.0,
             warmup_messages: 0,
+            checks: 0,
             unfinished: 0,
+            waited_for_conn: 0,
             conns_attempted: 0,
             conns_established: 0,
+            outcomes: Outcomes::default(),
             latency: new_histogram(),
             latency_uncorrected: new_histogram(),
+            lag: new_histogram(),
             connect_latency: new_histogram(),
             errors: Errors::default(),
             client_cpu_secs: 0.0,
             target_rate: None,
             series: Vec::new(),
+            windows: Vec::new(),
             percentiles: DEFAULT_PERCENTILES.to_vec(),
         }
     }
 
-    fn recompute_rates(&mut self) {
+    pub(crate) fn recompute_rates(&mut self) {
         let secs = self.elapsed.as_secs_f64();
         if secs > 0.0 {
             self.msgs_per_sec = self.messages as f64 / secs;
@@ -323,27 +410,58 @@ impl Report {
         self.target_rate.is_some_and(|t| self.msgs_per_sec < 0.97 * t)
     }
 
+    /// At a fixed rate, the schedule lag against its threshold: `--max-lag`,
+    /// or else 10% of the corrected p99.
+    pub fn lag_check(&self) -> Option<LagCheck> {
+        if self.target_rate.is_none() || self.lag.is_empty() {
+            return None;
+        }
+        let p99_ns = self.lag.value_at_quantile(0.99);
+        Some(match self.config.max_lag_secs {
+            Some(s) => LagCheck { p99_ns, threshold_ns: (s * 1e9) as u64, explicit: true },
+            None => LagCheck { p99_ns, threshold_ns: self.latency.value_at_quantile(0.99) / 10, explicit: false },
+        })
+    }
+
     /// Whether the run passed: some message completed, no reply was wrong,
-    /// and none was broken off (reset or EOF mid-reply). The CLI exits 0 then.
+    /// none was broken off (reset or EOF mid-reply) or missing, every held
+    /// connection answered its final check, and the lag stayed within
+    /// `--max-lag` if given. The CLI exits 0 then.
     pub fn passed(&self) -> bool {
-        self.messages > 0 && self.errors.verification_failures() == 0
+        self.messages > 0
+            && self.errors.verification_failures() == 0
+            && self.outcomes.unanswered == 0
+            && !self.lag_check().is_some_and(|l| l.explicit && l.exceeded())
     }
 
     /// The report as a JSON value.
     pub fn to_json(&self) -> serde_json::Value {
+        let lag = self.lag_check();
         let j = ReportJson {
             tool: "switchyard-client".into(),
             instances: self.instances,
             config: self.config.clone(),
+            windows: self
+                .windows
+                .iter()
+                .map(|w| WindowJson {
+                    start_unix: w.start_unix,
+                    end_unix: w.end_unix,
+                    start: Window::fmt(w.start_unix),
+                    end: Window::fmt(w.end_unix),
+                })
+                .collect(),
             elapsed_secs: self.elapsed.as_secs_f64(),
             messages: self.messages,
             bytes: self.bytes,
             msgs_per_sec: self.msgs_per_sec,
             mb_per_sec: self.mb_per_sec,
             warmup_messages: self.warmup_messages,
+            checks: self.checks,
             unfinished: self.unfinished,
             conns_attempted: self.conns_attempted,
             conns_established: self.conns_established,
+            connections: self.outcomes,
             rate: self.target_rate.map(|t| RateJson {
                 target: t,
                 achieved: self.msgs_per_sec,
@@ -353,6 +471,13 @@ impl Report {
             errors_total: self.errors.total(),
             latency: latency_json(&self.latency, &self.percentiles),
             latency_uncorrected: latency_json(&self.latency_uncorrected, &self.percentiles),
+            lag: self.target_rate.map(|_| latency_json(&self.lag, &self.percentiles)),
+            lag_check: lag.map(|l| LagJson {
+                threshold_us: l.threshold_ns as f64 / 1e3,
+                threshold_from: if l.explicit { "--max-lag" } else { "10% of the corrected p99" }.into(),
+                exceeded: l.exceeded(),
+                waited_for_conn: self.waited_for_conn,
+            }),
             connect_latency: latency_json(&self.connect_latency, &self.percentiles),
             client_cpu_secs: self.client_cpu_secs,
             client_cpu_secs_per_million_msgs: self.cpu_secs_per_million(),
@@ -361,9 +486,10 @@ impl Report {
             histograms: HistogramsJson {
                 encoding: "HdrHistogram V2 + DEFLATE, base64".into(),
                 unit: "ns".into(),
-                latency: encode(&self.latency),
-                latency_uncorrected: encode(&self.latency_uncorrected),
-                connect: encode(&self.connect_latency),
+                latency: encode_histogram(&self.latency),
+                latency_uncorrected: encode_histogram(&self.latency_uncorrected),
+                lag: encode_histogram(&self.lag),
+                connect: encode_histogram(&self.connect_latency),
             },
         };
         serde_json::to_value(j).expect("a report serializes")
@@ -385,16 +511,21 @@ impl Report {
             msgs_per_sec: j.msgs_per_sec,
             mb_per_sec: j.mb_per_sec,
             warmup_messages: j.warmup_messages,
+            checks: j.checks,
             unfinished: j.unfinished,
+            waited_for_conn: j.lag_check.map(|l| l.waited_for_conn).unwrap_or(0),
             conns_attempted: j.conns_attempted,
             conns_established: j.conns_established,
-            latency: decode(&j.histograms.latency)?,
-            latency_uncorrected: decode(&j.histograms.latency_uncorrected)?,
-            connect_latency: decode(&j.histograms.connect)?,
+            outcomes: j.connections,
+            latency: decode_histogram(&j.histograms.latency)?,
+            latency_uncorrected: decode_histogram(&j.histograms.latency_uncorrected)?,
+            lag: decode_histogram(&j.histograms.lag)?,
+            connect_latency: decode_histogram(&j.histograms.connect)?,
             errors: j.errors,
             client_cpu_secs: j.client_cpu_secs,
             target_rate: j.rate.map(|r| r.target),
             series: j.series,
+            windows: j.windows.iter().map(|w| Window { start_unix: w.start_unix, end_unix: w.end_unix }).collect(),
             percentiles: if j.percentiles.is_empty() { DEFAULT_PERCENTILES.to_vec() } else { j.percentiles },
         })
     }
@@ -410,15 +541,73 @@ impl Report {
             .join("  ")
     }
 
+    /// Two lines: mean, stdev (and min); then the percentiles.
+    fn histogram_lines(&self, s: &mut String, label: &str, h: &Histogram<u64>, min: bool) {
+        use std::fmt::Write as _;
+        let min = if min { format!("  min {}", fmt_ns(h.min() as f64)) } else { String::new() };
+        let _ = writeln!(s, "  {label:<12} mean {}  stdev {}{min}", fmt_ns(h.mean()), fmt_ns(h.stdev()));
+        let _ = writeln!(s, "               {}", self.percentile_line(h));
+    }
+
+    /// One line: the instance's window, messages, rate, p99 and errors (as `client merge` lists its inputs).
+    pub fn brief(&self) -> String {
+        let window = match self.windows.first() {
+            Some(w) => format!("{} to {}", Window::fmt(w.start_unix), Window::fmt(w.end_unix)),
+            None => "no window".into(),
+        };
+        format!(
+            "{window}, {} msgs, {:.1} msgs/s, p99 {}, max {}, {} errors",
+            fmt_count(self.messages),
+            self.msgs_per_sec,
+            fmt_ns(self.latency.value_at_quantile(0.99) as f64),
+            fmt_ns(self.latency.max() as f64),
+            fmt_count(self.errors.total())
+        )
+    }
+
+    /// What became of the connections, as one line (not for `--reconnect`).
+    fn connections_line(&self) -> String {
+        let o = &self.outcomes;
+        let mut s = format!(
+            "{} held to the end (answered the final check), {} closed by the server, {} unanswered, {} failed to connect",
+            fmt_count(o.held),
+            fmt_count(o.closed_by_server),
+            fmt_count(o.unanswered),
+            fmt_count(o.failed_to_connect)
+        );
+        let causes: Vec<String> = o
+            .connect_errors
+            .pairs()
+            .iter()
+            .filter(|(_, n)| *n > 0)
+            .map(|(k, n)| format!("{k} {}", fmt_count(*n)))
+            .collect();
+        if !causes.is_empty() {
+            s += &format!(" ({})", causes.join(", "));
+        }
+        if o.not_opened > 0 {
+            s += &format!(", {} not opened (the run ended during the ramp)", fmt_count(o.not_opened));
+        }
+        if o.other > 0 {
+            s += &format!(", {} closed after other errors", fmt_count(o.other));
+        }
+        s
+    }
+
     /// The human summary printed by the CLI.
     pub fn summary(&self) -> String {
         use std::fmt::Write as _;
         let c = &self.config;
         let mut s = String::new();
+        let rate = |r: u64| {
+            let poisson =
+                if c.arrival == "poisson" { format!(", poisson arrivals (seed {})", c.seed) } else { String::new() };
+            format!("fixed rate {r} msgs/s{poisson}")
+        };
         let mode = match (c.reconnect, c.rate) {
-            (true, Some(r)) => format!("reconnect per message, fixed rate {r} msgs/s"),
+            (true, Some(r)) => format!("reconnect per message, {}", rate(r)),
             (true, None) => "reconnect per message, closed loop".into(),
-            (false, Some(r)) => format!("fixed rate {r} msgs/s"),
+            (false, Some(r)) => rate(r),
             (false, None) => "closed loop".into(),
         };
         let inst = if self.instances > 1 { format!("{} instances merged, ", self.instances) } else { String::new() };
@@ -432,6 +621,15 @@ impl Report {
             c.depth,
             c.addrs.join(" ")
         );
+        if c.start_at_unix.is_some() || self.instances > 1 {
+            if let (Some(a), Some(b)) = (
+                self.windows.iter().map(|w| w.start_unix).reduce(f64::max),
+                self.windows.iter().map(|w| w.end_unix).reduce(f64::min),
+            ) {
+                let what = if self.instances > 1 { "common window" } else { "window" };
+                let _ = writeln!(s, "  {what:<12} {} to {}", Window::fmt(a), Window::fmt(b.max(a)));
+            }
+        }
         let warm = if c.warmup_secs > 0.0 {
             format!(" (after {:.2}s warm-up, {} messages)", c.warmup_secs, fmt_count(self.warmup_messages))
         } else {
@@ -449,24 +647,36 @@ impl Report {
             let flag = if self.rate_shortfall() { "  SHORTFALL: the target rate was not reached" } else { "" };
             let _ = writeln!(s, "  rate         target {t:.0} msgs/s, achieved {:.1} msgs/s{flag}", self.msgs_per_sec);
         }
-        let h = &self.latency;
         let label = if self.target_rate.is_some() { "latency (corrected)" } else { "latency" };
-        if h.is_empty() {
+        if self.latency.is_empty() {
             let _ = writeln!(s, "  {label:<12} no replies");
         } else {
-            let _ = writeln!(
-                s,
-                "  {label:<12} mean {}  stdev {}  min {}",
-                fmt_ns(h.mean()),
-                fmt_ns(h.stdev()),
-                fmt_ns(if h.is_empty() { 0.0 } else { h.min() as f64 })
-            );
-            let _ = writeln!(s, "               {}", self.percentile_line(h));
+            self.histogram_lines(&mut s, label, &self.latency, true);
         }
         if self.target_rate.is_some() && !self.latency_uncorrected.is_empty() {
-            let u = &self.latency_uncorrected;
-            let _ = writeln!(s, "  uncorrected  mean {}  stdev {}", fmt_ns(u.mean()), fmt_ns(u.stdev()));
-            let _ = writeln!(s, "               {}", self.percentile_line(u));
+            self.histogram_lines(&mut s, "uncorrected", &self.latency_uncorrected, false);
+        }
+        if let Some(l) = self.lag_check() {
+            self.histogram_lines(&mut s, "schedule lag", &self.lag, false);
+            if l.exceeded() {
+                let against = if l.explicit {
+                    format!("above --max-lag {}", fmt_ns(l.threshold_ns as f64))
+                } else {
+                    format!("above 10% of the corrected p99 ({})", fmt_ns(l.threshold_ns as f64 * 10.0))
+                };
+                let _ = writeln!(
+                    s,
+                    "  LAG          the client's own lag (p99 {}) is {against}: the corrected figures include the client's own delay",
+                    fmt_ns(l.p99_ns as f64)
+                );
+            }
+        }
+        if self.waited_for_conn > 0 {
+            let _ = writeln!(
+                s,
+                "  busy conns   {} messages found every connection busy and waited for one (the server's delay: in the corrected latency, not in the lag)",
+                fmt_count(self.waited_for_conn)
+            );
         }
         let k = &self.connect_latency;
         let _ = writeln!(
@@ -478,6 +688,9 @@ impl Report {
             fmt_ns(k.value_at_quantile(0.99) as f64),
             fmt_ns(k.max() as f64)
         );
+        if !c.reconnect {
+            let _ = writeln!(s, "  connections  {}", self.connections_line());
+        }
         let errs: Vec<String> =
             self.errors.pairs().iter().filter(|(_, n)| *n > 0).map(|(k, n)| format!("{k} {}", fmt_count(*n))).collect();
         let _ = writeln!(s, "  errors       {}", if errs.is_empty() { "none".into() } else { errs.join(", ") });

@@ -14,6 +14,9 @@
 //! - [`faults`]: the syscall fault-injection shim itself;
 //! - [`accept_errors`]: the accept policy's error table, a test per row in
 //!   every mode (with the shim);
+//! - [`client`]: the `client` binary and library: verification against
+//!   faulty servers, held connections, schedule lag, coordinated instances,
+//!   interval logs, merge, plots;
 //! - [`signals`]: the common signals that are not stops, sent to every mode
 //!   under load: handled as the signal table says, nobody hurt.
 //!
@@ -22,6 +25,7 @@
 //! one topic; `-- --nocapture` also prints the figures the tests measure.
 
 mod accept_errors;
+mod client;
 mod drivers;
 mod faults;
 mod hardening;

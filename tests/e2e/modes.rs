@@ -440,7 +440,7 @@ mod cases {
         let idle_flag = IDLE.as_secs_f64().to_string();
         // `--queue-timeout 0`: the default (the idle timeout) would refuse
         // serial's queued clients, which must all be served here; the
-        // queue-wait refusals have their own tests (e2e_hardening.rs).
+        // queue-wait refusals have their own tests (hardening.rs).
         let per_ip = PER_IP.to_string();
         let mut server =
             Server::start(mode, &["--idle-timeout", &idle_flag, "--queue-timeout", "0", "--max-conns-per-ip", &per_ip]);

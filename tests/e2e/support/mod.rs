@@ -10,7 +10,9 @@
 //! - [`metrics`]: the `--metrics` endpoint, scraped and parsed;
 //! - [`process`]: bounded waits and runs, signals, the fd limit;
 //! - [`machine`]: heavy tests run alone;
-//! - [`faults`]: syscall faults injected into a server (`faults.c`).
+//! - [`faults`]: syscall faults injected into a server (`faults.c`);
+//! - [`client`]: the `client` binary's runs and reports, and servers written
+//!   to be wrong, for the `client` topic.
 //!
 //! Rules every helper follows, so a broken server fails a test instead of
 //! hanging it, and parallel tests never interfere:
@@ -23,6 +25,7 @@
 //! - a server is SIGKILLed with every descendant when its [`server::Server`]
 //!   is dropped, also when the test panics.
 
+pub mod client;
 pub mod faults;
 pub mod machine;
 pub mod metrics;
