@@ -61,7 +61,7 @@ use switchyard_client::{Config as ClientConfig, PayloadKind};
 
 /// How a mode's server is started.
 #[derive(Clone, Copy, Debug)]
-pub enum Kind {
+pub(crate) enum Kind {
     /// The Switchyard `server` binary with these flags.
     Switchyard(&'static [&'static str]),
     /// The tokio baseline with this runtime flavor.
@@ -72,17 +72,17 @@ pub enum Kind {
 
 /// One server configuration under test.
 #[derive(Clone, Copy, Debug)]
-pub struct ModeSpec {
+pub(crate) struct ModeSpec {
     /// Name in tables and plots.
-    pub name: &'static str,
+    pub(crate) name: &'static str,
     /// How to start it.
-    pub kind: Kind,
+    pub(crate) kind: Kind,
     /// Clients it serves at once (None: as many as connect); beyond that, closed-loop cells are n/a.
-    pub max_clients: Option<usize>,
+    pub(crate) max_clients: Option<usize>,
     /// Why cells beyond `max_clients` are n/a.
-    pub why: &'static str,
+    pub(crate) why: &'static str,
     /// Part of the idle-connection memory table.
-    pub idle: bool,
+    pub(crate) idle: bool,
 }
 
 const fn mode(name: &'static str, kind: Kind, max_clients: Option<usize>, why: &'static str, idle: bool) -> ModeSpec {
@@ -93,7 +93,7 @@ use Kind::{Switchyard as S, Tokio, C};
 
 /// Every mode, one line each. Prefork entries are probed first and skipped if the server lacks them.
 #[rustfmt::skip]
-pub const MODES: &[ModeSpec] = &[
+pub(crate) const MODES: &[ModeSpec] = &[
     mode("serial", S(&["--mode", "serial"]), Some(1), "serial serves one client at a time", false),
     mode("fork", S(&["--mode", "fork"]), None, "", false),
     mode("thread", S(&["--mode", "thread"]), None, "", true),
@@ -110,32 +110,32 @@ pub const MODES: &[ModeSpec] = &[
 ];
 
 /// The baselines every figure is compared with.
-pub const BASELINES: [&str; 2] = ["tokio-ct", "c-epoll"];
+pub(crate) const BASELINES: [&str; 2] = ["tokio-ct", "c-epoll"];
 
 /// Options from the command line (after `--`).
 #[derive(Clone, Debug)]
-pub struct Opts {
-    pub quick: bool,
-    pub modes: Option<Vec<String>>,
-    pub out: PathBuf,
-    pub write_docs: bool,
+pub(crate) struct Opts {
+    pub(crate) quick: bool,
+    pub(crate) modes: Option<Vec<String>>,
+    pub(crate) out: PathBuf,
+    pub(crate) write_docs: bool,
     /// Where `--write-docs` writes (default: the workspace's docs/).
-    pub docs_dir: Option<PathBuf>,
-    pub idle_only: bool,
+    pub(crate) docs_dir: Option<PathBuf>,
+    pub(crate) idle_only: bool,
     /// Only the client-vs-load-generator CPU table.
-    pub floor_only: bool,
+    pub(crate) floor_only: bool,
     /// The client-vs-load-generator CPU table.
-    pub floor: bool,
-    pub idle: bool,
-    pub idle_conns: usize,
-    pub repeats: usize,
-    pub duration: Duration,
-    pub warmup: Duration,
-    pub conns: Vec<usize>,
-    pub sizes: Vec<usize>,
-    pub args: Vec<String>,
+    pub(crate) floor: bool,
+    pub(crate) idle: bool,
+    pub(crate) idle_conns: usize,
+    pub(crate) repeats: usize,
+    pub(crate) duration: Duration,
+    pub(crate) warmup: Duration,
+    pub(crate) conns: Vec<usize>,
+    pub(crate) sizes: Vec<usize>,
+    pub(crate) args: Vec<String>,
     /// `--conns` or `--sizes` given: run exactly those cells, also with `--quick`.
-    pub cells_given: bool,
+    pub(crate) cells_given: bool,
 }
 
 impl Opts {
@@ -235,7 +235,7 @@ impl Opts {
 }
 
 /// The cargo target directory this bench was built in.
-pub fn target_dir() -> PathBuf {
+pub(crate) fn target_dir() -> PathBuf {
     if let Some(d) = std::env::var_os("CARGO_TARGET_DIR") {
         let p = PathBuf::from(d);
         return if p.is_absolute() { p } else { workspace_root().join(p) };
@@ -248,38 +248,38 @@ pub fn target_dir() -> PathBuf {
 }
 
 /// The workspace (root package) directory.
-pub fn workspace_root() -> PathBuf {
+pub(crate) fn workspace_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
 /// One measured run (or the median of several).
 #[derive(Clone, Debug, Default)]
-pub struct Sample {
-    pub msgs_per_sec: f64,
-    pub mb_per_sec: f64,
+pub(crate) struct Sample {
+    pub(crate) msgs_per_sec: f64,
+    pub(crate) mb_per_sec: f64,
     /// Messages echoed in the whole run, warm-up included (the CPU denominators).
-    pub messages_all: u64,
-    pub p50_us: f64,
-    pub p90_us: f64,
-    pub p99_us: f64,
-    pub p999_us: f64,
-    pub max_us: f64,
-    pub server_cpu_us_per_msg: f64,
-    pub client_cpu_us_per_msg: f64,
-    pub peak_rss: f64,
+    pub(crate) messages_all: u64,
+    pub(crate) p50_us: f64,
+    pub(crate) p90_us: f64,
+    pub(crate) p99_us: f64,
+    pub(crate) p999_us: f64,
+    pub(crate) max_us: f64,
+    pub(crate) server_cpu_us_per_msg: f64,
+    pub(crate) client_cpu_us_per_msg: f64,
+    pub(crate) peak_rss: f64,
     /// Errors of every kind (refused and connect timeouts included).
-    pub errors: u64,
+    pub(crate) errors: u64,
     /// Why the run failed verification (or could not run).
-    pub failure: Option<String>,
+    pub(crate) failure: Option<String>,
     /// The failure may come from a starved machine (no message at all, or only reply timeouts): retried.
-    pub retryable: bool,
+    pub(crate) retryable: bool,
     /// Runs of this figure thrown away as retryable failures before this one.
-    pub retries: u32,
+    pub(crate) retries: u32,
 }
 
 /// What a row of the results is.
 #[derive(Clone, Debug, PartialEq)]
-pub enum Section {
+pub(crate) enum Section {
     Closed,
     Rate(u64),
     Reconnect,
@@ -288,19 +288,19 @@ pub enum Section {
 
 /// One configuration of one mode: its repeats and their median.
 #[derive(Clone, Debug)]
-pub struct Row {
-    pub mode: &'static str,
-    pub section: Section,
-    pub conns: usize,
-    pub size: usize,
+pub(crate) struct Row {
+    pub(crate) mode: &'static str,
+    pub(crate) section: Section,
+    pub(crate) conns: usize,
+    pub(crate) size: usize,
     /// Not run, and why.
-    pub na: Option<String>,
-    pub samples: Vec<Sample>,
-    pub median: Sample,
+    pub(crate) na: Option<String>,
+    pub(crate) samples: Vec<Sample>,
+    pub(crate) median: Sample,
 }
 
 /// The median of some values (the mean of the middle two for an even count).
-pub fn median(mut v: Vec<f64>) -> f64 {
+pub(crate) fn median(mut v: Vec<f64>) -> f64 {
     if v.is_empty() {
         return 0.0;
     }
@@ -336,16 +336,16 @@ fn median_sample(samples: &[Sample]) -> Sample {
 }
 
 /// Paths of the programs under test.
-pub struct Programs {
-    pub server: PathBuf,
-    pub me: PathBuf,
-    pub c: Option<PathBuf>,
-    pub logs: PathBuf,
+pub(crate) struct Programs {
+    pub(crate) server: PathBuf,
+    pub(crate) me: PathBuf,
+    pub(crate) c: Option<PathBuf>,
+    pub(crate) logs: PathBuf,
 }
 
 impl Programs {
     /// The command line of `spec` with `extra` flags (Switchyard modes only).
-    pub fn command(&self, spec: &ModeSpec, extra: &[String]) -> Result<(PathBuf, Vec<String>), String> {
+    pub(crate) fn command(&self, spec: &ModeSpec, extra: &[String]) -> Result<(PathBuf, Vec<String>), String> {
         let listen = "127.0.0.1:0".to_string();
         Ok(match spec.kind {
             Kind::Switchyard(flags) => {
@@ -362,7 +362,7 @@ impl Programs {
     }
 
     /// Starts `spec`'s server.
-    pub fn start(&self, spec: &ModeSpec, extra: &[String]) -> Result<Server, String> {
+    pub(crate) fn start(&self, spec: &ModeSpec, extra: &[String]) -> Result<Server, String> {
         let (prog, args) = self.command(spec, extra)?;
         Server::start(&prog, &args, &self.logs.join(format!("{}.log", spec.name))).map_err(|e| e.to_string())
     }
@@ -381,13 +381,13 @@ fn compile_c(out: &Path) -> Result<PathBuf, String> {
 }
 
 /// One load test against one freshly started server.
-pub struct Run<'a> {
-    pub spec: &'a ModeSpec,
-    pub conns: usize,
-    pub size: usize,
-    pub rate: Option<u64>,
-    pub reconnect: bool,
-    pub work: Option<String>,
+pub(crate) struct Run<'a> {
+    pub(crate) spec: &'a ModeSpec,
+    pub(crate) conns: usize,
+    pub(crate) size: usize,
+    pub(crate) rate: Option<u64>,
+    pub(crate) reconnect: bool,
+    pub(crate) work: Option<String>,
 }
 
 fn measure(p: &Programs, o: &Opts, r: &Run) -> Sample {
@@ -548,21 +548,21 @@ fn probe(p: &Programs, spec: &ModeSpec) -> Result<(), String> {
 }
 
 /// Everything a run produced.
-pub struct Results {
-    pub opts: Opts,
-    pub modes: Vec<&'static ModeSpec>,
-    pub unavailable: Vec<(&'static str, String)>,
-    pub rows: Vec<Row>,
-    pub idle: Vec<idle::IdleResult>,
-    pub floor: Vec<floor::FloorRow>,
-    pub started: String,
-    pub elapsed: Duration,
-    pub machine: output::Machine,
+pub(crate) struct Results {
+    pub(crate) opts: Opts,
+    pub(crate) modes: Vec<&'static ModeSpec>,
+    pub(crate) unavailable: Vec<(&'static str, String)>,
+    pub(crate) rows: Vec<Row>,
+    pub(crate) idle: Vec<idle::IdleResult>,
+    pub(crate) floor: Vec<floor::FloorRow>,
+    pub(crate) started: String,
+    pub(crate) elapsed: Duration,
+    pub(crate) machine: output::Machine,
 }
 
 impl Results {
     /// The median row of `mode` in `section` at `conns` × `size`.
-    pub fn find(&self, mode: &str, section: &Section, conns: usize, size: usize) -> Option<&Row> {
+    pub(crate) fn find(&self, mode: &str, section: &Section, conns: usize, size: usize) -> Option<&Row> {
         self.rows.iter().find(|r| r.mode == mode && &r.section == section && r.conns == conns && r.size == size)
     }
 }
@@ -763,4 +763,4 @@ fn run_all(opts: Opts) -> Result<bool, String> {
 }
 
 /// The `--work` profiles: CPU-bound (about 200 µs of compute per 4 KiB message) and IO-bound (1 ms blocked per read).
-pub const WORKS: [&str; 2] = ["cpu:50", "sleep:1"];
+pub(crate) const WORKS: [&str; 2] = ["cpu:50", "sleep:1"];
