@@ -104,6 +104,11 @@ pub(crate) const MODES: &[ModeSpec] = &[
     mode("prefork-thread", S(&["--mode", "prefork", "--workers", "2", "--worker", "thread"]), None, "", false),
     mode("prefork-pool", S(&["--mode", "prefork", "--workers", "2", "--worker", "pool", "--threads", "16"]), Some(32), "2 workers x 16 pool threads serve 32 clients at a time", false),
     mode("prefork-event", S(&["--mode", "prefork", "--workers", "2", "--worker", "event"]), None, "", false),
+    // The echo as a coroutine (`--handler async`), beside the state machine above.
+    mode("thread-async", S(&["--mode", "thread", "--handler", "async"]), None, "", true),
+    mode("event-async", S(&["--mode", "event", "--handler", "async"]), None, "", true),
+    mode("reactor-async", S(&["--mode", "reactor", "--threads", "2", "--handler", "async"]), None, "", true),
+    mode("prefork-event-async", S(&["--mode", "prefork", "--workers", "2", "--worker", "event", "--handler", "async"]), None, "", false),
     mode("tokio-ct", Tokio("current_thread"), None, "", true),
     mode("tokio-mt", Tokio("multi_thread"), None, "", true),
     mode("c-epoll", C, None, "", true),

@@ -1,29 +1,15 @@
-//! The uppercase echo written as a coroutine, the seeds' `talk(sock)` loop:
-//! read what arrived, uppercase it, send it back, until the peer closes. The
-//! buffer is lent from the thread's pool for each read and returned before
-//! the next wait, so a connection that waits holds none.
-//!
-//! With `--work` the handler waits or computes per read as the sans-IO
+//! The coroutine echo of `server --handler async`
+//! (`switchyard_server::handler::upper_echo`), and the same with `--work`:
+//! the handler waits or computes per read as the sans-IO
 //! echo's `--work` does, but the coroutine's way: it awaits a timer instead
 //! of sleeping (`sleep:MS`), and sends the computation to the offload pool
 //! instead of running it on the event loop (`cpu:N`).
 
-use std::io;
-
 use futures_lite::AsyncWriteExt;
 use switchyard_common::upper::upper_in_place;
-use switchyard_server::handler::{handler, run_blocking, sleep, Connection, Handler};
+use switchyard_server::handler::{handler, run_blocking, sleep, upper_echo, Connection, Handler};
 
 use crate::work::{burn, Work};
-
-/// Uppercase echo, as an `async fn`.
-pub async fn upper_echo(mut conn: Connection) -> io::Result<()> {
-    while let Some(mut chunk) = conn.read_chunk().await? {
-        upper_in_place(&mut chunk);
-        conn.write_all(&chunk).await?;
-    }
-    Ok(())
-}
 
 /// The async echo with `--work` applied per read.
 pub fn upper_echo_with(work: Option<Work>) -> Handler {

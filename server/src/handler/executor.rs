@@ -135,6 +135,12 @@ impl Wake for TaskWaker {
     }
 }
 
+/// The size of a task's waker (for the memory accounting of a task).
+#[cfg(test)]
+pub(crate) fn task_waker_size() -> usize {
+    std::mem::size_of::<TaskWaker>()
+}
+
 /// A future a handler made, boxed, not `Send` (it never leaves its thread).
 pub type LocalFuture = Pin<Box<dyn Future<Output = io::Result<()>>>>;
 

@@ -28,6 +28,7 @@
 
 mod block_on;
 mod connection;
+mod echo;
 mod executor;
 mod offload;
 mod timers;
@@ -39,6 +40,9 @@ use std::sync::Arc;
 pub(crate) use block_on::block_on;
 pub(crate) use connection::LoopIo;
 pub use connection::{Chunk, Connection, ReadChunk, CHUNK};
+pub use echo::upper_echo;
+#[cfg(test)]
+pub(crate) use executor::task_waker_size;
 pub use executor::LocalFuture;
 pub(crate) use executor::{panic_message, Polled, RunQueue, Task};
 pub use offload::{run_blocking, Blocking};

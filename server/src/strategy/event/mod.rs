@@ -425,3 +425,36 @@ fn merge(into: &mut Status, s: Status) {
     into.more |= s.more;
     into.done |= s.done;
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::mem::size_of;
+
+    /// The size of the future a handler function makes, without making one.
+    fn future_size<F, Fut>(_: &F) -> usize
+    where
+        F: Fn(Connection) -> Fut,
+    {
+        size_of::<Fut>()
+    }
+
+    /// What a connection waiting in the coroutine echo holds in user space,
+    /// heap blocks rounded to glibc's 16 bytes plus its 8-byte header:
+    /// docs/ARCHITECTURE.md lists these figures; the bound is the issue's.
+    #[test]
+    fn a_waiting_async_connection_holds_under_1_kib() {
+        let block = |n: usize| (n + 8).div_ceil(16) * 16;
+        // A slab slot is an enum of the entry and a vacancy: at most one
+        // word more than the entry.
+        let slot = size_of::<Entry>() + size_of::<usize>();
+        let future = block(future_size(&handler::upper_echo));
+        let io = block(2 * size_of::<usize>() + size_of::<LoopIo>());
+        let waker = block(2 * size_of::<usize>() + handler::task_waker_size());
+        let total = slot + future + io + waker;
+        println!("slab slot {slot} + future {future} + socket state {io} + waker {waker} = {total} B");
+        assert!(total < 1024, "a waiting async connection holds {total} B");
+        // A protocol's connection holds only its slot (and no buffer).
+        assert!(slot <= 256, "slab slot {slot} B");
+    }
+}
