@@ -454,8 +454,129 @@ pub fn markdown(res: &Results) -> String {
         }
         s.push('\n');
     }
+    handlers_markdown(res, &mut s);
     floor_markdown(res, &mut s);
     s
+}
+
+/// The two handler styles side by side: each mode that has a `-async` twin
+/// (the same strategy with `--handler async`), cell by cell, with the ratio
+/// async / sans-IO, and the targets of the handler issue.
+fn handlers_markdown(res: &Results, s: &mut String) {
+    let pairs: Vec<(&str, String)> = res
+        .modes
+        .iter()
+        .filter_map(|m| {
+            let twin = format!("{}-async", m.name);
+            res.modes.iter().any(|t| t.name == twin).then(|| (m.name, twin))
+        })
+        .collect();
+    if pairs.is_empty() {
+        return;
+    }
+    let _ = writeln!(s, "### Handler styles: the state machine against the `async fn`\n");
+    let _ = writeln!(
+        s,
+        "The same strategy serving the uppercase echo as a sans-IO `Protocol` and as a coroutine (`--handler async`: \
+         `handler::upper_echo`, on the event loop's own executor or under `block_on`), from the closed-loop rows \
+         above; ratios are async / sans-IO (below 1: the coroutine costs less).\n"
+    );
+    let _ = writeln!(
+        s,
+        "| mode | conns | size | server CPU µs/msg: sans-IO | async | async / sans-IO | msgs/s: sans-IO | async |"
+    );
+    let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---:|---:|");
+    let cell = |m: &str, section: &Section, c: usize, z: usize| {
+        res.find(m, section, c, z).filter(|r| r.na.is_none() && r.median.failure.is_none()).map(|r| r.median.clone())
+    };
+    for (plain, twin) in &pairs {
+        for &size in &res.opts.sizes {
+            for &conns in &res.opts.conns {
+                let (Some(a), Some(b)) =
+                    (cell(plain, &Section::Closed, conns, size), cell(twin, &Section::Closed, conns, size))
+                else {
+                    continue;
+                };
+                let _ = writeln!(
+                    s,
+                    "| {plain} | {conns} | {} | {} | {} | {:.2}× | {} | {} |",
+                    size_name(size),
+                    us(a.server_cpu_us_per_msg),
+                    us(b.server_cpu_us_per_msg),
+                    b.server_cpu_us_per_msg / a.server_cpu_us_per_msg,
+                    num(a.msgs_per_sec),
+                    num(b.msgs_per_sec)
+                );
+            }
+        }
+    }
+    s.push('\n');
+    let _ = writeln!(s, "With handlers that wait or compute (`--work`, 4 KiB messages; the async echo awaits a timer for `sleep:MS` and sends `cpu:N` to its offload pool):\n");
+    let _ =
+        writeln!(s, "| mode | work | msgs/s: sans-IO | async | async / sans-IO | server CPU µs/msg: sans-IO | async |");
+    let _ = writeln!(s, "|---|---|---:|---:|---:|---:|---:|");
+    for (plain, twin) in &pairs {
+        for work in crate::WORKS {
+            let section = Section::Work(work.to_string());
+            let (Some(a), Some(b)) = (
+                res.rows.iter().find(|r| r.mode == *plain && r.section == section),
+                res.rows.iter().find(|r| r.mode == twin.as_str() && r.section == section),
+            ) else {
+                continue;
+            };
+            if a.median.failure.is_some() || b.median.failure.is_some() {
+                continue;
+            }
+            let _ = writeln!(
+                s,
+                "| {plain} ({} conns) | `{work}` | {} | {} | {:.1}× | {} | {} |",
+                a.conns,
+                num(a.median.msgs_per_sec),
+                num(b.median.msgs_per_sec),
+                b.median.msgs_per_sec / a.median.msgs_per_sec,
+                us(a.median.server_cpu_us_per_msg),
+                us(b.median.server_cpu_us_per_msg)
+            );
+        }
+    }
+    s.push('\n');
+    // The targets (floors, not ceilings).
+    let closed = |m: &str| cell(m, &Section::Closed, 100, 64);
+    if let (Some(a), Some(b)) = (closed("event"), closed("event-async")) {
+        let x = b.server_cpu_us_per_msg / a.server_cpu_us_per_msg;
+        let _ = writeln!(
+            s,
+            "- Target: the async echo on the event loop within 1.15× the sans-IO echo's server CPU per message at 100 \
+             connections, 64 B — measured {x:.2}×: {}.",
+            if x <= 1.15 { "met" } else { "**not met**" }
+        );
+    }
+    if let Some(r) = res.idle.iter().find(|r| r.mode == "event-async" && r.failure.is_none()) {
+        let b = r.per_conn();
+        let _ = writeln!(
+            s,
+            "- Target: under 1 KiB per idle connection for the async echo on the event loop — measured {b:.0} B: {} \
+             (what each byte is: docs/ARCHITECTURE.md, \"Two handler styles\").",
+            if b < 1024.0 { "met" } else { "**not met**" }
+        );
+    }
+    let work = |m: &str| {
+        res.rows
+            .iter()
+            .find(|r| r.mode == m && r.section == Section::Work("sleep:1".into()))
+            .filter(|r| r.median.failure.is_none())
+            .map(|r| (r.conns, r.median.msgs_per_sec))
+    };
+    if let (Some((c, a)), Some((_, b))) = (work("event"), work("event-async")) {
+        let x = b / a;
+        let _ = writeln!(
+            s,
+            "- Target: with `--work sleep:1`, the async event mode at least 5× the sans-IO event mode's msgs/s at {c} \
+             connections — measured {x:.1}×: {}.",
+            if x >= 5.0 { "met" } else { "**not met**" }
+        );
+    }
+    s.push('\n');
 }
 
 /// Issue 12: the client's CPU per message against the minimal load generator.
