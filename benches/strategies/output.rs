@@ -468,7 +468,7 @@ fn handlers_markdown(res: &Results, s: &mut String) {
         .iter()
         .filter_map(|m| {
             let twin = format!("{}-async", m.name);
-            res.modes.iter().any(|t| t.name == twin).then(|| (m.name, twin))
+            res.modes.iter().any(|t| t.name == twin).then_some((m.name, twin))
         })
         .collect();
     if pairs.is_empty() {
