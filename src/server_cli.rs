@@ -3,8 +3,9 @@
 //! codes (1: runtime, 2: usage). The `server` binary is [`echo_main`]
 //! (uppercase echo, as a state machine or, with `--handler async`, as a
 //! coroutine); a program serving a protocol of its own calls [`main`] with
-//! its protocol factory or handler and gets every flag, signal and the
-//! graceful stop unchanged. clap, anyhow and env_logger live here, not in
+//! its protocol factory or handler (or [`main_with`], to make it from the
+//! parsed configuration) and gets every flag, signal and the graceful stop
+//! unchanged. clap, anyhow and env_logger live here, not in
 //! the server library.
 
 use std::io::Write;
@@ -14,7 +15,7 @@ use std::time::Duration;
 
 use crate::work::{with_work, Work};
 use clap::builder::{PossibleValuesParser, TypedValueParser};
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches, Parser};
 use switchyard_common::UpperEcho;
 use switchyard_server::{cpus, factory_of, Config, Mode, Server, Service, WorkerMode};
 
@@ -120,7 +121,7 @@ fn parse_secs(s: &str) -> Result<Duration, String> {
 }
 
 impl Args {
-    fn into_config(self) -> anyhow::Result<Config> {
+    fn to_config(&self) -> anyhow::Result<Config> {
         let mut c = Config::new(self.mode);
         c.listen = self.listen;
         c.backlog = self.backlog;
@@ -154,8 +155,8 @@ impl Args {
         anyhow::ensure!(self.max_conns_per_ip != Some(0), "--max-conns-per-ip must be at least 1");
         c.max_conns_per_ip = self.max_conns_per_ip;
         c.socket_buffer = self.socket_buffer;
-        c.user = self.user;
-        c.group = self.group;
+        c.user = self.user.clone();
+        c.group = self.group.clone();
         Ok(c)
     }
 }
@@ -163,7 +164,7 @@ impl Args {
 /// The `server` binary: uppercase echo, as a state machine (`--handler
 /// sans-io`, the default) or as a coroutine (`--handler async`).
 pub fn echo_main() -> ExitCode {
-    start(|args| {
+    start(None, |args, _| {
         let service = match args.handler.as_deref() {
             Some("async") => crate::echo::upper_echo_with(args.work).into(),
             _ => match args.work {
@@ -181,8 +182,20 @@ pub fn echo_main() -> ExitCode {
 /// `server` binary only.
 pub fn main(service: impl Into<Service>) -> ExitCode {
     let service = service.into();
-    start(move |args| {
+    main_with(move |_| Ok(service))
+}
+
+/// [`main`] for a program whose service depends on the flags: `make` is
+/// given the parsed [`Config`] and returns the service, or the reason it
+/// cannot serve with that configuration (printed as `error: REASON`, exit
+/// 2, before anything is bound). A program that cannot work in some modes
+/// refuses them here (the chat example refuses the ones without a shared
+/// event loop), and one can size itself from the limits (the HTTP
+/// example bounds a request head's time by `--idle-timeout`).
+pub fn main_with<S: Into<Service>>(make: impl FnOnce(&Config) -> Result<S, String>) -> ExitCode {
+    start(Some(OWN_ABOUT), move |args, config| {
         anyhow::ensure!(args.handler.is_none(), "--handler: this program serves one handler of its own");
+        let service = make(config).map_err(anyhow::Error::msg)?.into();
         Ok(match (service, args.work) {
             (s, None) => s,
             (Service::Protocol(f), Some(w)) => with_work(f, w).into(),
@@ -191,21 +204,27 @@ pub fn main(service: impl Into<Service>) -> ExitCode {
     })
 }
 
-/// Parses the flags, makes the service from them, and runs the server.
-fn start(service: impl FnOnce(&Args) -> anyhow::Result<Service>) -> ExitCode {
+/// What `--help` says of a program serving a service of its own.
+const OWN_ABOUT: &str = "Serves this program's protocol over TCP with the concurrency strategy you choose \
+                         (the flags, signals and graceful stop of Switchyard's `server`).";
+
+/// Parses the flags (`--help` names the program and, if given, tells
+/// `about`), makes the service from them, and runs the server.
+fn start(about: Option<&'static str>, service: impl FnOnce(&Args, &Config) -> anyhow::Result<Service>) -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
         .format_timestamp_millis()
         .init();
-    let args = Args::parse();
-    let service = match service(&args) {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            return ExitCode::from(2);
-        }
-    };
-    let config = match args.into_config() {
-        Ok(c) => c,
+    let mut command = Args::command();
+    if let Some(name) = std::env::args_os().next().as_deref().map(std::path::Path::new).and_then(|p| p.file_name()) {
+        command = command.bin_name(name.to_string_lossy());
+    }
+    if let Some(about) = about {
+        command = command.about(about);
+    }
+    let args = Args::from_arg_matches(&command.get_matches()).unwrap_or_else(|e| e.exit());
+    let made = args.to_config().and_then(|config| Ok((service(&args, &config)?, config)));
+    let (service, config) = match made {
+        Ok(made) => made,
         Err(e) => {
             eprintln!("error: {e:#}");
             return ExitCode::from(2);
