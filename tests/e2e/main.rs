@@ -1,6 +1,7 @@
-//! End-to-end tests of the `server` binary, one test binary, a module per
-//! topic. Every test starts its own `server` process on `127.0.0.1:0` and
-//! talks to it over loopback TCP (see [`support`]).
+//! End-to-end tests of the `server` binary and of the example programs,
+//! one test binary, a module per topic. Every test starts its own server
+//! process on `127.0.0.1:0` and talks to it over loopback TCP (see
+//! [`support`]).
 //!
 //! - [`modes`]: every case against every mode of the table
 //!   (`support::modes::every_mode!`);
@@ -18,7 +19,11 @@
 //!   faulty servers, held connections, schedule lag, coordinated instances,
 //!   interval logs, merge, plots;
 //! - [`signals`]: the common signals that are not stops, sent to every mode
-//!   under load: handled as the signal table says, nobody hurt.
+//!   under load: handled as the signal table says, nobody hurt;
+//! - [`examples`]: the example programs (`examples/`: async echo, a Redis
+//!   key-value server, an HTTP server, a chat room) as real processes,
+//!   checked with `redis-cli`, `redis-benchmark`, `redis-server`, `curl`
+//!   and `wrk`.
 //!
 //! `cargo test --test e2e modes::fork::` runs one mode, `cargo test --test
 //! e2e half_close` one case in every mode, `cargo test --test e2e limits::`
@@ -27,6 +32,7 @@
 mod accept_errors;
 mod client;
 mod drivers;
+mod examples;
 mod faults;
 mod hardening;
 mod limits;

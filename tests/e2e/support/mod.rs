@@ -9,6 +9,8 @@
 //!   benchmarks;
 //! - [`metrics`]: the `--metrics` endpoint, scraped and parsed;
 //! - [`process`]: bounded waits and runs, signals, the fd limit;
+//! - [`programs`]: the example programs (built by cargo) and the standard
+//!   tools of other projects (`redis-cli`, `curl`, `wrk`);
 //! - [`machine`]: heavy tests run alone;
 //! - [`faults`]: syscall faults injected into a server (`faults.c`);
 //! - [`client`]: the `client` binary's runs and reports, and servers written
@@ -33,6 +35,7 @@ pub mod modes;
 pub mod net;
 pub mod process;
 pub mod procfs;
+pub mod programs;
 pub mod server;
 
 /// Panics with every collected failure, one per line.

@@ -89,9 +89,23 @@ pub struct Finished {
 /// Runs `cmd` (stdin empty, stdout and stderr collected) and waits at most
 /// `timeout` for it to exit. If it is still running then, it is SIGKILLed
 /// by its pid, reaped, and the error says so, with its stderr so far.
-pub fn run_bounded(mut cmd: Command, timeout: Duration) -> Result<Finished, String> {
-    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+pub fn run_bounded(cmd: Command, timeout: Duration) -> Result<Finished, String> {
+    run_bounded_with_input(cmd, None, timeout)
+}
+
+/// [`run_bounded`] with `input` written to the command's stdin (then
+/// closed) by a thread of its own, so a command that does not read it all
+/// cannot block the wait.
+pub fn run_bounded_with_input(mut cmd: Command, input: Option<&[u8]>, timeout: Duration) -> Result<Finished, String> {
+    cmd.stdin(if input.is_some() { Stdio::piped() } else { Stdio::null() });
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
     let mut child = cmd.spawn().map_err(|e| format!("spawn {cmd:?}: {e}"))?;
+    if let (Some(input), Some(mut stdin)) = (input, child.stdin.take()) {
+        let input = input.to_vec();
+        thread::spawn(move || {
+            let _ = std::io::Write::write_all(&mut stdin, &input);
+        });
+    }
     let out = Arc::new(Mutex::new(Vec::new()));
     let err = Arc::new(Mutex::new(Vec::new()));
     let (done_tx, done_rx) = mpsc::channel();

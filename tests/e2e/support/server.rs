@@ -10,6 +10,7 @@
 use std::collections::HashSet;
 use std::io::{self, BufRead, BufReader, Read};
 use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{mpsc, Arc, Mutex};
 use std::thread;
@@ -33,9 +34,10 @@ pub const EXIT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Bytes of server stderr kept for failure reports.
 const LOG_KEEP: usize = 64 * 1024;
 
-/// How to start a server: its mode, extra flags, limits, faults.
+/// How to start a server: its program, mode, extra flags, limits, faults.
 /// [`Server::start`] is the common case.
 pub struct Launch<'a> {
+    program: PathBuf,
     mode: &'a Mode,
     extra: &'a [&'a str],
     ulimit: Option<String>,
@@ -45,7 +47,14 @@ pub struct Launch<'a> {
 impl<'a> Launch<'a> {
     /// `server --mode NAME --listen 127.0.0.1:0 ARGS... EXTRA...`.
     pub fn new(mode: &'a Mode, extra: &'a [&'a str]) -> Launch<'a> {
-        Launch { mode, extra, ulimit: None, faults: None }
+        Launch { program: PathBuf::from(env!("CARGO_BIN_EXE_server")), mode, extra, ulimit: None, faults: None }
+    }
+
+    /// Another program with the `server` command line (an example built on
+    /// `switchyard::server_cli`) instead of `server`.
+    pub fn program(mut self, program: &Path) -> Self {
+        self.program = program.to_path_buf();
+        self
     }
 
     /// Under a shell `ulimit ULIMIT` (for example `-v 32000`): the shell
@@ -71,7 +80,7 @@ impl<'a> Launch<'a> {
     pub fn start(self) -> Server {
         raise_nofile();
         let claim = machine::claim();
-        let server = env!("CARGO_BIN_EXE_server");
+        let server = &self.program;
         let mut cmd = match &self.ulimit {
             None => Command::new(server),
             Some(limit) => {
@@ -418,7 +427,12 @@ fn spawn_log_drain(mut pipe: impl Read + Send + 'static, log: Arc<Mutex<Vec<u8>>
 /// Runs `server ARGS...` expecting it to exit on its own within
 /// [`EXIT_TIMEOUT`]; it is killed and the test fails if it does not.
 pub fn run_to_exit(args: &[&str]) -> Finished {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_server"));
+    run_program_to_exit(Path::new(env!("CARGO_BIN_EXE_server")), args)
+}
+
+/// [`run_to_exit`] for another program with the `server` command line.
+pub fn run_program_to_exit(program: &Path, args: &[&str]) -> Finished {
+    let mut cmd = Command::new(program);
     cmd.args(args);
-    run_bounded(cmd, EXIT_TIMEOUT).unwrap_or_else(|e| panic!("`server {}`: {e}", args.join(" ")))
+    run_bounded(cmd, EXIT_TIMEOUT).unwrap_or_else(|e| panic!("`{} {}`: {e}", program.display(), args.join(" ")))
 }
