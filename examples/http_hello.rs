@@ -50,6 +50,7 @@ pub const MAX_BODY: usize = 1024 * 1024;
 pub const HEAD_TIME: Duration = Duration::from_secs(10);
 
 const BODY: &[u8] = b"Hello, World!";
+const _: () = assert!(BODY.len() == 13, "OK_HEAD says Content-Length: 13");
 
 /// One connection.
 struct Hello {
@@ -130,13 +131,8 @@ thread_local! {
     static DATE: RefCell<(u64, String)> = const { RefCell::new((0, String::new())) };
 }
 
-/// Appends the response of `a`.
-fn respond(out: &mut BytesMut, a: &Answer) {
-    out.extend_from_slice(b"HTTP/1.1 ");
-    out.extend_from_slice(a.status.as_bytes());
-    out.extend_from_slice(b"\r\nServer: switchyard\r\nContent-Type: text/plain\r\nContent-Length: ");
-    out.extend_from_slice(a.body.len().to_string().as_bytes());
-    out.extend_from_slice(b"\r\nDate: ");
+/// Appends the `Date` header's value for now (formatted once a second).
+fn date(out: &mut BytesMut) {
     let now = SystemTime::now();
     let secs = now.duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
     DATE.with(|d| {
@@ -146,6 +142,28 @@ fn respond(out: &mut BytesMut, a: &Answer) {
         }
         out.extend_from_slice(d.1.as_bytes());
     });
+}
+
+/// The head of the common answer, up to its `Date` value.
+const OK_HEAD: &[u8] =
+    b"HTTP/1.1 200 OK\r\nServer: switchyard\r\nContent-Type: text/plain\r\nContent-Length: 13\r\nDate: ";
+
+/// Appends the response of `a`.
+fn respond(out: &mut BytesMut, a: &Answer) {
+    if a.status == "200 OK" && !a.close && !a.keep_alive_1_0 && !a.head_only {
+        // The answer to nearly every request, in three copies.
+        out.extend_from_slice(OK_HEAD);
+        date(out);
+        out.extend_from_slice(b"\r\n\r\n");
+        out.extend_from_slice(BODY);
+        return;
+    }
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(a.status.as_bytes());
+    out.extend_from_slice(b"\r\nServer: switchyard\r\nContent-Type: text/plain\r\nContent-Length: ");
+    out.extend_from_slice(a.body.len().to_string().as_bytes());
+    out.extend_from_slice(b"\r\nDate: ");
+    date(out);
     if a.close {
         out.extend_from_slice(b"\r\nConnection: close");
     } else if a.keep_alive_1_0 {

@@ -3,14 +3,14 @@
 //! that `COMMAND` reports, and the function. Replies and error texts are
 //! Redis' own, so clients and their tests see what they expect.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::BytesMut;
 
 use crate::resp::{self, parse_i64, Args};
-use crate::store::{Db, NOT_AN_INTEGER};
+use crate::store::{Clock, Db, NOT_AN_INTEGER};
 
-type Run = fn(&Args, &mut Db, Instant, &mut BytesMut);
+type Run = fn(&Args, &mut Db, &mut Clock, &mut BytesMut);
 
 /// One command.
 pub struct Command {
@@ -38,7 +38,7 @@ const COMMANDS: &[Command] = &[
 ];
 
 /// Runs one command and appends its reply.
-pub fn execute(args: &Args, db: &mut Db, now: Instant, out: &mut BytesMut) {
+pub fn execute(args: &Args, db: &mut Db, clock: &mut Clock, out: &mut BytesMut) {
     let name = args.get(0);
     let Some(cmd) = COMMANDS.iter().find(|c| name.eq_ignore_ascii_case(c.name.as_bytes())) else {
         return unknown_command(args, out);
@@ -47,7 +47,7 @@ pub fn execute(args: &Args, db: &mut Db, now: Instant, out: &mut BytesMut) {
     if (cmd.arity >= 0 && n != cmd.arity) || n < cmd.arity.abs() {
         return wrong_arity(cmd.name, out);
     }
-    (cmd.run)(args, db, now, out)
+    (cmd.run)(args, db, clock, out)
 }
 
 /// `ERR unknown command 'NAME', with args beginning with: 'A' 'B' `, the
@@ -78,7 +78,7 @@ fn error(out: &mut BytesMut, text: &str) {
     resp::error_reply(out, text.as_bytes());
 }
 
-fn ping(args: &Args, _: &mut Db, _: Instant, out: &mut BytesMut) {
+fn ping(args: &Args, _: &mut Db, _: &mut Clock, out: &mut BytesMut) {
     match args.len() {
         1 => resp::simple(out, "PONG"),
         2 => resp::bulk(out, args.get(1)),
@@ -86,12 +86,12 @@ fn ping(args: &Args, _: &mut Db, _: Instant, out: &mut BytesMut) {
     }
 }
 
-fn echo(args: &Args, _: &mut Db, _: Instant, out: &mut BytesMut) {
+fn echo(args: &Args, _: &mut Db, _: &mut Clock, out: &mut BytesMut) {
     resp::bulk(out, args.get(1));
 }
 
 /// `SET key value [NX | XX] [EX seconds | PX milliseconds]`.
-fn set(args: &Args, db: &mut Db, now: Instant, out: &mut BytesMut) {
+fn set(args: &Args, db: &mut Db, clock: &mut Clock, out: &mut BytesMut) {
     let (mut expires, mut only_if) = (None, None);
     let mut i = 3;
     while i < args.len() {
@@ -119,7 +119,7 @@ fn set(args: &Args, db: &mut Db, now: Instant, out: &mut BytesMut) {
         let at = (n > 0)
             .then(|| n.checked_mul(ms_per_unit))
             .flatten()
-            .and_then(|ms| now.checked_add(Duration::from_millis(ms as u64)));
+            .and_then(|ms| clock.now().checked_add(Duration::from_millis(ms as u64)));
         let Some(at) = at else { return error(out, "ERR invalid expire time in 'set' command") };
         expires = Some(at);
         i += 2;
@@ -131,36 +131,36 @@ fn set(args: &Args, db: &mut Db, now: Instant, out: &mut BytesMut) {
     resp::simple(out, "OK");
 }
 
-fn get(args: &Args, db: &mut Db, _: Instant, out: &mut BytesMut) {
+fn get(args: &Args, db: &mut Db, _: &mut Clock, out: &mut BytesMut) {
     match db.get(args.get(1)) {
         Some(v) => resp::bulk(out, v),
         None => resp::null(out),
     }
 }
 
-fn del(args: &Args, db: &mut Db, _: Instant, out: &mut BytesMut) {
+fn del(args: &Args, db: &mut Db, _: &mut Clock, out: &mut BytesMut) {
     let n = args.iter().skip(1).filter(|k| db.remove(k)).count();
     resp::integer(out, n as i64);
 }
 
-fn exists(args: &Args, db: &mut Db, _: Instant, out: &mut BytesMut) {
+fn exists(args: &Args, db: &mut Db, _: &mut Clock, out: &mut BytesMut) {
     let n = args.iter().skip(1).filter(|k| db.contains(k)).count();
     resp::integer(out, n as i64);
 }
 
-fn incr(args: &Args, db: &mut Db, _: Instant, out: &mut BytesMut) {
+fn incr(args: &Args, db: &mut Db, _: &mut Clock, out: &mut BytesMut) {
     match db.incr(args.get(1)) {
         Ok(n) => resp::integer(out, n),
         Err(e) => error(out, e),
     }
 }
 
-fn dbsize(_: &Args, db: &mut Db, _: Instant, out: &mut BytesMut) {
+fn dbsize(_: &Args, db: &mut Db, _: &mut Clock, out: &mut BytesMut) {
     resp::integer(out, db.len() as i64);
 }
 
 /// `FLUSHALL [ASYNC | SYNC]` (both are synchronous here).
-fn flushall(args: &Args, db: &mut Db, _: Instant, out: &mut BytesMut) {
+fn flushall(args: &Args, db: &mut Db, _: &mut Clock, out: &mut BytesMut) {
     let mode_ok = |m: &[u8]| m.eq_ignore_ascii_case(b"ASYNC") || m.eq_ignore_ascii_case(b"SYNC");
     match args.len() {
         1 => {}
@@ -181,7 +181,7 @@ fn unknown_subcommand(args: &Args, out: &mut BytesMut, of: &str) {
 /// What a client asks when it connects: `COMMAND` (every command's
 /// name, arity, flags and key positions), `COMMAND COUNT`, `COMMAND INFO
 /// name...`, `COMMAND DOCS` (none: an empty reply).
-fn command(args: &Args, _: &mut Db, _: Instant, out: &mut BytesMut) {
+fn command(args: &Args, _: &mut Db, _: &mut Clock, out: &mut BytesMut) {
     let info = |out: &mut BytesMut, c: &Command| {
         resp::array(out, 6);
         resp::bulk(out, c.name.as_bytes());
@@ -222,7 +222,7 @@ fn command(args: &Args, _: &mut Db, _: Instant, out: &mut BytesMut) {
 
 /// `CONFIG GET parameter...`: the two that `redis-benchmark` asks for at
 /// start (`save`, `appendonly`: nothing is persisted), as name-value pairs.
-fn config(args: &Args, _: &mut Db, _: Instant, out: &mut BytesMut) {
+fn config(args: &Args, _: &mut Db, _: &mut Clock, out: &mut BytesMut) {
     const PARAMS: [(&str, &str); 2] = [("save", ""), ("appendonly", "no")];
     if !args.get(1).eq_ignore_ascii_case(b"GET") {
         return unknown_subcommand(args, out, "CONFIG");

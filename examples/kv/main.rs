@@ -24,8 +24,8 @@
 //!   bound;
 //! - **state shared between connections**: one [`store::Store`] per
 //!   process behind a mutex, taken once per read's batch of commands;
-//!   expiry is by time, read when a batch runs (a protocol has no clock of
-//!   its own);
+//!   expiry is by time, read when a batch needs it (a protocol has no
+//!   clock of its own);
 //! - **what processes share: nothing.** In `thread`, `pool`, `event`,
 //!   `reactor` and `serial` mode every connection sees the same keys. In
 //!   `fork` mode each connection is a process of its own with its own
@@ -45,13 +45,12 @@ mod store;
 
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::Instant;
 
 use bytes::{Buf, BytesMut};
 use switchyard_server::{Factory, Protocol, Step};
 
 use resp::Parser;
-use store::Store;
+use store::{Clock, Store};
 
 /// Reply bytes one read's commands may produce: past this the connection
 /// gets an error and is closed (Redis' `client-output-buffer-limit`, in
@@ -67,7 +66,7 @@ struct Kv {
 impl Protocol for Kv {
     fn on_read(&mut self, input: &mut BytesMut, output: &mut BytesMut) -> Step {
         let start = output.len();
-        let now = Instant::now();
+        let mut clock = Clock::default();
         let mut db = None;
         loop {
             match self.parser.parse(input) {
@@ -77,10 +76,10 @@ impl Protocol for Kv {
                     if !args.is_empty() {
                         let db = db.get_or_insert_with(|| {
                             let mut db = self.store.lock();
-                            db.expire(now);
+                            db.expire(&mut clock);
                             db
                         });
-                        commands::execute(&args, db, now, output);
+                        commands::execute(&args, db, &mut clock, output);
                     }
                     input.advance(n);
                     if output.len() - start > MAX_BATCH_REPLIES {

@@ -3,9 +3,9 @@
 //! connection holds the lock for microseconds: for one read's batch of
 //! pipelined commands, taken once per batch). Expiry is time-based: keys
 //! with a deadline are also kept in deadline order, and every batch first
-//! drops the keys whose time has come (read once per batch: the protocol
-//! has no clock of its own), so an expired key is never seen and never
-//! stays behind.
+//! drops the keys whose time has come (the time read once per batch, and
+//! only if some key has a deadline: the protocol has no clock of its own),
+//! so an expired key is never seen and never stays behind.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Mutex, MutexGuard};
@@ -38,16 +38,28 @@ struct Entry {
     expires: Option<Instant>,
 }
 
+/// The time of one batch of commands, read when the first of them needs
+/// it (most batches never do: no key has a deadline, no `SET` sets one).
+#[derive(Debug, Default)]
+pub struct Clock(Option<Instant>);
+
+impl Clock {
+    /// Now, as read the first time this batch asked.
+    pub fn now(&mut self) -> Instant {
+        *self.0.get_or_insert_with(Instant::now)
+    }
+}
+
 /// Why `INCR` failed (Redis' texts).
 pub const NOT_AN_INTEGER: &str = "ERR value is not an integer or out of range";
 /// `INCR` of `i64::MAX`.
 pub const OVERFLOW: &str = "ERR increment or decrement would overflow";
 
 impl Db {
-    /// Drops every key whose deadline is at or before `now`.
-    pub fn expire(&mut self, now: Instant) {
+    /// Drops every key whose deadline has come.
+    pub fn expire(&mut self, clock: &mut Clock) {
         while let Some((at, _)) = self.deadlines.first() {
-            if *at > now {
+            if *at > clock.now() {
                 break;
             }
             if let Some((_, key)) = self.deadlines.pop_first() {
