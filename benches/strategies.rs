@@ -12,7 +12,10 @@
 //! - `--work cpu:N` and `--work sleep:MS` (CPU-bound vs IO-bound handlers);
 //! - RSS per idle connection and server CPU per message (issue 3);
 //! - the client's CPU per message against a minimal mio load generator
-//!   (issue 12; `strategies/floor.rs`, `strategies/loadgen.rs`).
+//!   (issue 12; `strategies/floor.rs`, `strategies/loadgen.rs`);
+//! - the example servers beside nginx and redis-server, driven by wrk and
+//!   redis-benchmark (issue 14; `strategies/examples.rs`; `--examples`
+//!   alone, `--no-examples` without).
 //!
 //! Every run is bounded (duration, client timeouts, and a watchdog that
 //! kills the server if a run overruns); every server is SIGKILLed with its
@@ -31,6 +34,8 @@
 //! `strategies/tokio_echo.rs`); the C baseline is `benches/c/epoll_echo.c`,
 //! compiled here with `cc -O2`.
 
+#[path = "strategies/examples.rs"]
+mod examples;
 #[path = "strategies/floor.rs"]
 mod floor;
 #[path = "strategies/idle.rs"]
@@ -43,6 +48,10 @@ mod output;
 mod plot;
 #[path = "strategies/procfs.rs"]
 mod procfs;
+// Where the example programs are built and the tools found: the tests' own module.
+#[allow(dead_code)]
+#[path = "../tests/e2e/support/programs.rs"]
+mod programs;
 #[path = "strategies/server.rs"]
 mod server;
 #[path = "strategies/tokio_echo.rs"]
@@ -131,6 +140,10 @@ pub(crate) struct Opts {
     pub(crate) floor_only: bool,
     /// The client-vs-load-generator CPU table.
     pub(crate) floor: bool,
+    /// Only the example servers against nginx and redis-server.
+    pub(crate) examples_only: bool,
+    /// The example servers against nginx and redis-server.
+    pub(crate) examples: bool,
     pub(crate) idle: bool,
     pub(crate) idle_conns: usize,
     pub(crate) repeats: usize,
@@ -155,6 +168,8 @@ impl Opts {
             idle_only: false,
             floor_only: false,
             floor: true,
+            examples_only: false,
+            examples: true,
             idle: true,
             idle_conns: 10_000,
             repeats: 3,
@@ -185,6 +200,8 @@ impl Opts {
                 }
                 "--floor" => o.floor_only = true,
                 "--no-floor" => o.floor = false,
+                "--examples" => o.examples_only = true,
+                "--no-examples" => o.examples = false,
                 "--conns" => conns = Some(list(&val("--conns")?)?),
                 "--sizes" => sizes = Some(list(&val("--sizes")?)?),
                 "--idle" => o.idle_only = true,
@@ -194,7 +211,7 @@ impl Opts {
                 "--idle-conns" => idle_conns = Some(val("--idle-conns")?.parse().map_err(|_| "bad --idle-conns")?),
                 "-h" | "--help" => {
                     return Err("usage: cargo bench --bench strategies -- [--quick|--full] [--modes a,b] [--out DIR] \
-                                [--write-docs] [--docs-dir DIR] [--idle] [--no-idle] [--floor] [--no-floor] \
+                                [--write-docs] [--docs-dir DIR] [--idle] [--no-idle] [--floor] [--no-floor] [--examples] [--no-examples] \
                                 [--repeats N] [--duration SECS] [--idle-conns N] [--conns 1,10] [--sizes 64,4096]"
                         .into())
                 }
@@ -560,6 +577,7 @@ pub(crate) struct Results {
     pub(crate) rows: Vec<Row>,
     pub(crate) idle: Vec<idle::IdleResult>,
     pub(crate) floor: Vec<floor::FloorRow>,
+    pub(crate) examples: examples::ExampleResults,
     pub(crate) started: String,
     pub(crate) elapsed: Duration,
     pub(crate) machine: output::Machine,
@@ -649,7 +667,7 @@ fn run_all(opts: Opts) -> Result<bool, String> {
     let mut modes = Vec::new();
     let mut unavailable = Vec::new();
     for spec in MODES {
-        if opts.modes.as_ref().is_some_and(|m| !m.iter().any(|n| n == spec.name)) {
+        if opts.examples_only || opts.modes.as_ref().is_some_and(|m| !m.iter().any(|n| n == spec.name)) {
             continue;
         }
         match probe(&p, spec) {
@@ -662,7 +680,7 @@ fn run_all(opts: Opts) -> Result<bool, String> {
     }
     let mut rows = Vec::new();
     let mut idle_results = Vec::new();
-    let only = opts.idle_only || opts.floor_only;
+    let only = opts.idle_only || opts.floor_only || opts.examples_only;
     if !only {
         eprintln!("closed loop ({} repeats of {:?} + {:?} warm-up):", opts.repeats, opts.duration, opts.warmup);
         for &size in &opts.sizes {
@@ -748,8 +766,14 @@ fn run_all(opts: Opts) -> Result<bool, String> {
             floor_rows.push(r);
         }
     }
+    let examples = if (opts.examples && !only) || opts.examples_only {
+        examples::measure_all(&opts, &p.logs)
+    } else {
+        examples::ExampleResults::default()
+    };
     let results = Results {
         opts: opts.clone(),
+        examples,
         modes,
         unavailable,
         rows,
@@ -761,7 +785,8 @@ fn run_all(opts: Opts) -> Result<bool, String> {
     };
     let ok = results.rows.iter().all(|r| r.median.failure.is_none())
         && results.idle.iter().all(|r| r.failure.is_none())
-        && results.floor.iter().all(|r| r.failure.is_none());
+        && results.floor.iter().all(|r| r.failure.is_none())
+        && results.examples.rows.iter().all(|r| r.failure.is_none());
     output::write_all(&results)?;
     eprintln!("strategies: done in {:.0} s", t0.elapsed().as_secs_f64());
     Ok(ok)

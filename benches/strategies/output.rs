@@ -456,6 +456,7 @@ pub fn markdown(res: &Results) -> String {
     }
     handlers_markdown(res, &mut s);
     floor_markdown(res, &mut s);
+    res.examples.markdown(&mut s);
     s
 }
 
@@ -797,6 +798,7 @@ fn results_json(res: &Results) -> Value {
         "unavailable": res.unavailable.iter().map(|(n, w)| json!({"mode": n, "why": w})).collect::<Vec<_>>(),
         "rows": rows,
         "idle": idle,
+        "examples": res.examples.json(),
         "cpu_floor": res.floor.iter().map(|r| {
             let run = |t: &crate::floor::ToolRun| json!({"cpu_us_per_msg": t.cpu_us_per_msg, "msgs_per_sec": t.msgs_per_sec, "server_cpu_us_per_msg": t.server_cpu_us_per_msg});
             json!({"server": r.server, "conns": crate::floor::CONNS, "size": crate::floor::SIZE, "secs": r.secs,

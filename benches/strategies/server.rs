@@ -1,7 +1,8 @@
 //! A server under test, in its own process group: started on port 0, ready
-//! when it prints `listening on ADDR ... pid=P`, and SIGKILLed with its whole
-//! process group (fork and prefork children included) when dropped, also when
-//! the harness panics.
+//! when it prints `listening on ADDR ... pid=P` (or, for the servers of
+//! other projects, on a free port picked for it, ready when it accepts), and
+//! SIGKILLed with its whole process group (fork and prefork children
+//! included) when dropped, also when the harness panics.
 
 use std::fs::File;
 use std::io::{self, BufRead, BufReader};
@@ -32,21 +33,7 @@ pub struct Server {
 impl Server {
     /// Starts `program args...` with stderr appended to `log`, and waits for its start-up line.
     pub fn start(program: &Path, args: &[String], log: &Path) -> io::Result<Server> {
-        let log = File::options().create(true).append(true).open(log)?;
-        let mut cmd = Command::new(program);
-        cmd.args(args).env("RUST_LOG", "warn").stdin(Stdio::null()).stdout(Stdio::piped()).stderr(log).process_group(0);
-        // SAFETY: prctl is async-signal-safe. The server dies with the harness's main thread (which
-        // starts every server), also when the harness is killed or interrupted: its own process group
-        // does not get the terminal's SIGINT.
-        unsafe {
-            cmd.pre_exec(|| {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                    return Err(io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-        let mut child = cmd.spawn().map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", program.display())))?;
+        let mut child = spawn(program, args, log, Stdio::piped())?;
         let stdout = child.stdout.take().expect("piped stdout");
         let (tx, rx) = mpsc::channel();
         thread::spawn(move || {
@@ -69,6 +56,25 @@ impl Server {
         Ok(server)
     }
 
+    /// Starts a server of another project (nginx, redis-server) that was
+    /// told to listen on `addr`, with stdout and stderr appended to `log`;
+    /// ready once `addr` accepts a connection.
+    pub fn start_external(program: &Path, args: &[String], addr: SocketAddr, log: &Path) -> io::Result<Server> {
+        let child = spawn(program, args, log, Stdio::from(File::options().create(true).append(true).open(log)?))?;
+        let pid = child.id();
+        let mut server = Server { child, addr, pid };
+        let deadline = std::time::Instant::now() + START_TIMEOUT;
+        while std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
+            if !server.alive() || std::time::Instant::now() >= deadline {
+                let tail = std::fs::read_to_string(log).unwrap_or_default();
+                let tail = &tail[tail.len().saturating_sub(2000)..];
+                return Err(io::Error::other(format!("{} did not listen on {addr}: {tail}", program.display())));
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        Ok(server)
+    }
+
     /// Whether the server is still running.
     pub fn alive(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
@@ -85,6 +91,26 @@ impl Drop for Server {
         let _ = killpg(Pid::from_raw(self.child.id() as i32), Signal::SIGKILL);
         let _ = self.child.wait();
     }
+}
+
+/// Spawns `program args...` in its own process group, dying with the
+/// harness, with stderr appended to `log`.
+fn spawn(program: &Path, args: &[String], log: &Path, stdout: Stdio) -> io::Result<Child> {
+    let log = File::options().create(true).append(true).open(log)?;
+    let mut cmd = Command::new(program);
+    cmd.args(args).env("RUST_LOG", "warn").stdin(Stdio::null()).stdout(stdout).stderr(log).process_group(0);
+    // SAFETY: prctl is async-signal-safe. The server dies with the harness's main thread (which
+    // starts every server), also when the harness is killed or interrupted: its own process group
+    // does not get the terminal's SIGINT.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    cmd.spawn().map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", program.display())))
 }
 
 /// Kills a server's process group from another thread unless disarmed first.
