@@ -111,11 +111,16 @@ fn room(mode: &Mode) {
 
 in_modes!(room; event: EVENT, reactor: REACTOR);
 
+/// The most a TCP socket's send buffer grows to here (`tcp_wmem`'s max).
+fn send_buffer_max() -> usize {
+    let wmem = std::fs::read_to_string("/proc/sys/net/ipv4/tcp_wmem").unwrap_or_default();
+    wmem.split_whitespace().nth(2).and_then(|v| v.parse().ok()).unwrap_or(4 << 20)
+}
+
 #[test]
 fn a_member_that_never_reads_is_dropped_and_hurts_nobody() {
-    // Small socket buffers on both sides of the stuck member, so its
-    // backlog, not the kernel, holds the lines it does not read.
-    let server = start("chat", &crate::support::modes::EVENT, &["--socket-buffer", "16384"]);
+    let server = start("chat", &crate::support::modes::EVENT, &[]);
+    // The stuck member: a small receive window, and it never reads.
     let stuck = {
         let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
         sock.set_recv_buffer_size(4096).expect("SO_RCVBUF");
@@ -130,27 +135,35 @@ fn a_member_that_never_reads_is_dropped_and_hurts_nobody() {
     let stuck_id = speaker.id - 1;
     let reader = Member::join(&server);
     speaker.read_until(|l| l.ends_with("joined"));
+    // More than the kernel can hold for the stuck member (its send buffer
+    // at its largest, its window) and the room's mark, twice over.
     let line = "x".repeat(1000);
-    const LINES: usize = 1000; // 1 MB: far past the 256 KiB mark and the buffers
+    let lines = (2 * send_buffer_max() + (1 << 20)) / line.len();
     let listen = thread::spawn(move || {
         let mut reader = reader; // the whole member: both halves close at the end
         let mut heard = 0;
-        while heard < LINES {
+        while heard < lines {
             heard += usize::from(read_line(&mut reader.r).starts_with("guest"));
         }
         heard
     });
-    for _ in 0..LINES {
+    let t0 = Instant::now();
+    for _ in 0..lines {
         speaker.say(&line);
     }
-    assert_eq!(listen.join().expect("the reading member"), LINES, "the reading member missed lines");
+    assert_eq!(listen.join().expect("the reading member"), lines, "the reading member missed lines");
     speaker.read_until(|l| l == format!("* guest{stuck_id} left"));
-    // The stuck member's stream was cut: what it finally reads ends long
-    // before the 1 MB that were said (then EOF).
+    // Dropped once it had been behind for the stall limit (2 s), not at
+    // the first burst.
+    let after = t0.elapsed();
+    eprintln!("chat: the stuck member was dropped {after:?} after a flood of {lines} lines began");
+    assert!((1.9..10.0).contains(&after.as_secs_f64()), "dropped after {after:?}; the stall limit is 2 s");
+    // Its stream was cut: what it finally reads ends long before all that
+    // was said (then EOF).
     let mut got = Vec::new();
     let mut r = stuck;
     std::io::Read::read_to_end(&mut r, &mut got).expect("the stuck member's stream");
-    assert!(got.len() < 500_000, "the stuck member was sent {} bytes", got.len());
+    assert!(got.len() < lines * line.len() / 2, "the stuck member was sent {} bytes", got.len());
     drop((speaker, r));
     stop(server);
 }

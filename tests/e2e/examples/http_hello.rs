@@ -228,6 +228,7 @@ fn heads_bounded_in_time(mode: &Mode) {
     }
     let (got, after) = read.join().unwrap();
     assert!(got.starts_with("HTTP/1.1 408 Request Timeout\r\n"), "the trickler got {got:?}");
+    eprintln!("http_hello ({}): the trickler got 408 {after:?} after its first byte", mode.name);
     assert!((0.95..2.5).contains(&after.as_secs_f64()), "408 after {after:?}, the limit is 1 s");
 
     // One that stops mid-head: the idle timeout closes it, unanswered.
@@ -237,6 +238,7 @@ fn heads_bounded_in_time(mode: &Mode) {
     let got = read_all(&mut c);
     let after = t0.elapsed();
     assert_eq!(got, "", "a silent client is closed without an answer");
+    eprintln!("http_hello ({}): a silent half head was closed after {after:?}", mode.name);
     assert!((0.9..2.5).contains(&after.as_secs_f64()), "closed after {after:?}, the idle timeout is 1 s");
 
     // A head in two halves within the limit is served.
