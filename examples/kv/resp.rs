@@ -154,7 +154,6 @@ impl Parser {
     /// separate, "double quotes" take `\n \r \t \b \a \\ \" \xHH` escapes,
     /// 'single quotes' take `\'`, and a closing quote must end its argument.
     fn split_inline(&mut self, line: &[u8]) -> Result<(), ProtocolError> {
-        let unbalanced = || error("unbalanced quotes in request");
         let mut i = 0;
         loop {
             while i < line.len() && line[i].is_ascii_whitespace() {
@@ -165,63 +164,7 @@ impl Parser {
             }
             let start = self.inline.len();
             match line[i] {
-                b'"' => {
-                    i += 1;
-                    loop {
-                        match line.get(i..) {
-                            None | Some([]) => return unbalanced(),
-                            Some([b'\\', b'x', h, l, ..]) if hex(*h).is_some() && hex(*l).is_some() => {
-                                self.inline.push(hex(*h).unwrap_or(0) << 4 | hex(*l).unwrap_or(0));
-                                i += 4;
-                            }
-                            Some([b'\\', c, ..]) => {
-                                self.inline.push(match c {
-                                    b'n' => b'\n',
-                                    b'r' => b'\r',
-                                    b't' => b'\t',
-                                    b'b' => 0x08,
-                                    b'a' => 0x07,
-                                    c => *c,
-                                });
-                                i += 2;
-                            }
-                            Some([b'"', rest @ ..]) => {
-                                if rest.first().is_some_and(|c| !c.is_ascii_whitespace()) {
-                                    return unbalanced();
-                                }
-                                i += 1;
-                                break;
-                            }
-                            Some([c, ..]) => {
-                                self.inline.push(*c);
-                                i += 1;
-                            }
-                        }
-                    }
-                }
-                b'\'' => {
-                    i += 1;
-                    loop {
-                        match line.get(i..) {
-                            None | Some([]) => return unbalanced(),
-                            Some([b'\\', b'\'', ..]) => {
-                                self.inline.push(b'\'');
-                                i += 2;
-                            }
-                            Some([b'\'', rest @ ..]) => {
-                                if rest.first().is_some_and(|c| !c.is_ascii_whitespace()) {
-                                    return unbalanced();
-                                }
-                                i += 1;
-                                break;
-                            }
-                            Some([c, ..]) => {
-                                self.inline.push(*c);
-                                i += 1;
-                            }
-                        }
-                    }
-                }
+                quote @ (b'"' | b'\'') => i = self.quoted(line, i + 1, quote)?,
                 _ => {
                     while i < line.len() && !line[i].is_ascii_whitespace() {
                         self.inline.push(line[i]);
@@ -230,6 +173,41 @@ impl Parser {
                 }
             }
             self.spans.push(Span::Inline(start..self.inline.len()));
+        }
+    }
+
+    /// Unescapes the argument that starts at `i`, just after its opening
+    /// `quote`, into the inline copy; where it ends.
+    fn quoted(&mut self, line: &[u8], mut i: usize, quote: u8) -> Result<usize, ProtocolError> {
+        let double = quote == b'"';
+        loop {
+            let (byte, used) = match &line[i..] {
+                [] => return error("unbalanced quotes in request"),
+                [q, after @ ..] if *q == quote => {
+                    if after.first().is_some_and(|c| !c.is_ascii_whitespace()) {
+                        return error("unbalanced quotes in request");
+                    }
+                    return Ok(i + 1);
+                }
+                [b'\\', b'x', h, l, ..] if double && hex(*h).is_some() && hex(*l).is_some() => {
+                    (hex(*h).unwrap_or(0) << 4 | hex(*l).unwrap_or(0), 4)
+                }
+                [b'\\', c, ..] if double => {
+                    let byte = match c {
+                        b'n' => b'\n',
+                        b'r' => b'\r',
+                        b't' => b'\t',
+                        b'b' => 0x08,
+                        b'a' => 0x07,
+                        c => *c,
+                    };
+                    (byte, 2)
+                }
+                [b'\\', b'\'', ..] => (b'\'', 2),
+                [c, ..] => (*c, 1),
+            };
+            self.inline.push(byte);
+            i += used;
         }
     }
 }
