@@ -42,8 +42,8 @@
 //!   in the socket read (returning early only for the handler's own
 //!   timers), so a member waiting for its client cannot be woken by the
 //!   room. Tried: with thread mode let through, a member never received a
-//!   line (the read, polled first, blocks until its own client sends).
-//!   Refused. (A handler could poll the room on a timer, with
+//!   line, not even after its own client sent one (the read is polled
+//!   first, and blocks the thread each time round). Refused. (A handler could poll the room on a timer, with
 //!   `handler::timeout` around each read: a busy wait, not this example.)
 //!
 //! **Limits**: a line may be [`MAX_LINE`] bytes (longer: a notice, then the
