@@ -19,7 +19,7 @@ use crate::support::modes::{every_mode, Mode};
 use crate::support::modes::{EVENT, FORK, PREFORK_EVENT, PREFORK_REUSEPORT, PREFORK_THREAD, REACTOR, THREAD};
 use crate::support::net::upper;
 use crate::support::process::poll_until;
-use crate::support::server::{Launch, Server};
+use crate::support::server::{Launch, Server, SETTLE_TIMEOUT};
 
 /// What one client saw.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -171,7 +171,7 @@ mod cases {
             mode.name
         );
         assert!(
-            server.log_line_containing("out of fds: closed").is_some(),
+            server.wait_log_line("out of fds: closed", SETTLE_TIMEOUT).is_some(),
             "{}: no shedding logged\n{}",
             mode.name,
             server.log()
@@ -193,7 +193,7 @@ mod cases {
         );
         let errors = counter(&server, "switchyard_accept_errors_total", 1.0);
         assert!(errors >= 1.0 && errors <= acceptors(mode) as f64, "{}: {errors} accept errors", mode.name);
-        let line = server.log_line_containing("accept: Invalid argument");
+        let line = server.wait_log_line("accept: Invalid argument", SETTLE_TIMEOUT);
         assert!(
             line.as_deref().is_some_and(|l| l.contains("ERROR") && l.contains("retrying in 100ms")),
             "{}: the unexpected error is not logged as an error with its retry: {line:?}\n{}",
@@ -231,7 +231,7 @@ mod cases {
         });
         assert!(settled, "{}: {active} connections still count as open", mode.name);
         assert!(
-            server.log_line_containing(logged).is_some(),
+            server.wait_log_line(logged, SETTLE_TIMEOUT).is_some(),
             "{}: no {logged:?} in the log\n{}",
             mode.name,
             server.log()
