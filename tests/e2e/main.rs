@@ -14,6 +14,8 @@
 //! - [`faults`]: the syscall fault-injection shim itself;
 //! - [`accept_errors`]: the accept policy's error table, a test per row in
 //!   every mode (with the shim);
+//! - [`metrics_endpoint`]: a scrape beside a thousand hostile clients of
+//!   the metrics port, in every mode;
 //! - [`client`]: the `client` binary and library: verification against
 //!   faulty servers, held connections, schedule lag, coordinated instances,
 //!   interval logs, merge, plots;
@@ -30,6 +32,7 @@ mod drivers;
 mod faults;
 mod hardening;
 mod limits;
+mod metrics_endpoint;
 mod modes;
 mod prefork;
 mod signals;

@@ -29,7 +29,7 @@ use crate::process::scoreboard::Slot;
 pub(crate) const HEARTBEAT: Duration = Duration::from_secs(1);
 
 /// Tokens from here up are the poller's; owners use the ones below.
-pub(crate) const RESERVED: usize = usize::MAX - 1024;
+pub(crate) const RESERVED: usize = usize::MAX - 2 * crate::process::metrics::MAX_CLIENTS;
 /// The token of the listener an owner registers with [`Poller::listen`].
 pub(crate) const LISTENER: Token = Token(usize::MAX);
 const SIGNALS: Token = Token(usize::MAX - 1);
@@ -95,8 +95,8 @@ impl Poller {
     /// rest), metrics requests are read. `events` holds the owner's.
     pub(crate) fn wait(&mut self, events: &mut Events, deadline: Option<Instant>) -> io::Result<()> {
         let now = Instant::now();
-        let retry = self.metrics.as_ref().and_then(|m| m.retry_at());
-        let deadline = [deadline, retry].into_iter().flatten().min();
+        let chores = self.metrics.as_mut().and_then(|m| m.deadline());
+        let deadline = [deadline, chores].into_iter().flatten().min();
         let timeout = deadline.map_or(HEARTBEAT, |d| d.saturating_duration_since(now).min(HEARTBEAT));
         let polled = match self.poll.poll(events, Some(timeout)) {
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {
@@ -119,7 +119,7 @@ impl Poller {
             }
         }
         if let Some(m) = &mut self.metrics {
-            m.retry(self.poll.registry(), Instant::now());
+            m.tick(self.poll.registry(), Instant::now());
         }
         Ok(())
     }

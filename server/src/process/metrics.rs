@@ -26,8 +26,12 @@ use slab::Slab;
 
 use super::scoreboard::{now_ms, Counter, Slot};
 
-/// Requests in flight at most; more wait in the backlog.
-const MAX_CLIENTS: usize = 16;
+/// Connections held at most. At the cap the oldest is closed to make room,
+/// so a scrape always gets in, however many idle or slow clients hold
+/// connections open.
+pub(crate) const MAX_CLIENTS: usize = 4096;
+/// How long a client may take to send its request head.
+const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
 /// Request heads longer than this are refused.
 const MAX_HEAD: usize = 8 * 1024;
 /// How long after a failed accept the endpoint tries again.
@@ -59,6 +63,8 @@ struct Client {
     wants_page: bool,
     reply: Vec<u8>,
     sent: usize,
+    /// Its place in `order`.
+    seq: u64,
 }
 
 /// The endpoint: a listener and the requests being answered.
@@ -67,6 +73,11 @@ pub(crate) struct Metrics {
     listener: TcpListener,
     base: Token,
     clients: Slab<Client>,
+    /// The clients in the order they came (the order of their head
+    /// deadlines): (deadline, key, seq); entries of clients already gone
+    /// are skipped when they come up.
+    order: std::collections::VecDeque<(Instant, usize, u64)>,
+    seq: u64,
     /// When to accept again after a failed accept.
     retry_at: Option<Instant>,
 }
@@ -78,7 +89,7 @@ impl Metrics {
             .map_err(|e| io::Error::new(e.kind(), format!("metrics: cannot bind {addr}: {e}")))?;
         registry.register(&mut listener, base, Interest::READABLE)?;
         log::info!("metrics on http://{}/metrics", listener.local_addr()?);
-        Ok(Metrics { listener, base, clients: Slab::new(), retry_at: None })
+        Ok(Metrics { listener, base, clients: Slab::new(), order: Default::default(), seq: 0, retry_at: None })
     }
 
     /// Whether `token` belongs to this endpoint.
@@ -111,16 +122,41 @@ impl Metrics {
         }
     }
 
-    /// When [`Metrics::retry`] is due (after a failed accept).
-    pub(crate) fn retry_at(&self) -> Option<Instant> {
-        self.retry_at
+    /// When [`Metrics::tick`] is due: a retry after a failed accept, or the
+    /// head deadline of the oldest client.
+    pub(crate) fn deadline(&mut self) -> Option<Instant> {
+        self.drop_stale();
+        let head = self.order.front().map(|(t, _, _)| *t);
+        [self.retry_at, head].into_iter().flatten().min()
     }
 
-    /// Accepts again if a failed accept asked for it and its time came.
-    pub(crate) fn retry(&mut self, registry: &Registry, now: Instant) {
+    /// Closes clients whose head is overdue, and accepts again if a failed
+    /// accept asked for it.
+    pub(crate) fn tick(&mut self, registry: &Registry, now: Instant) {
+        loop {
+            self.drop_stale();
+            match self.order.front() {
+                Some(&(t, key, _)) if now >= t => {
+                    self.order.pop_front();
+                    log::debug!("metrics: a client sent no request within {HEAD_TIMEOUT:?}; closed");
+                    self.drop_client(key, registry);
+                }
+                _ => break,
+            }
+        }
         if self.retry_at.is_some_and(|t| now >= t) {
             self.retry_at = None;
             self.accept(registry);
+        }
+    }
+
+    /// Forgets the front entries of clients that are gone.
+    fn drop_stale(&mut self) {
+        while let Some(&(_, key, seq)) = self.order.front() {
+            if self.clients.get(key).is_some_and(|c| c.seq == seq) {
+                return;
+            }
+            self.order.pop_front();
         }
     }
 
@@ -143,30 +179,39 @@ impl Metrics {
     }
 
     fn drop_client(&mut self, key: usize, registry: &Registry) {
-        let was_full = self.clients.len() == MAX_CLIENTS;
-        let mut c = self.clients.remove(key);
-        let _ = registry.deregister(&mut c.stream);
-        if was_full {
-            // The listener is edge-triggered: requests that queued while
-            // every place was taken raise no new event.
-            self.accept(registry);
+        if let Some(mut c) = self.clients.try_remove(key) {
+            let _ = registry.deregister(&mut c.stream);
         }
     }
 
     fn accept(&mut self, registry: &Registry) {
-        while self.clients.len() < MAX_CLIENTS {
+        loop {
+            if self.clients.len() >= MAX_CLIENTS {
+                // Full: the oldest client goes, so that the newest (a
+                // scrape, as likely as not) gets in.
+                self.drop_stale();
+                match self.order.pop_front() {
+                    Some((_, key, _)) => self.drop_client(key, registry),
+                    None => return,
+                }
+            }
             match self.listener.accept() {
                 Ok((mut stream, _)) => {
                     let entry = self.clients.vacant_entry();
-                    let token = Token(self.base.0 + 1 + entry.key());
+                    let key = entry.key();
+                    let token = Token(self.base.0 + 1 + key);
                     if registry.register(&mut stream, token, Interest::READABLE | Interest::WRITABLE).is_ok() {
+                        self.seq += 1;
+                        let seq = self.seq;
                         entry.insert(Client {
                             stream,
                             head: Vec::new(),
                             wants_page: false,
                             reply: Vec::new(),
                             sent: 0,
+                            seq,
                         });
+                        self.order.push_back((Instant::now() + HEAD_TIMEOUT, key, seq));
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
