@@ -27,87 +27,91 @@ fn worker_names() -> PossibleValuesParser {
 }
 
 /// Uppercase echo over TCP, served by the concurrency strategy you choose.
+///
+/// Every flag can also come from the environment variable shown beside it
+/// (`SWITCHYARD_MODE=event`, `SWITCHYARD_NODELAY=false`); a flag given on the
+/// command line wins over the environment.
 #[derive(Debug, Parser)]
-#[command(name = "server", version, about, long_about = None)]
+#[command(name = "server", version)]
 struct Args {
     /// Concurrency strategy.
-    #[arg(long, value_parser = mode_names().map(|s| s.parse::<Mode>().expect("a listed name")), default_value = "thread")]
+    #[arg(long, env = "SWITCHYARD_MODE", value_parser = mode_names().map(|s| s.parse::<Mode>().expect("a listed name")), default_value = "thread")]
     mode: Mode,
     /// Address to listen on (port 0 picks a free port; never 0.0.0.0 unless you ask).
-    #[arg(long, default_value = "127.0.0.1:7878")]
+    #[arg(long, env = "SWITCHYARD_LISTEN", default_value = "127.0.0.1:7878")]
     listen: SocketAddr,
     /// listen(2) backlog.
-    #[arg(long, default_value_t = 1024)]
+    #[arg(long, env = "SWITCHYARD_BACKLOG", default_value_t = 1024)]
     backlog: i32,
     /// Open connections at most per process (thread, event, reactor); at the cap the server stops accepting.
-    #[arg(long, default_value_t = 10_000)]
+    #[arg(long, env = "SWITCHYARD_MAX_CONNS", default_value_t = 10_000)]
     max_conns: usize,
     /// Live children at most (fork); at the cap the parent waits for one to exit.
-    #[arg(long, default_value_t = 1024)]
+    #[arg(long, env = "SWITCHYARD_MAX_CHILDREN", default_value_t = 1024)]
     max_children: usize,
     /// Worker threads (pool; default 16) or event loops (reactor; default: number of CPUs).
-    #[arg(long)]
+    #[arg(long, env = "SWITCHYARD_THREADS")]
     threads: Option<usize>,
     /// Accepted connections waiting for a pool worker, at most.
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, env = "SWITCHYARD_QUEUE", default_value_t = 256)]
     queue: usize,
     /// Close a connection after this many seconds without traffic (default: never).
-    #[arg(long, value_name = "SECS", value_parser = parse_secs)]
+    #[arg(long, env = "SWITCHYARD_IDLE_TIMEOUT", value_name = "SECS", value_parser = parse_secs)]
     idle_timeout: Option<Duration>,
     /// Refuse (close) a client that waited this many seconds for a worker: serial, pool, and at the caps of
     /// fork (--max-children), thread, event and reactor (--max-conns). Default: the idle timeout; 0: forever.
-    #[arg(long, value_name = "SECS", value_parser = parse_secs)]
+    #[arg(long, env = "SWITCHYARD_QUEUE_TIMEOUT", value_name = "SECS", value_parser = parse_secs)]
     queue_timeout: Option<Duration>,
     /// Seconds a graceful stop lets open connections finish.
-    #[arg(long, value_name = "SECS", value_parser = parse_secs, default_value = "30")]
+    #[arg(long, env = "SWITCHYARD_GRACE", value_name = "SECS", value_parser = parse_secs, default_value = "30")]
     grace: Duration,
     /// Set TCP_NODELAY on accepted connections (default).
-    #[arg(long, overrides_with = "no_nodelay")]
+    #[arg(long, env = "SWITCHYARD_NODELAY", overrides_with = "no_nodelay")]
     nodelay: bool,
     /// Leave Nagle's algorithm on.
-    #[arg(long)]
+    #[arg(long, env = "SWITCHYARD_NO_NODELAY")]
     no_nodelay: bool,
     /// Unsent bytes per connection above which the event loops stop reading it.
-    #[arg(long, value_name = "BYTES", default_value_t = 256 * 1024)]
+    #[arg(long, env = "SWITCHYARD_MAX_BUFFER", value_name = "BYTES", default_value_t = 256 * 1024)]
     max_buffer: usize,
     /// Worker processes (prefork; default: number of CPUs).
-    #[arg(long)]
+    #[arg(long, env = "SWITCHYARD_WORKERS")]
     workers: Option<usize>,
     /// What each prefork worker runs.
-    #[arg(long, value_parser = worker_names().map(|s| s.parse::<WorkerMode>().expect("a listed name")), default_value = "event")]
+    #[arg(long, env = "SWITCHYARD_WORKER", value_parser = worker_names().map(|s| s.parse::<WorkerMode>().expect("a listed name")), default_value = "event")]
     worker: WorkerMode,
     /// Prefork: one SO_REUSEPORT socket per worker (kept by the master) instead of one shared listener.
-    #[arg(long)]
+    #[arg(long, env = "SWITCHYARD_REUSEPORT")]
     reuseport: bool,
     /// Prefork: replace a worker that has not sent a heartbeat for this many seconds.
-    #[arg(long, value_name = "SECS", value_parser = parse_secs)]
+    #[arg(long, env = "SWITCHYARD_WORKER_TIMEOUT", value_name = "SECS", value_parser = parse_secs)]
     worker_timeout: Option<Duration>,
     /// Prefork: recycle a worker after this many connections.
-    #[arg(long, value_name = "N")]
+    #[arg(long, env = "SWITCHYARD_MAX_REQUESTS", value_name = "N")]
     max_requests: Option<u64>,
     /// Prefork: add up to this many connections to --max-requests per worker, so restarts spread out.
-    #[arg(long, value_name = "J", default_value_t = 0)]
+    #[arg(long, env = "SWITCHYARD_MAX_REQUESTS_JITTER", value_name = "J", default_value_t = 0)]
     max_requests_jitter: u64,
     /// Serve Prometheus metrics (GET /metrics) on this address.
-    #[arg(long, value_name = "ADDR")]
+    #[arg(long, env = "SWITCHYARD_METRICS", value_name = "ADDR")]
     metrics: Option<SocketAddr>,
     /// SO_SNDBUF and SO_RCVBUF of accepted connections (default: the kernel's autotuning).
-    #[arg(long, value_name = "BYTES")]
+    #[arg(long, env = "SWITCHYARD_SOCKET_BUFFER", value_name = "BYTES")]
     socket_buffer: Option<usize>,
     /// Open connections per client address at most; the next one is closed at once (per process).
-    #[arg(long, value_name = "N")]
+    #[arg(long, env = "SWITCHYARD_MAX_CONNS_PER_IP", value_name = "N")]
     max_conns_per_ip: Option<usize>,
     /// After binding, drop privileges to this user (setgroups, setgid, setuid).
-    #[arg(long, value_name = "NAME")]
+    #[arg(long, env = "SWITCHYARD_USER", value_name = "NAME")]
     user: Option<String>,
     /// With --user: the group to drop to (default: the user's primary group).
-    #[arg(long, value_name = "NAME", requires = "user")]
+    #[arg(long, env = "SWITCHYARD_GROUP", value_name = "NAME", requires = "user")]
     group: Option<String>,
     /// Benchmarking aid: make handlers compute (cpu:N rounds per byte) or wait (sleep:MS per read).
-    #[arg(long, value_name = "cpu:N|sleep:MS")]
+    #[arg(long, env = "SWITCHYARD_WORK", value_name = "cpu:N|sleep:MS")]
     work: Option<Work>,
     /// The uppercase echo as a sans-IO state machine or as an async fn (the `server` binary only).
-    #[arg(long, value_name = "STYLE", value_parser = ["sans-io", "async"])]
+    #[arg(long, env = "SWITCHYARD_HANDLER", value_name = "STYLE", value_parser = ["sans-io", "async"])]
     handler: Option<String>,
 }
 

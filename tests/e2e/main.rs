@@ -16,6 +16,7 @@
 //!   every mode (with the shim);
 //! - [`metrics_endpoint`]: a scrape beside a thousand hostile clients of
 //!   the metrics port, in every mode;
+//! - [`cli`]: flags from the environment;
 //! - [`client`]: the `client` binary and library: verification against
 //!   faulty servers, held connections, schedule lag, coordinated instances,
 //!   interval logs, merge, plots;
@@ -27,6 +28,7 @@
 //! one topic; `-- --nocapture` also prints the figures the tests measure.
 
 mod accept_errors;
+mod cli;
 mod client;
 mod drivers;
 mod faults;

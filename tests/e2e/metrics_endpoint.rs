@@ -24,7 +24,8 @@ fn a_scrape_gets_through_a_thousand_idle_clients(mode: &Mode) {
         .collect();
     let slow: Vec<TcpStream> = (0..50)
         .map(|i| {
-            let mut s = dial(maddr, Duration::from_secs(5)).unwrap_or_else(|e| panic!("{}: slow client {i}: {e}", mode.name));
+            let mut s =
+                dial(maddr, Duration::from_secs(5)).unwrap_or_else(|e| panic!("{}: slow client {i}: {e}", mode.name));
             s.write_all(b"GET /metr").unwrap();
             s
         })

@@ -40,12 +40,13 @@ pub struct Launch<'a> {
     extra: &'a [&'a str],
     ulimit: Option<String>,
     faults: Option<String>,
+    env: Vec<(String, String)>,
 }
 
 impl<'a> Launch<'a> {
     /// `server --mode NAME --listen 127.0.0.1:0 ARGS... EXTRA...`.
     pub fn new(mode: &'a Mode, extra: &'a [&'a str]) -> Launch<'a> {
-        Launch { mode, extra, ulimit: None, faults: None }
+        Launch { mode, extra, ulimit: None, faults: None, env: Vec::new() }
     }
 
     /// Under a shell `ulimit ULIMIT` (for example `-v 32000`): the shell
@@ -59,6 +60,12 @@ impl<'a> Launch<'a> {
     /// With RLIMIT_NOFILE (soft and hard) set to `nofile`.
     pub fn nofile(self, nofile: u64) -> Self {
         self.ulimit(&format!("-n {nofile}"))
+    }
+
+    /// With `key=value` in the server's environment.
+    pub fn env(mut self, key: &str, value: &str) -> Self {
+        self.env.push((key.to_string(), value.to_string()));
+        self
     }
 
     /// With the syscall faults of `spec` injected (see [`faults`]).
@@ -84,6 +91,7 @@ impl<'a> Launch<'a> {
         if let Some(spec) = &self.faults {
             faults::inject(&mut cmd, spec);
         }
+        cmd.envs(self.env.iter().map(|(k, v)| (k, v)));
         Server::launch(self.mode, cmd, claim)
     }
 }
@@ -418,7 +426,12 @@ fn spawn_log_drain(mut pipe: impl Read + Send + 'static, log: Arc<Mutex<Vec<u8>>
 /// Runs `server ARGS...` expecting it to exit on its own within
 /// [`EXIT_TIMEOUT`]; it is killed and the test fails if it does not.
 pub fn run_to_exit(args: &[&str]) -> Finished {
+    run_to_exit_with(args, &[])
+}
+
+/// [`run_to_exit`] with `env` added to the server's environment.
+pub fn run_to_exit_with(args: &[&str], env: &[(&str, &str)]) -> Finished {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_server"));
-    cmd.args(args);
+    cmd.args(args).envs(env.iter().copied());
     run_bounded(cmd, EXIT_TIMEOUT).unwrap_or_else(|e| panic!("`server {}`: {e}", args.join(" ")))
 }
