@@ -86,6 +86,10 @@ struct Args {
     /// Prefork: replace a worker that has not sent a heartbeat for this many seconds.
     #[arg(long, env = "SWITCHYARD_WORKER_TIMEOUT", value_name = "SECS", value_parser = parse_secs)]
     worker_timeout: Option<Duration>,
+    /// Prefork: replace a worker whose resident memory passes this many MiB (a replacement first, then it drains;
+    /// each worker's limit is spread up to 10% below, so workers do not recycle together).
+    #[arg(long, env = "SWITCHYARD_MAX_WORKER_MEMORY", value_name = "MIB")]
+    max_worker_memory: Option<u64>,
     /// Prefork: recycle a worker after this many connections.
     #[arg(long, env = "SWITCHYARD_MAX_REQUESTS", value_name = "N")]
     max_requests: Option<u64>,
@@ -151,6 +155,8 @@ impl Args {
         c.worker = self.worker;
         c.reuseport = self.reuseport;
         c.worker_timeout = self.worker_timeout.filter(|d| !d.is_zero());
+        anyhow::ensure!(self.max_worker_memory != Some(0), "--max-worker-memory must be at least 1 (MiB)");
+        c.max_worker_memory = self.max_worker_memory.map(|m| m << 20);
         anyhow::ensure!(self.max_requests != Some(0), "--max-requests must be at least 1");
         c.max_requests = self.max_requests;
         c.max_requests_jitter = self.max_requests_jitter;
@@ -236,7 +242,19 @@ fn run(config: Config, service: Service) -> anyhow::Result<()> {
     let server = Server::bind(config).map_err(describe)?;
     {
         let mut out = std::io::stdout().lock();
-        let _ = writeln!(out, "listening on {} mode={mode} pid={}", server.local_addr(), std::process::id());
+        match server.inherited() {
+            None => {
+                let _ = writeln!(out, "listening on {} mode={mode} pid={}", server.local_addr(), std::process::id());
+            }
+            Some(from) => {
+                let _ = writeln!(
+                    out,
+                    "listening on {} mode={mode} pid={} (socket from {from})",
+                    server.local_addr(),
+                    std::process::id()
+                );
+            }
+        }
         let _ = out.flush();
     }
     server.serve(service).map_err(describe)

@@ -141,6 +141,9 @@ pub struct Config {
     pub reuseport: bool,
     /// Replace a prefork worker silent for this long.
     pub worker_timeout: Option<Duration>,
+    /// Replace a prefork worker whose resident memory passes this many bytes
+    /// (a replacement first, then the worker drains).
+    pub max_worker_memory: Option<u64>,
     /// Recycle a prefork worker after this many connections...
     pub max_requests: Option<u64>,
     /// ...plus up to this many more (spreads the restarts).
@@ -185,6 +188,7 @@ impl Config {
             worker: WorkerMode::Event,
             reuseport: false,
             worker_timeout: None,
+            max_worker_memory: None,
             max_requests: None,
             max_requests_jitter: 0,
             metrics: None,

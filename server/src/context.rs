@@ -97,6 +97,9 @@ impl Context {
     /// prefork worker counts as booting, and a death is a boot failure.
     pub(crate) fn ready(&self) {
         self.slot.set_state(State::Running);
+        // The server's main process serves: say so (a worker is another
+        // pid, for which this does nothing).
+        crate::lifecycle::readiness::ready(&format!("serving ({} mode)", self.config.mode));
     }
 
     /// This process's metrics page.

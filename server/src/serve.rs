@@ -1,6 +1,8 @@
 //! The entry point: [`Server::bind`] sets up signal handling, binds (so a
-//! port below 1024 works as root), and drops privileges; [`Server::serve`]
-//! runs the configured strategy until a stop.
+//! port below 1024 works as root) or takes the listening sockets it was
+//! handed (systemd's socket activation, or the process a binary upgrade
+//! replaces), and drops privileges; [`Server::serve`] runs the configured
+//! strategy until a stop.
 
 use std::io;
 use std::net::{SocketAddr, TcpListener};
@@ -12,24 +14,29 @@ use crate::handler::Handler;
 
 use crate::config::{Config, Mode};
 use crate::context::Context;
+use crate::lifecycle::readiness;
 use crate::lifecycle::signals::{self, Role, Signal, Signals};
 use crate::net::{accept, listener};
-use crate::process::privileges;
 use crate::process::scoreboard::{Scoreboard, Slot};
+use crate::process::{privileges, upgrade};
+use crate::sys;
 
 /// A server that is bound and ready to serve.
 #[derive(Debug)]
 pub struct Server {
     config: Config,
-    listener: TcpListener,
+    listeners: Vec<TcpListener>,
     signals: Signals,
     addr: SocketAddr,
+    inherited: Option<&'static str>,
 }
 
 impl Server {
     /// Installs the signal handling of the configured mode (before binding,
-    /// so a SIGTERM as soon as the address is known is honoured), binds
-    /// `config.listen`, and drops to `config.user` if given.
+    /// so a SIGTERM as soon as the address is known is honoured), takes the
+    /// listening sockets this process was handed (`LISTEN_FDS`: then
+    /// `config.listen` only documents) or binds `config.listen`, and drops
+    /// to `config.user` if given.
     pub fn bind(config: Config) -> io::Result<Server> {
         let role = match config.mode {
             Mode::Fork => Role::ForkParent,
@@ -38,14 +45,32 @@ impl Server {
         };
         let signals = Signals::install(role, config.mode.name())?;
         accept::init_reserve();
-        let reuseport = config.mode == Mode::Reactor || (config.mode == Mode::Prefork && config.reuseport);
-        let listener = listener::bind(config.listen, listener::BindOptions { backlog: config.backlog, reuseport })?;
+        upgrade::remember_how_started();
+        let upgrade_pipe = sys::take_inherited_fd(readiness::UPGRADE_READY_FD);
+        let handed: Vec<TcpListener> = sys::take_listen_fds()?.into_iter().map(|(l, _)| l).collect();
+        let (listeners, inherited) = if handed.is_empty() {
+            let reuseport = config.mode == Mode::Reactor || (config.mode == Mode::Prefork && config.reuseport);
+            let opts = listener::BindOptions { backlog: config.backlog, reuseport };
+            (vec![listener::bind(config.listen, opts)?], None)
+        } else {
+            let from = if upgrade_pipe.is_some() { "the server it replaces" } else { "systemd" };
+            log::info!("serving on {} socket(s) handed over by {from} (--listen only documents)", handed.len());
+            (handed, Some(from))
+        };
+        readiness::init(upgrade_pipe);
         match &config.user {
             Some(user) => privileges::drop_to(user, config.group.as_deref())?,
             None => privileges::warn_if_root(),
         }
-        let addr = listener.local_addr()?;
-        Ok(Server { config, listener, signals, addr })
+        let addr = listeners[0].local_addr()?;
+        Ok(Server { config, listeners, signals, addr, inherited })
+    }
+
+    /// Who handed this server its listening sockets, if it did not bind them
+    /// itself: `"systemd"` (socket activation) or `"the server it replaces"`
+    /// (a binary upgrade).
+    pub fn inherited(&self) -> Option<&'static str> {
+        self.inherited
     }
 
     /// The address the server listens on (the port is known even when
@@ -71,7 +96,7 @@ impl Server {
         };
         slot.claim(std::process::id());
         let ctx = Context::new(Arc::new(self.config), service.into(), slot, None);
-        crate::strategy::run(self.listener, self.signals, ctx)
+        crate::strategy::run(self.listeners, self.signals, ctx)
     }
 }
 

@@ -20,10 +20,12 @@ use std::time::{Duration, Instant};
 use mio::unix::SourceFd;
 use mio::{Events, Poll, Registry, Token, Waker};
 
-use super::shutdown::Shutdown;
+use super::readiness;
+use super::shutdown::{Phase, Shutdown};
 use super::signals::{Notices, Signals};
 use crate::process::metrics::Metrics;
-use crate::process::scoreboard::Slot;
+use crate::process::scoreboard::{Counter, Slot};
+use crate::process::upgrade::{Progress, Successor};
 
 /// The longest a loop sleeps without a heartbeat.
 pub(crate) const HEARTBEAT: Duration = Duration::from_secs(1);
@@ -34,6 +36,7 @@ pub(crate) const RESERVED: usize = usize::MAX - 2 * crate::process::metrics::MAX
 pub(crate) const LISTENER: Token = Token(usize::MAX);
 const SIGNALS: Token = Token(usize::MAX - 1);
 const WAKER: Token = Token(usize::MAX - 2);
+const UPGRADE: Token = Token(usize::MAX - 3);
 const METRICS: Token = Token(RESERVED);
 
 /// A loop's poll with the sources every loop has.
@@ -46,6 +49,10 @@ pub(crate) struct Poller {
     metrics: Option<Metrics>,
     heartbeat: Option<Slot>,
     notices: Notices,
+    /// A binary upgrade in progress.
+    successor: Option<Successor>,
+    /// When the last wait ended (the time since is work, for the busy ratio).
+    woke: Option<Instant>,
 }
 
 impl Poller {
@@ -64,7 +71,17 @@ impl Poller {
         }
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
         let metrics = Metrics::maybe_bind(metrics, poll.registry(), METRICS)?;
-        Ok(Poller { poll, signals, shutdown: shutdown.clone(), waker, metrics, heartbeat, notices: Notices::default() })
+        Ok(Poller {
+            poll,
+            signals,
+            shutdown: shutdown.clone(),
+            waker,
+            metrics,
+            heartbeat,
+            notices: Notices::default(),
+            successor: None,
+            woke: None,
+        })
     }
 
     /// The registry, for the owner's own sources (tokens below [`RESERVED`]).
@@ -96,8 +113,13 @@ impl Poller {
     pub(crate) fn wait(&mut self, events: &mut Events, deadline: Option<Instant>) -> io::Result<()> {
         let now = Instant::now();
         let chores = self.metrics.as_mut().and_then(|m| m.deadline());
-        let deadline = [deadline, chores].into_iter().flatten().min();
+        let watchdog = self.signals.as_ref().and_then(|_| readiness::next_watchdog());
+        let upgrade = self.successor.as_ref().map(Successor::deadline);
+        let deadline = [deadline, chores, watchdog, upgrade].into_iter().flatten().min();
         let timeout = deadline.map_or(HEARTBEAT, |d| d.saturating_duration_since(now).min(HEARTBEAT));
+        if let (Some(slot), Some(woke)) = (self.heartbeat, self.woke) {
+            slot.add_busy(now.saturating_duration_since(woke).as_micros() as u64);
+        }
         let polled = match self.poll.poll(events, Some(timeout)) {
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {
                 events.clear();
@@ -106,6 +128,7 @@ impl Poller {
             other => other,
         };
         self.beat();
+        self.woke = Some(Instant::now());
         polled?;
         for ev in events.iter() {
             match ev.token() {
@@ -118,10 +141,71 @@ impl Poller {
                 _ => {}
             }
         }
+        let now = Instant::now();
         if let Some(m) = &mut self.metrics {
-            m.tick(self.poll.registry(), Instant::now());
+            m.tick(self.poll.registry(), now);
+        }
+        if self.signals.is_some() {
+            self.tell_the_outside(now);
         }
         Ok(())
+    }
+
+    /// What the service manager and a replaced process hear from the loop
+    /// that owns the process's signals: the watchdog, the status, the start
+    /// of a stop; and how a binary upgrade in progress goes.
+    fn tell_the_outside(&mut self, now: Instant) {
+        readiness::watchdog(now);
+        if let Some(slot) = self.heartbeat {
+            readiness::status(&format!("serving {} connection(s)", slot.get(Counter::Active)), now);
+        }
+        if self.shutdown.phase() != Phase::Running {
+            readiness::stopping();
+        }
+        let Some(s) = &mut self.successor else { return };
+        match s.progress(now) {
+            Progress::Waiting => {}
+            Progress::Ready(pid) => {
+                log::info!("upgrade: pid {pid} serves now; this server drains");
+                readiness::handed_over(pid);
+                self.end_upgrade();
+                self.shutdown.drain();
+            }
+            Progress::Failed(why) => {
+                log::warn!("upgrade failed: {why}; this server goes on serving");
+                self.end_upgrade();
+            }
+        }
+    }
+
+    fn end_upgrade(&mut self) {
+        if let Some(s) = self.successor.take() {
+            let _ = self.poll.registry().deregister(&mut SourceFd(&s.fd().as_raw_fd()));
+        }
+    }
+
+    /// Starts a binary upgrade (SIGUSR2), handing the successor `listeners`;
+    /// this loop then watches it, and drains this server once it serves.
+    pub(crate) fn start_upgrade(&mut self, listeners: &[BorrowedFd<'_>]) {
+        if self.successor.is_some() {
+            log::info!("SIGUSR2: an upgrade is in progress already");
+            return;
+        }
+        if self.shutdown.phase() != Phase::Running {
+            log::info!("SIGUSR2: the server is stopping; no upgrade");
+            return;
+        }
+        match Successor::start(listeners) {
+            Ok(s) => {
+                let registered =
+                    self.poll.registry().register(&mut SourceFd(&s.fd().as_raw_fd()), UPGRADE, mio::Interest::READABLE);
+                if let Err(e) = registered {
+                    log::warn!("upgrade: cannot watch the successor's pipe: {e}; polling it");
+                }
+                self.successor = Some(s);
+            }
+            Err(e) => log::warn!("upgrade failed: cannot start the new binary: {e}; this server goes on serving"),
+        }
     }
 
     /// Records a heartbeat (every wake-up does).
@@ -139,6 +223,7 @@ impl Poller {
             self.notices.more += n.more;
             self.notices.fewer += n.fewer;
             self.notices.reap |= n.reap;
+            self.notices.upgrade += n.upgrade;
         }
     }
 

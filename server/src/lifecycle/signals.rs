@@ -82,6 +82,9 @@ pub(crate) enum Meaning {
     MoreWorkers,
     /// One worker fewer.
     FewerWorkers,
+    /// A binary upgrade: start the new binary, hand it the listeners, drain
+    /// once it serves.
+    Upgrade,
     /// Handled, logged at info with this text (`{mode}` is replaced by the
     /// mode's name), and otherwise ignored.
     Noted(&'static str),
@@ -130,7 +133,16 @@ pub(crate) const TABLE: [(Signal, [Meaning; 5]); 12] = [
     ),
     (Signal::SIGWINCH, [Noted("terminal resized: nothing to do"); 5]),
     (Signal::SIGUSR1, [Noted("no meaning in {mode} mode: ignored"); 5]),
-    (Signal::SIGUSR2, [Noted("no meaning in {mode} mode: ignored"); 5]),
+    (
+        Signal::SIGUSR2,
+        [
+            Upgrade,
+            Upgrade,
+            Noted("ignored by a connection's process (the parent upgrades)"),
+            Upgrade,
+            Noted("ignored by a worker (the master upgrades)"),
+        ],
+    ),
     (Signal::SIGALRM, [Noted("no meaning in {mode} mode: ignored"); 5]),
     (Signal::SIGPIPE, [Ignored; 5]),
     (Signal::SIGCHLD, [Default, Reap, Default, Reap, Default]),
@@ -147,6 +159,8 @@ pub(crate) struct Notices {
     pub(crate) fewer: u32,
     /// A child exited.
     pub(crate) reap: bool,
+    /// Binary upgrades asked for.
+    pub(crate) upgrade: u32,
 }
 
 /// How often one signal's note is logged at most.
@@ -245,6 +259,7 @@ impl Signals {
                 Reload => notices.reload += n,
                 MoreWorkers => notices.more += n,
                 FewerWorkers => notices.fewer += n,
+                Upgrade => notices.upgrade += n,
                 Noted(text) => self.note(row, *sig, text, n),
                 Ignored | Default => {}
             }
@@ -311,6 +326,7 @@ fn readme_table() -> String {
                 Reload => "rolling restart of the workers".to_string(),
                 MoreWorkers => "one worker more".to_string(),
                 FewerWorkers => "one worker fewer (never below 1)".to_string(),
+                Upgrade => "binary upgrade: start the new binary with the listeners, drain once it serves".to_string(),
                 Noted(t) => format!("logged: \"{}\"", t.replace("{mode}", "<mode>")),
                 Ignored => "ignored (`SIG_IGN`: writes to a closed peer fail with `EPIPE`)".to_string(),
                 Default => "default (ignored)".to_string(),

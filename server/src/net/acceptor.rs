@@ -85,6 +85,13 @@ impl<L: Listen + AsRawFd> Acceptor<L> {
     pub(crate) fn wait(&mut self, events: &mut Events, timers: &mut Deadlines) -> io::Result<()> {
         timers.set(Timer::Accept, self.deadline(Instant::now()));
         self.poller.wait(events, timers.earliest())?;
+        if self.poller.take_notices().upgrade > 0 {
+            // SIGUSR2: the successor gets this listener; the poll watches it.
+            if let Some(l) = &self.listener {
+                let fd = l.as_fd();
+                self.poller.start_upgrade(&[fd]);
+            }
+        }
         if events.iter().any(|ev| ev.token() == LISTENER) {
             self.policy.readable();
         }

@@ -31,6 +31,9 @@ impl std::fmt::Display for Ended {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Ended::Exited(code) => write!(f, "exited with status {code}"),
+            Ended::Killed(nix::sys::signal::Signal::SIGKILL) => {
+                f.write_str("killed by SIGKILL (the kernel OOM killer does this; check dmesg)")
+            }
             Ended::Killed(sig) => write!(f, "killed by {sig}"),
         }
     }

@@ -314,7 +314,42 @@ fn reply(status: &str, ctype: &str, body: &str) -> Vec<u8> {
 /// count into the same shared slot).
 pub(crate) fn render_process(slot: Slot) -> String {
     let uptime = Duration::from_millis(now_ms().saturating_sub(slot.started_ms()));
-    render(&[(std::process::id(), slot)], Retired::default(), 0, 0, uptime)
+    let me = std::process::id();
+    render(&[WorkerLine { pid: me, slot, rss: rss_bytes(me), busy: None }], &Supervision::default(), uptime)
+}
+
+/// The resident memory of process `pid` (`/proc/PID/statm`), in bytes.
+pub(crate) fn rss_bytes(pid: u32) -> Option<u64> {
+    let statm = std::fs::read_to_string(format!("/proc/{pid}/statm")).ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    let page = nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE).ok().flatten().unwrap_or(4096) as u64;
+    Some(pages * page)
+}
+
+/// One worker (or the one process) on the page.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct WorkerLine {
+    /// Its pid.
+    pub(crate) pid: u32,
+    /// Its counters.
+    pub(crate) slot: Slot,
+    /// Its resident memory, if known.
+    pub(crate) rss: Option<u64>,
+    /// The share of the last moments its loop was not waiting, if measured.
+    pub(crate) busy: Option<f64>,
+}
+
+/// What a supervisor adds to the page.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct Supervision {
+    /// Counters of workers that have exited.
+    pub(crate) retired: Retired,
+    /// Workers started.
+    pub(crate) spawns: u64,
+    /// Workers that exited.
+    pub(crate) deaths: u64,
+    /// Rolling restarts given up because a new worker died before serving.
+    pub(crate) reload_failures: u64,
 }
 
 /// One worker's counters, each read once, so that a page's totals always
@@ -341,13 +376,13 @@ const COUNTERS: [(&str, &str, &str); Counter::ALL.len()] = [
     ("handler_errors_total", "counter", "Connection handlers that returned an error or panicked."),
 ];
 
-/// The exposition text for `workers` (pid, slot), plus master-level figures.
-pub(crate) fn render(workers: &[(u32, Slot)], retired: Retired, spawns: u64, deaths: u64, uptime: Duration) -> String {
+/// The exposition text for `workers`, plus the supervisor's figures.
+pub(crate) fn render(workers: &[WorkerLine], sup: &Supervision, uptime: Duration) -> String {
     let snaps: Vec<Snapshot> = workers
         .iter()
-        .map(|(pid, s)| Snapshot { pid: *pid, values: Counter::ALL.map(|c| s.get(c)), silent_ms: s.silent_ms() })
+        .map(|w| Snapshot { pid: w.pid, values: Counter::ALL.map(|c| w.slot.get(c)), silent_ms: w.slot.silent_ms() })
         .collect();
-    let base = retired.totals;
+    let base = sup.retired.totals;
     let mut out = String::with_capacity(4096);
     for (i, (name, kind, help)) in COUNTERS.iter().enumerate() {
         let _ = writeln!(out, "# HELP switchyard_{name} {help}\n# TYPE switchyard_{name} {kind}");
@@ -373,11 +408,27 @@ pub(crate) fn render(workers: &[(u32, Slot)], retired: Retired, spawns: u64, dea
     }
     let _ = writeln!(
         out,
+        "# HELP switchyard_worker_rss_bytes Resident memory of the worker.\n# TYPE switchyard_worker_rss_bytes gauge"
+    );
+    for w in workers {
+        if let Some(rss) = w.rss {
+            let _ = writeln!(out, "switchyard_worker_rss_bytes{{pid=\"{}\"}} {rss}", w.pid);
+        }
+    }
+    let _ = writeln!(out, "# HELP switchyard_worker_busy_ratio Share of the last half second the worker's loop was not waiting for events (serial workers: serving a client).\n# TYPE switchyard_worker_busy_ratio gauge");
+    for w in workers {
+        if let Some(busy) = w.busy {
+            let _ = writeln!(out, "switchyard_worker_busy_ratio{{pid=\"{}\"}} {busy:.3}", w.pid);
+        }
+    }
+    let _ = writeln!(
+        out,
         "# HELP switchyard_workers Worker processes alive.\n# TYPE switchyard_workers gauge\nswitchyard_workers {}",
         workers.len()
     );
-    let _ = writeln!(out, "# HELP switchyard_worker_spawns_total Workers started.\n# TYPE switchyard_worker_spawns_total counter\nswitchyard_worker_spawns_total {spawns}");
-    let _ = writeln!(out, "# HELP switchyard_worker_deaths_total Workers that exited.\n# TYPE switchyard_worker_deaths_total counter\nswitchyard_worker_deaths_total {deaths}");
+    let _ = writeln!(out, "# HELP switchyard_worker_spawns_total Workers started.\n# TYPE switchyard_worker_spawns_total counter\nswitchyard_worker_spawns_total {}", sup.spawns);
+    let _ = writeln!(out, "# HELP switchyard_worker_deaths_total Workers that exited.\n# TYPE switchyard_worker_deaths_total counter\nswitchyard_worker_deaths_total {}", sup.deaths);
+    let _ = writeln!(out, "# HELP switchyard_reload_failures_total Rolling restarts given up because a new worker died before serving.\n# TYPE switchyard_reload_failures_total counter\nswitchyard_reload_failures_total {}", sup.reload_failures);
     let _ = writeln!(out, "# HELP switchyard_uptime_seconds Seconds since the server started.\n# TYPE switchyard_uptime_seconds gauge\nswitchyard_uptime_seconds {:.3}", uptime.as_secs_f64());
     out
 }

@@ -40,16 +40,27 @@ pub(crate) mod reactor;
 pub(crate) mod serial;
 pub(crate) mod thread;
 
-/// Runs the strategy of `ctx.config.mode` until the server stops.
-pub(crate) fn run(listener: std::net::TcpListener, signals: Signals, ctx: Context) -> io::Result<()> {
+/// Runs the strategy of `ctx.config.mode` until the server stops, on
+/// `listeners`: one, or one per loop or worker position when they were
+/// handed over that way (the strategies that serve one listener serve the
+/// first).
+pub(crate) fn run(mut listeners: Vec<std::net::TcpListener>, signals: Signals, ctx: Context) -> io::Result<()> {
+    match ctx.config.mode {
+        Mode::Reactor => return reactor::run(listeners, signals, ctx),
+        Mode::Prefork => return prefork::run(listeners, signals, ctx),
+        _ => {}
+    }
+    if listeners.len() > 1 {
+        log::warn!("{} mode serves one listener: the first of the {} handed over", ctx.config.mode, listeners.len());
+    }
+    let listener = listeners.swap_remove(0);
     match ctx.config.mode {
         Mode::Serial => serial::run(listener, signals, ctx),
         Mode::Fork => fork::run(listener, signals, ctx),
         Mode::Thread => thread::run(listener, signals, ctx),
         Mode::Pool => pool::run(listener, signals, ctx),
         Mode::Event => event::run(listener, signals, ctx),
-        Mode::Reactor => reactor::run(listener, signals, ctx),
-        Mode::Prefork => prefork::run(listener, signals, ctx),
+        Mode::Reactor | Mode::Prefork => unreachable!("served above"),
     }
 }
 

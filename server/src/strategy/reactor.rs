@@ -10,6 +10,7 @@
 
 use std::io;
 use std::net::TcpListener;
+use std::os::fd::AsFd;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
@@ -26,12 +27,25 @@ use crate::net::listener::{self, BindOptions};
 const STACK_SIZE: usize = 1024 * 1024;
 
 /// Runs N event loops until the server stops.
-pub(crate) fn run(listener: TcpListener, signals: Signals, ctx: Context) -> io::Result<()> {
-    let n = ctx.config.threads.max(1);
-    let addr = listener.local_addr()?;
-    let mut listeners = vec![listener];
-    for _ in 1..n {
-        listeners.push(listener::bind(addr, BindOptions { backlog: ctx.config.backlog, reuseport: true })?);
+pub(crate) fn run(mut listeners: Vec<TcpListener>, signals: Signals, ctx: Context) -> io::Result<()> {
+    let n = ctx.config.threads.max(listeners.len()).max(1);
+    let addr = listeners[0].local_addr()?;
+    // The sockets of the server (what a binary upgrade hands over): one per
+    // loop, unless the one handed over without SO_REUSEPORT is shared.
+    let mut own = Vec::with_capacity(n);
+    for l in &listeners {
+        own.push(l.try_clone()?);
+    }
+    while listeners.len() < n {
+        if socket2::SockRef::from(&listeners[0]).reuse_port()? {
+            let l = listener::bind(addr, BindOptions { backlog: ctx.config.backlog, reuseport: true })?;
+            own.push(l.try_clone()?);
+            listeners.push(l);
+        } else {
+            // A socket handed over without SO_REUSEPORT: the loops share it
+            // (each registers it with EPOLLEXCLUSIVE, as prefork workers do).
+            listeners.push(listeners[0].try_clone()?);
+        }
     }
     let mut main = Poller::new(&ctx.shutdown, Some(signals), ctx.config.metrics, Some(ctx.slot))?;
     // Counted before the wake, so the main thread never misses an end.
@@ -65,11 +79,18 @@ pub(crate) fn run(listener: TcpListener, signals: Signals, ctx: Context) -> io::
         let phase = ctx.shutdown.phase();
         if phase != seen {
             seen = phase;
+            // The loops close their sockets as they drain; these copies must
+            // not keep them open.
+            own.clear();
             for w in &wakers {
                 let _ = w.wake();
             }
         }
         main.wait(&mut events, None)?;
+        if main.take_notices().upgrade > 0 {
+            let fds: Vec<_> = own.iter().map(|l| l.as_fd()).collect();
+            main.start_upgrade(&fds);
+        }
         main.serve_metrics(|| ctx.page());
     }
     let mut first_err = None;

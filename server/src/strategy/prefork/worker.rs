@@ -51,7 +51,7 @@ pub(super) fn run(
     prep.slot.set_pid(std::process::id());
     prep.slot.beat();
     // The strategy marks the slot Running once it is set up (Context::ready).
-    match crate::strategy::run(prep.listener, signals, ctx) {
+    match crate::strategy::run(vec![prep.listener], signals, ctx) {
         Ok(()) => 0,
         Err(e) => {
             log::error!("worker {}: {e}", std::process::id());
