@@ -20,6 +20,8 @@
 //! - [`client`]: the `client` binary and library: verification against
 //!   faulty servers, held connections, schedule lag, coordinated instances,
 //!   interval logs, merge, plots;
+//! - [`operations`]: systemd socket activation and notifications, binary
+//!   upgrades under load, health-checked reloads, memory recycling;
 //! - [`signals`]: the common signals that are not stops, sent to every mode
 //!   under load: handled as the signal table says, nobody hurt.
 //!
@@ -36,6 +38,7 @@ mod hardening;
 mod limits;
 mod metrics_endpoint;
 mod modes;
+mod operations;
 mod prefork;
 mod signals;
 mod support;

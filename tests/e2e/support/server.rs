@@ -8,7 +8,7 @@
 //! of the server's stderr).
 
 use std::collections::HashSet;
-use std::io::{self, BufRead, BufReader, Read};
+use std::io::{BufRead, BufReader, Read};
 use std::net::{SocketAddr, TcpStream};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{mpsc, Arc, Mutex};
@@ -41,12 +41,14 @@ pub struct Launch<'a> {
     ulimit: Option<String>,
     faults: Option<String>,
     env: Vec<(String, String)>,
+    program: Option<std::path::PathBuf>,
+    wrapper: Vec<String>,
 }
 
 impl<'a> Launch<'a> {
     /// `server --mode NAME --listen 127.0.0.1:0 ARGS... EXTRA...`.
     pub fn new(mode: &'a Mode, extra: &'a [&'a str]) -> Launch<'a> {
-        Launch { mode, extra, ulimit: None, faults: None, env: Vec::new() }
+        Launch { mode, extra, ulimit: None, faults: None, env: Vec::new(), program: None, wrapper: Vec::new() }
     }
 
     /// Under a shell `ulimit ULIMIT` (for example `-v 32000`): the shell
@@ -60,6 +62,20 @@ impl<'a> Launch<'a> {
     /// With RLIMIT_NOFILE (soft and hard) set to `nofile`.
     pub fn nofile(self, nofile: u64) -> Self {
         self.ulimit(&format!("-n {nofile}"))
+    }
+
+    /// Runs `program` (a copy of the server binary) instead of the built one.
+    pub fn program(mut self, program: &std::path::Path) -> Self {
+        self.program = Some(program.to_path_buf());
+        self
+    }
+
+    /// Runs the server through `wrapper` (a program that `exec`s its
+    /// arguments, such as `systemd-socket-activate -l ADDR`): the pid stays
+    /// the server's.
+    pub fn wrapped(mut self, wrapper: &[&str]) -> Self {
+        self.wrapper = wrapper.iter().map(|s| s.to_string()).collect();
+        self
     }
 
     /// With `key=value` in the server's environment.
@@ -78,10 +94,17 @@ impl<'a> Launch<'a> {
     pub fn start(self) -> Server {
         raise_nofile();
         let claim = machine::claim();
-        let server = env!("CARGO_BIN_EXE_server");
-        let mut cmd = match &self.ulimit {
-            None => Command::new(server),
-            Some(limit) => {
+        let built = std::path::Path::new(env!("CARGO_BIN_EXE_server"));
+        let server = self.program.as_deref().unwrap_or(built);
+        let mut cmd = match (&self.ulimit, self.wrapper.split_first()) {
+            (None, Some((wrapper, args))) => {
+                let mut w = Command::new(wrapper);
+                w.args(args).arg(server);
+                w
+            }
+            (Some(_), Some(_)) => panic!("a ulimit and a wrapper at once are not supported"),
+            (None, None) => Command::new(server),
+            (Some(limit), None) => {
                 let mut sh = Command::new("/bin/sh");
                 sh.arg("-c").arg(format!("ulimit {limit} && exec \"$0\" \"$@\"")).arg(server);
                 sh
@@ -124,6 +147,11 @@ pub struct Server {
     /// The first [`LOG_KEEP`] bytes of stderr, never trimmed (start-up
     /// lines such as `metrics on ...` stay findable however long the run).
     log_head: Arc<Mutex<Vec<u8>>>,
+    /// Every line the server (and any successor of a binary upgrade, which
+    /// shares its stdout) printed on stdout.
+    stdout: Arc<Mutex<Vec<String>>>,
+    /// Who handed it its listening socket, as its start-up line says.
+    pub inherited: Option<String>,
     /// Its share of the machine (see [`machine`]), released after it is
     /// killed.
     _claim: Claim,
@@ -147,15 +175,25 @@ impl Server {
         spawn_log_drain(child.stderr.take().expect("stderr piped"), log.clone(), log_head.clone());
         let stdout = child.stdout.take().expect("stdout piped");
         let (tx, rx) = mpsc::channel();
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let all = lines.clone();
         thread::Builder::new()
             .name(format!("server-{pid}-stdout"))
             .spawn(move || {
                 let mut r = BufReader::new(stdout);
                 let mut line = String::new();
-                let first = r.read_line(&mut line).map(|_| line);
+                let first = r.read_line(&mut line).map(|_| line.clone());
+                all.lock().unwrap().push(line.clone());
                 let _ = tx.send(first);
-                // Keep the pipe open and drained for the server's lifetime.
-                let _ = io::copy(&mut r, &mut io::sink());
+                // Keep the pipe open and drained for the server's lifetime
+                // (and its successors'), keeping what they print.
+                loop {
+                    line.clear();
+                    match r.read_line(&mut line) {
+                        Ok(0) | Err(_) => break,
+                        Ok(_) => all.lock().unwrap().push(line.clone()),
+                    }
+                }
             })
             .expect("spawn stdout reader");
         // From here on the guard owns the process: a failed start kills it.
@@ -167,6 +205,8 @@ impl Server {
             status: None,
             log,
             log_head,
+            stdout: lines,
+            inherited: None,
             _claim: claim,
         };
         let line = match rx.recv_timeout(START_TIMEOUT) {
@@ -177,8 +217,15 @@ impl Server {
                 panic!("no `listening on` line within {START_TIMEOUT:?} (exit status: {status:?})")
             }
         };
-        server.addr = parse_listening_line(&line, mode.name, pid);
+        let (addr, inherited) = parse_listening_line(&line, mode.name, pid);
+        server.addr = addr;
+        server.inherited = inherited;
         server
+    }
+
+    /// Every line on stdout so far.
+    pub fn stdout_lines(&self) -> Vec<String> {
+        self.stdout.lock().unwrap().clone()
     }
 
     /// The server's stderr so far (tail).
@@ -378,10 +425,17 @@ impl Drop for Server {
 
 /// Parses `listening on 127.0.0.1:PORT mode=MODE pid=PID\n`, checking
 /// every part.
-fn parse_listening_line(line: &str, mode: &str, pid: i32) -> SocketAddr {
+fn parse_listening_line(line: &str, mode: &str, pid: i32) -> (SocketAddr, Option<String>) {
     let bad = |why: &str| -> ! { panic!("bad start-up line {line:?}: {why}") };
     let Some(body) = line.strip_suffix('\n') else { bad("no newline (missing, or not flushed)") };
     let Some(rest) = body.strip_prefix("listening on ") else { bad("does not start with `listening on `") };
+    let (rest, inherited) = match rest.split_once(" (socket from ") {
+        Some((rest, from)) => {
+            let Some(from) = from.strip_suffix(')') else { bad("unclosed `(socket from ...`") };
+            (rest, Some(from.to_string()))
+        }
+        None => (rest, None),
+    };
     let parts: Vec<&str> = rest.split(' ').collect();
     let [addr, m, p] = parts[..] else { bad("expected `ADDR mode=MODE pid=PID`") };
     let addr: SocketAddr = addr.parse().unwrap_or_else(|_| bad("address does not parse"));
@@ -394,7 +448,7 @@ fn parse_listening_line(line: &str, mode: &str, pid: i32) -> SocketAddr {
     if p != format!("pid={pid}") {
         bad(&format!("expected pid={pid}"));
     }
-    addr
+    (addr, inherited)
 }
 
 /// Copies a pipe into `log`, keeping the last [`LOG_KEEP`] bytes.
