@@ -16,7 +16,7 @@ use crate::work::{with_work, Work};
 use clap::builder::{PossibleValuesParser, TypedValueParser};
 use clap::Parser;
 use switchyard_common::UpperEcho;
-use switchyard_server::{cpus, factory_of, Config, Mode, Server, Service, WorkerMode};
+use switchyard_server::{cpus, factory_of, Config, Mode, ProxyProtocol, Server, Service, WorkerMode};
 
 fn mode_names() -> PossibleValuesParser {
     PossibleValuesParser::new(Mode::ALL.map(Mode::name))
@@ -105,6 +105,12 @@ struct Args {
     /// Open connections per client address at most; the next one is closed at once (per process).
     #[arg(long, env = "SWITCHYARD_MAX_CONNS_PER_IP", value_name = "N")]
     max_conns_per_ip: Option<usize>,
+    /// Every connection opens with a PROXY protocol header (v1 or v2, as HAProxy's send-proxy sends) naming the client; a missing or bad one closes that connection.
+    #[arg(long, env = "SWITCHYARD_PROXY_PROTOCOL")]
+    proxy_protocol: bool,
+    /// With --proxy-protocol: a network whose peers may send headers (repeat, or comma-separate in the variable); others are refused [default: 127.0.0.0/8 and ::1].
+    #[arg(long, env = "SWITCHYARD_PROXY_FROM", value_name = "CIDR", value_delimiter = ',', requires = "proxy_protocol", value_parser = parse_cidr)]
+    proxy_from: Vec<ipnet::IpNet>,
     /// After binding, drop privileges to this user (setgroups, setgid, setuid).
     #[arg(long, env = "SWITCHYARD_USER", value_name = "NAME")]
     user: Option<String>,
@@ -117,6 +123,14 @@ struct Args {
     /// The uppercase echo as a sans-IO state machine or as an async fn (the `server` binary only).
     #[arg(long, env = "SWITCHYARD_HANDLER", value_name = "STYLE", value_parser = ["sans-io", "async"])]
     handler: Option<String>,
+}
+
+/// A network (`10.0.0.0/8`), or one address (`10.0.0.1`, a /32 or /128).
+fn parse_cidr(s: &str) -> Result<ipnet::IpNet, String> {
+    s.parse::<ipnet::IpNet>()
+        .map(|n| n.trunc())
+        .or_else(|_| s.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+        .map_err(|_| format!("`{s}` is neither a network (10.0.0.0/8) nor an address"))
 }
 
 fn parse_secs(s: &str) -> Result<Duration, String> {
@@ -166,6 +180,12 @@ impl Args {
         c.socket_buffer = self.socket_buffer;
         c.user = self.user;
         c.group = self.group;
+        if self.proxy_protocol {
+            c.proxy = Some(match self.proxy_from.is_empty() {
+                true => ProxyProtocol::loopback(),
+                false => ProxyProtocol { trusted: self.proxy_from },
+            });
+        }
         Ok(c)
     }
 }

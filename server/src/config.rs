@@ -1,8 +1,10 @@
 //! What a server is asked to do: the strategy and its limits. Built by the
 //! `server` binary from its flags, or by a program directly.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
+
+use ipnet::IpNet;
 
 /// A concurrency strategy: how connections get CPU time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -158,6 +160,32 @@ pub struct Config {
     pub user: Option<String>,
     /// ...and this group (default: the user's primary group).
     pub group: Option<String>,
+    /// Read a PROXY protocol header first on every connection.
+    pub proxy: Option<ProxyProtocol>,
+}
+
+/// The PROXY protocol (v1 and v2): every connection opens with a header
+/// that names the client, sent by a balancer this server trusts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProxyProtocol {
+    /// Peers whose headers are believed; connections from elsewhere are
+    /// refused.
+    pub trusted: Vec<IpNet>,
+}
+
+impl ProxyProtocol {
+    /// Headers from loopback only (127.0.0.0/8, ::1), the default.
+    pub fn loopback() -> ProxyProtocol {
+        let net = |s: &str| s.parse::<IpNet>().expect("a valid network");
+        ProxyProtocol { trusted: vec![net("127.0.0.0/8"), net("::1/128")] }
+    }
+
+    /// Whether a connection from `peer` may send a header (an IPv4 peer
+    /// seen through an IPv6 socket counts as itself).
+    pub fn trusts(&self, peer: IpAddr) -> bool {
+        let peer = peer.to_canonical();
+        self.trusted.iter().any(|net| net.contains(&peer))
+    }
 }
 
 /// The number of CPUs this process may run on.
@@ -196,6 +224,7 @@ impl Config {
             group: None,
             max_conns_per_ip: None,
             socket_buffer: None,
+            proxy: None,
         }
     }
 }
@@ -214,5 +243,18 @@ mod tests {
         }
         assert!("prefork".parse::<WorkerMode>().is_err());
         assert!("fork".parse::<WorkerMode>().is_err());
+    }
+
+    #[test]
+    fn loopback_is_trusted_by_default_and_nothing_else() {
+        let p = ProxyProtocol::loopback();
+        for ip in ["127.0.0.1", "127.9.8.7", "::1", "::ffff:127.0.0.1"] {
+            assert!(p.trusts(ip.parse().unwrap()), "{ip}");
+        }
+        for ip in ["128.0.0.1", "10.0.0.1", "::2", "192.168.1.1"] {
+            assert!(!p.trusts(ip.parse().unwrap()), "{ip}");
+        }
+        let lan = ProxyProtocol { trusted: vec!["10.1.0.0/16".parse().unwrap()] };
+        assert!(lan.trusts("10.1.200.3".parse().unwrap()) && !lan.trusts("10.2.0.1".parse().unwrap()));
     }
 }

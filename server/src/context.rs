@@ -40,7 +40,7 @@ impl Context {
         };
         Context {
             shutdown: Shutdown::new(config.grace),
-            admission: Admission::new(cap, config.max_conns_per_ip),
+            admission: Admission::new(cap, config.max_conns_per_ip, slot),
             config,
             service,
             slot,
@@ -78,6 +78,12 @@ impl Context {
         if n > 0 {
             self.slot.add(Counter::Refused, n as u64);
         }
+    }
+
+    /// Counts a connection closed for its PROXY header (malformed, missing,
+    /// late, too long).
+    pub(crate) fn proxy_header_failed(&self) {
+        self.slot.add(Counter::ProxyErrors, 1);
     }
 
     /// Counts a failed accept (or an accepted socket that could not be set up).

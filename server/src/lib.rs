@@ -75,7 +75,7 @@ mod strategy;
 #[allow(unsafe_code)]
 mod sys;
 
-pub use config::{cpus, Config, Mode, WorkerMode};
+pub use config::{cpus, Config, Mode, ProxyProtocol, WorkerMode};
 pub use handler::{handler, Connection, Handler};
 pub use serve::{Server, Service, Stopper};
 pub use switchyard_common::protocol::factory_of;

@@ -22,6 +22,8 @@
 //!   interval logs, merge, plots;
 //! - [`operations`]: systemd socket activation and notifications, binary
 //!   upgrades under load, health-checked reloads, memory recycling;
+//! - [`proxy`]: the PROXY protocol in every mode, and behind a real
+//!   HAProxy;
 //! - [`signals`]: the common signals that are not stops, sent to every mode
 //!   under load: handled as the signal table says, nobody hurt.
 //!
@@ -40,5 +42,6 @@ mod metrics_endpoint;
 mod modes;
 mod operations;
 mod prefork;
+mod proxy;
 mod signals;
 mod support;

@@ -20,6 +20,7 @@ use std::sync::{Arc, Mutex};
 
 use mio::Waker;
 
+use crate::process::scoreboard::Slot;
 pub(crate) use per_ip::{IpPermit, PerIp};
 
 /// The process's connection semaphore and per-address limit.
@@ -62,13 +63,14 @@ pub(crate) enum Admit {
 }
 
 impl Admission {
-    /// At most `cap` connections at once; at most `per_ip` from one address.
-    pub(crate) fn new(cap: usize, per_ip: Option<usize>) -> Admission {
+    /// At most `cap` connections at once; at most `per_ip` from one address
+    /// (the addresses with a connection open are a gauge in `slot`).
+    pub(crate) fn new(cap: usize, per_ip: Option<usize>, slot: Slot) -> Admission {
         Admission {
             inner: Arc::new(Inner {
                 cap: cap.max(1),
                 open: AtomicUsize::new(0),
-                per_ip: per_ip.map(PerIp::new),
+                per_ip: per_ip.map(|max| PerIp::new(max, slot)),
                 waiters: Mutex::default(),
             }),
         }
@@ -141,7 +143,7 @@ mod tests {
     #[test]
     fn the_cap_is_exact_and_a_freed_place_wakes_waiters() {
         let mut poll = mio::Poll::new().unwrap();
-        let a = Admission::new(2, None);
+        let a = Admission::new(2, None, Slot::leaked());
         a.wake_on_room(Arc::new(Waker::new(poll.registry(), mio::Token(0)).unwrap()));
         let r1 = a.reserve().unwrap();
         let r2 = a.reserve().unwrap();
@@ -161,7 +163,7 @@ mod tests {
 
     #[test]
     fn per_ip_refusal_gives_the_place_back() {
-        let a = Admission::new(10, Some(1));
+        let a = Admission::new(10, Some(1), Slot::leaked());
         let Admit::Yes(_p) = a.admit(a.reserve().unwrap(), ip("127.0.0.1")) else { panic!() };
         assert!(matches!(a.admit(a.reserve().unwrap(), ip("127.0.0.1")), Admit::OverPerIp));
         assert_eq!(a.open(), 1, "the refused connection's place is free again");
@@ -170,7 +172,7 @@ mod tests {
 
     #[test]
     fn threads_never_pass_the_cap() {
-        let a = Admission::new(3, None);
+        let a = Admission::new(3, None, Slot::leaked());
         let most = Arc::new(AtomicUsize::new(0));
         let threads: Vec<_> = (0..4)
             .map(|_| {

@@ -1,7 +1,9 @@
 //! The poll every loop of a server sleeps in: the blocking strategies'
 //! accept loop, each event loop, the reactor's and the prefork master's
 //! supervising loops. Besides the owner's own sources (the listener, and an
-//! event loop's connections, whose tokens are below [`RESERVED`]) it holds
+//! event loop's connections, whose tokens are below [`HEADERS`]; from there
+//! to [`RESERVED`] are the acceptor's connections waiting for a PROXY
+//! header) it holds
 //! what every loop has: the signal pipe (signals are dispatched by the
 //! table here, in the one loop per process that owns them), a waker (other
 //! threads, and a freed admission place, wake the loop), the metrics
@@ -30,7 +32,10 @@ use crate::process::upgrade::{Progress, Successor};
 /// The longest a loop sleeps without a heartbeat.
 pub(crate) const HEARTBEAT: Duration = Duration::from_secs(1);
 
-/// Tokens from here up are the poller's; owners use the ones below.
+/// Tokens from here to [`RESERVED`] are the acceptor's (connections that
+/// wait for their PROXY header, `net::proxy`); owners use the ones below.
+pub(crate) const HEADERS: usize = usize::MAX / 2;
+/// Tokens from here up are the poller's.
 pub(crate) const RESERVED: usize = usize::MAX - 2 * crate::process::metrics::MAX_CLIENTS;
 /// The token of the listener an owner registers with [`Poller::listen`].
 pub(crate) const LISTENER: Token = Token(usize::MAX);
@@ -84,7 +89,7 @@ impl Poller {
         })
     }
 
-    /// The registry, for the owner's own sources (tokens below [`RESERVED`]).
+    /// The registry, for the owner's own sources (tokens below [`HEADERS`]).
     pub(crate) fn registry(&self) -> &Registry {
         self.poll.registry()
     }

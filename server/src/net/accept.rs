@@ -6,7 +6,9 @@
 //!   yes
 //! accept(2) -- error --> classify: retry | skip one | out of fds: shed + back off | unexpected: back off
 //!    |
-//! per-address limit -- over --> close at once (refused)
+//! PROXY protocol? -- untrusted peer --> close at once (refused)
+//!    |                 trusted --> the acceptor reads the header (`proxy`), then:
+//! per-address limit (of the header's address) -- over --> close at once (refused)
 //!    |
 //! socket options -- failed --> close (that socket is broken)
 //!    |
@@ -42,7 +44,8 @@ use std::time::{Duration, Instant};
 
 use super::backlog::{self, BacklogWatch};
 use super::listener;
-use crate::admission::{Admit, Permit};
+use super::proxy::Pending;
+use crate::admission::{Admit, Permit, Reservation};
 use crate::context::Context;
 
 /// How long accepting pauses after the process ran out of fds or memory, or
@@ -134,6 +137,9 @@ pub(crate) struct Accepted<S> {
 pub(crate) enum Outcome<S> {
     /// A connection to serve.
     Accepted(Accepted<S>),
+    /// A connection from a trusted balancer: read its PROXY header, then
+    /// [`AcceptPolicy::admit`] it.
+    Header(Pending<S>),
     /// A connection failed or was refused: call again.
     Again,
     /// Nothing waits: sleep until the listener is readable.
@@ -165,6 +171,7 @@ pub(crate) struct AcceptPolicy {
     waiting: Waiting,
     exhausted: RateLog,
     unexpected: RateLog,
+    untrusted: RateLog,
     /// `--queue-timeout` on the backlog while at the cap.
     backlog: Option<BacklogWatch>,
 }
@@ -178,6 +185,7 @@ impl AcceptPolicy {
             waiting: Waiting::Ready,
             exhausted: RateLog::default(),
             unexpected: RateLog::default(),
+            untrusted: RateLog::default(),
             backlog: ctx.config.queue_timeout.map(BacklogWatch::new),
         }
     }
@@ -229,6 +237,22 @@ impl AcceptPolicy {
             Ok(accepted) => accepted,
             Err(e) => return self.failed(listener, &e, now),
         };
+        if let Some(proxy) = &self.ctx.config.proxy {
+            if !proxy.trusts(peer.ip()) {
+                if self.untrusted.due(now) {
+                    log::warn!("{peer}: not in --proxy-from, closed{}", self.untrusted.suppressed());
+                }
+                self.ctx.refused(1);
+                return Outcome::Again;
+            }
+            return Outcome::Header(Pending { stream, via: peer, place });
+        }
+        self.admit(stream, peer, place)
+    }
+
+    /// The last steps for a connection from `peer` (the socket's, or the one
+    /// its PROXY header named): its address's limit, then socket options.
+    pub(crate) fn admit<S: AsFd>(&mut self, stream: S, peer: SocketAddr, place: Reservation) -> Outcome<S> {
         let permit = match self.ctx.admission.admit(place, peer.ip()) {
             Admit::Yes(p) => p,
             Admit::OverPerIp => {

@@ -3,26 +3,37 @@
 //! per process, each event loop its own) and calls the same three things:
 //! [`Acceptor::accept`] for the next connection, [`Acceptor::wait`] to sleep
 //! until there may be one (or a signal, a metrics request, a deadline), and
-//! [`Acceptor::close`] when the drain's grace begins.
+//! [`Acceptor::on_stage`] as a stop goes on.
+//!
+//! With `--proxy-protocol`, a connection is handed over only once its
+//! header came (`proxy`): until then it waits here, watched in the same
+//! poll under tokens of the acceptor's own, with its deadline among the
+//! acceptor's. A loop that stops waits for them too ([`Acceptor::is_idle`]),
+//! until the grace ends.
 
 use std::io;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, AsRawFd};
 use std::time::Instant;
 
-use mio::Events;
+use mio::unix::SourceFd;
+use mio::{Events, Interest, Token};
 
 use super::accept::{AcceptPolicy, Accepted, AtCap, Listen, Outcome};
+use super::proxy::{self, Header, Parsed, Pending, Waiting, HEADER_TIMEOUT};
 use crate::context::Context;
 use crate::lifecycle::deadlines::{Deadlines, Timer};
-use crate::lifecycle::poller::{Poller, LISTENER};
+use crate::lifecycle::drain::Stage;
+use crate::lifecycle::poller::{Poller, HEADERS, LISTENER, RESERVED};
 
 /// A listener, its policy, and its poll.
 #[derive(Debug)]
-pub(crate) struct Acceptor<L> {
+pub(crate) struct Acceptor<L: Listen> {
     /// The poll (the owner registers its own sources here, and waits in it).
     pub(crate) poller: Poller,
     listener: Option<L>,
     policy: AcceptPolicy,
+    /// Connections waiting for their PROXY header.
+    headers: Waiting<L::Stream>,
     ctx: Context,
 }
 
@@ -32,28 +43,139 @@ impl<L: Listen + AsRawFd> Acceptor<L> {
     pub(crate) fn new(listener: L, poller: Poller, ctx: &Context, at_cap: AtCap) -> io::Result<Acceptor<L>> {
         poller.listen(&listener)?;
         ctx.admission.wake_on_room(poller.waker());
-        Ok(Acceptor { poller, listener: Some(listener), policy: AcceptPolicy::new(ctx, at_cap), ctx: ctx.clone() })
+        Ok(Acceptor {
+            poller,
+            listener: Some(listener),
+            policy: AcceptPolicy::new(ctx, at_cap),
+            headers: Waiting::default(),
+            ctx: ctx.clone(),
+        })
     }
 
-    /// Closes the listener: new clients are refused from now on.
-    pub(crate) fn close(&mut self) {
+    /// The stop reached `stage`: at the grace the listener closes (new
+    /// clients are refused from then on); once the grace is over,
+    /// connections still waiting for their PROXY header are closed (they
+    /// sent nothing the server owes an answer to).
+    pub(crate) fn on_stage(&mut self, stage: Stage) {
+        match stage {
+            Stage::Serving => {}
+            Stage::Grace => self.close(),
+            Stage::Flush | Stage::Over => {
+                self.close();
+                for key in self.headers.keys() {
+                    let p = self.headers.remove(key);
+                    self.forget(&p);
+                    log::debug!("{}: closed at the end of the grace, before its PROXY header", p.via);
+                    self.ctx.refused(1);
+                }
+            }
+        }
+    }
+
+    fn close(&mut self) {
         if let Some(l) = self.listener.take() {
             self.poller.unlisten(&l);
         }
     }
 
+    /// Whether no connection waits here (for its PROXY header).
+    pub(crate) fn is_idle(&self) -> bool {
+        self.headers.is_empty()
+    }
+
     /// The next connection through the policy, or `None` when the loop
     /// should sleep (nothing waits, at the cap, backing off, closed).
     pub(crate) fn accept(&mut self, now: Instant) -> Option<Accepted<L::Stream>> {
-        let l = self.listener.as_ref()?;
+        if let Some(c) = self.headers_arrived(now) {
+            return Some(c);
+        }
         while self.policy.should_try(now) {
+            let l = self.listener.as_ref()?;
             match self.policy.accept(l, now) {
                 Outcome::Accepted(c) => return Some(c),
+                Outcome::Header(p) => {
+                    if let Some(c) = self.first_look(p, now) {
+                        return Some(c);
+                    }
+                }
                 Outcome::Again => {}
                 Outcome::Empty | Outcome::Full | Outcome::Paused => break,
             }
         }
         None
+    }
+
+    /// A connection just accepted from a trusted balancer: its header is
+    /// usually there already; if not, it waits in the poll.
+    fn first_look(&mut self, p: Pending<L::Stream>, now: Instant) -> Option<Accepted<L::Stream>> {
+        match proxy::peek(&p.stream) {
+            Ok(Parsed::Incomplete) => {
+                let key = self.headers.next_key();
+                let fd = p.stream.as_fd().as_raw_fd();
+                let token = Token(HEADERS + key);
+                if let Err(e) = self.poller.registry().register(&mut SourceFd(&fd), token, Interest::READABLE) {
+                    log::warn!("{}: cannot watch for its PROXY header: {e}; closing it", p.via);
+                    self.ctx.accept_failed();
+                    return None;
+                }
+                self.headers.insert(p, now);
+                None
+            }
+            Ok(Parsed::Header(h)) => self.finish(p, Ok(h)),
+            Ok(Parsed::Bad(why)) => self.finish(p, Err(why)),
+            Err(e) => self.finish(p, Err(e.to_string())),
+        }
+    }
+
+    /// Connections whose header came (or whose time ran out) since the
+    /// last look; returns the first one to hand over.
+    fn headers_arrived(&mut self, now: Instant) -> Option<Accepted<L::Stream>> {
+        while let Some((key, closed)) = self.headers.next_ready() {
+            let Some(p) = self.headers.get(key) else { continue };
+            let parsed = match proxy::peek(&p.stream) {
+                Ok(Parsed::Incomplete) if closed => Err("closed before its whole PROXY header".to_string()),
+                Ok(Parsed::Incomplete) => continue,
+                Ok(Parsed::Header(h)) => Ok(h),
+                Ok(Parsed::Bad(why)) => Err(why),
+                Err(e) => Err(e.to_string()),
+            };
+            let p = self.headers.remove(key);
+            self.forget(&p);
+            if let Some(c) = self.finish(p, parsed) {
+                return Some(c);
+            }
+        }
+        while let Some((_, p)) = self.headers.expired(now) {
+            self.forget(&p);
+            let _ = self.finish(p, Err(format!("no PROXY header within {HEADER_TIMEOUT:?}")));
+        }
+        None
+    }
+
+    /// Hands a connection whose header is whole to the policy's last
+    /// steps, or closes one whose header is bad.
+    fn finish(&mut self, p: Pending<L::Stream>, header: Result<Header, String>) -> Option<Accepted<L::Stream>> {
+        match header {
+            Ok(h) => {
+                let peer = h.source.unwrap_or(p.via);
+                log::debug!("{peer}: PROXY v{} header from {}", h.version, p.via);
+                match self.policy.admit(p.stream, peer, p.place) {
+                    Outcome::Accepted(c) => Some(c),
+                    _ => None,
+                }
+            }
+            Err(why) => {
+                log::debug!("{}: {why}; closed", p.via);
+                self.ctx.proxy_header_failed();
+                None
+            }
+        }
+    }
+
+    /// Stops watching a connection that leaves the wait.
+    fn forget(&self, p: &Pending<L::Stream>) {
+        let fd = p.stream.as_fd().as_raw_fd();
+        let _ = self.poller.registry().deregister(&mut SourceFd(&fd));
     }
 
     /// A loop with an accept budget used it up: more may wait.
@@ -72,10 +194,11 @@ impl<L: Listen + AsRawFd> Acceptor<L> {
         }
     }
 
-    /// When the policy wants to be asked again without an event.
+    /// When the policy, or a connection waiting for its header, wants the
+    /// acceptor asked again without an event.
     pub(crate) fn deadline(&self, now: Instant) -> Option<Instant> {
-        self.listener.as_ref()?;
-        self.policy.deadline(now)
+        let policy = self.listener.as_ref().and_then(|_| self.policy.deadline(now));
+        [policy, self.headers.deadline()].into_iter().flatten().min()
     }
 
     /// Sleeps until an event or the earliest of `timers` (with the policy's
@@ -92,8 +215,14 @@ impl<L: Listen + AsRawFd> Acceptor<L> {
                 self.poller.start_upgrade(&[fd]);
             }
         }
-        if events.iter().any(|ev| ev.token() == LISTENER) {
-            self.policy.readable();
+        for ev in events.iter() {
+            match ev.token() {
+                LISTENER => self.policy.readable(),
+                Token(t) if (HEADERS..RESERVED).contains(&t) => {
+                    self.headers.event(t - HEADERS, ev.is_read_closed() || ev.is_error())
+                }
+                _ => {}
+            }
         }
         let ctx = &self.ctx;
         self.poller.serve_metrics(|| ctx.page());

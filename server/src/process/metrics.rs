@@ -40,7 +40,7 @@ const RETRY: Duration = Duration::from_millis(100);
 /// Counters of workers that have exited, so totals never go down.
 #[derive(Debug, Default, Clone, Copy)]
 pub(crate) struct Retired {
-    /// By counter, in the order of [`Counter::ALL`] (the gauge stays 0).
+    /// By counter, in the order of [`Counter::ALL`] (the gauges stay 0).
     totals: [u64; Counter::ALL.len()],
 }
 
@@ -48,7 +48,7 @@ impl Retired {
     /// Adds an exiting worker's counters.
     pub(crate) fn add(&mut self, s: Slot) {
         for (i, c) in Counter::ALL.into_iter().enumerate() {
-            if c != Counter::Active {
+            if !c.is_gauge() {
                 self.totals[i] += s.get(c);
             }
         }
@@ -374,6 +374,16 @@ const COUNTERS: [(&str, &str, &str); Counter::ALL.len()] = [
         "Connections closed unserved (--max-conns-per-ip, --queue-timeout, out of fds).",
     ),
     ("handler_errors_total", "counter", "Connection handlers that returned an error or panicked."),
+    (
+        "proxy_header_errors_total",
+        "counter",
+        "Connections closed for their PROXY header (malformed, missing, late, too long).",
+    ),
+    (
+        "client_addresses",
+        "gauge",
+        "Client addresses with a connection open now, the PROXY header's when there is one (with --max-conns-per-ip).",
+    ),
 ];
 
 /// The exposition text for `workers`, plus the supervisor's figures.

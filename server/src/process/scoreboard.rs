@@ -42,11 +42,16 @@ pub(crate) enum Counter {
     Refused = 9,
     /// Handlers that returned an error or panicked.
     HandlerErrors = 10,
+    /// Connections closed for their PROXY header.
+    ProxyErrors = 12,
+    /// Client addresses with a connection open now (kept with
+    /// `--max-conns-per-ip`).
+    Addresses = 13,
 }
 
 impl Counter {
     /// Every counter, in page order.
-    pub(crate) const ALL: [Counter; 7] = [
+    pub(crate) const ALL: [Counter; 9] = [
         Counter::Accepted,
         Counter::Active,
         Counter::BytesIn,
@@ -54,7 +59,14 @@ impl Counter {
         Counter::AcceptErrors,
         Counter::Refused,
         Counter::HandlerErrors,
+        Counter::ProxyErrors,
+        Counter::Addresses,
     ];
+
+    /// Whether it is a level (what is open now) rather than a count.
+    pub(crate) fn is_gauge(self) -> bool {
+        matches!(self, Counter::Active | Counter::Addresses)
+    }
 }
 
 const PID: usize = 0;

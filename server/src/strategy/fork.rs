@@ -59,10 +59,10 @@ pub(crate) fn run(listener: TcpListener, signals: Signals, ctx: Context) -> io::
             }
         }
         for stage in drain.advance(&ctx.shutdown, now) {
+            acceptor.on_stage(stage);
             match stage {
                 Stage::Serving | Stage::Flush => {}
                 Stage::Grace => {
-                    acceptor.close();
                     let kill_at = ctx.shutdown.deadline().unwrap_or(now) + FLUSH_GRACE;
                     children.stop_all(Signal::SIGTERM, kill_at);
                 }
@@ -72,7 +72,7 @@ pub(crate) fn run(listener: TcpListener, signals: Signals, ctx: Context) -> io::
         if children.kill_overdue(now) > 0 {
             log::info!("killed the children still serving");
         }
-        if !drain.serving() && children.is_empty() {
+        if !drain.serving() && children.is_empty() && acceptor.is_idle() {
             return Ok(());
         }
         if let Some(conn) = acceptor.accept(now) {
