@@ -2,6 +2,7 @@
 //! `server` binary from its flags, or by a program directly.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 /// A concurrency strategy: how connections get CPU time.
@@ -155,6 +156,12 @@ pub struct Config {
     pub user: Option<String>,
     /// ...and this group (default: the user's primary group).
     pub group: Option<String>,
+    /// Write the server's pid here once it is bound and has dropped its
+    /// privileges; removed when the server exits. [`Server::bind`] refuses
+    /// to start when the file names a running server.
+    ///
+    /// [`Server::bind`]: crate::Server::bind
+    pub pid_file: Option<PathBuf>,
 }
 
 /// The number of CPUs this process may run on.
@@ -192,6 +199,7 @@ impl Config {
             group: None,
             max_conns_per_ip: None,
             socket_buffer: None,
+            pid_file: None,
         }
     }
 }

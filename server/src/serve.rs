@@ -1,6 +1,6 @@
 //! The entry point: [`Server::bind`] sets up signal handling, binds (so a
-//! port below 1024 works as root), and drops privileges; [`Server::serve`]
-//! runs the configured strategy until a stop.
+//! port below 1024 works as root), drops privileges, and writes the pid
+//! file; [`Server::serve`] runs the configured strategy until a stop.
 
 use std::io;
 use std::net::{SocketAddr, TcpListener};
@@ -14,6 +14,7 @@ use crate::config::{Config, Mode};
 use crate::context::Context;
 use crate::lifecycle::signals::{self, Role, Signal, Signals};
 use crate::net::{accept, listener};
+use crate::process::pidfile::{self, PidFile};
 use crate::process::privileges;
 use crate::process::scoreboard::{Scoreboard, Slot};
 
@@ -24,12 +25,19 @@ pub struct Server {
     listener: TcpListener,
     signals: Signals,
     addr: SocketAddr,
+    /// Removed when the server is done (dropped with it, or after `serve`).
+    pid_file: Option<PidFile>,
 }
 
 impl Server {
     /// Installs the signal handling of the configured mode (before binding,
     /// so a SIGTERM as soon as the address is known is honoured), binds
-    /// `config.listen`, and drops to `config.user` if given.
+    /// `config.listen`, drops to `config.user` if given, and then writes
+    /// `config.pid_file` if given (as the user that will remove it).
+    ///
+    /// A pid file that names a running server is an error
+    /// ([`io::ErrorKind::AlreadyExists`], "already running as PID N"),
+    /// found before binding; a stale one is replaced with a warning.
     pub fn bind(config: Config) -> io::Result<Server> {
         let role = match config.mode {
             Mode::Fork => Role::ForkParent,
@@ -37,6 +45,9 @@ impl Server {
             _ => Role::Single,
         };
         let signals = Signals::install(role, config.mode.name())?;
+        if let Some(path) = &config.pid_file {
+            pidfile::check(path)?;
+        }
         accept::init_reserve();
         let reuseport = config.mode == Mode::Reactor || (config.mode == Mode::Prefork && config.reuseport);
         let listener = listener::bind(config.listen, listener::BindOptions { backlog: config.backlog, reuseport })?;
@@ -45,7 +56,8 @@ impl Server {
             None => privileges::warn_if_root(),
         }
         let addr = listener.local_addr()?;
-        Ok(Server { config, listener, signals, addr })
+        let pid_file = config.pid_file.as_deref().map(PidFile::write).transpose()?;
+        Ok(Server { config, listener, signals, addr, pid_file })
     }
 
     /// The address the server listens on (the port is known even when
@@ -71,7 +83,9 @@ impl Server {
         };
         slot.claim(std::process::id());
         let ctx = Context::new(Arc::new(self.config), service.into(), slot, None);
-        crate::strategy::run(self.listener, self.signals, ctx)
+        let served = crate::strategy::run(self.listener, self.signals, ctx);
+        drop(self.pid_file);
+        served
     }
 }
 
