@@ -12,7 +12,7 @@ use crate::handler::Handler;
 
 use crate::config::{Config, Mode};
 use crate::context::Context;
-use crate::lifecycle::signals::{self, Role, Signal, Signals};
+use crate::lifecycle::signals::{self, ReopenHook, Role, Signal, Signals};
 use crate::net::{accept, listener};
 use crate::process::pidfile::{self, PidFile};
 use crate::process::privileges;
@@ -64,6 +64,19 @@ impl Server {
     /// `config.listen` asked for port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// What SIGUSR1 does (logrotate's `postrotate` convention): `reopen` is
+    /// called in every process of the server, on the thread that handles
+    /// signals, between two polls (so it must be quick: open a file, swap
+    /// it in). Supervisors (the fork parent, the prefork master) call it and
+    /// forward the signal to their children, which call it too, so one
+    /// signal to the server reaches every process. An error is logged and
+    /// the server serves on. Without a hook SIGUSR1 is logged ("nothing to
+    /// reopen").
+    pub fn on_reopen(mut self, reopen: impl Fn() -> io::Result<()> + Send + Sync + 'static) -> Server {
+        self.signals.set_reopen(ReopenHook(Arc::new(reopen)));
+        self
     }
 
     /// A handle that stops the server from another thread of this process.

@@ -4,7 +4,8 @@
 //! each of its children while clients echo all along. None may kill or stop
 //! a process or cost a client anything; each one the table has a meaning
 //! or a note for is logged as the table says (a prefork master reloads and
-//! resizes its workers, everyone else says what the signal means there).
+//! resizes its workers, SIGUSR1 finds nothing to reopen without
+//! `--log-file`, everyone else says what the signal means there).
 //! The stops have their own tests (`modes`).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -40,6 +41,9 @@ fn expected(mode: &Mode, sig: Signal) -> Option<String> {
         Signal::SIGTTOU if prefork => format!("workers: target now {workers}"),
         Signal::SIGTTOU => format!("SIGTTOU: no workers to remove in {m} mode"),
         Signal::SIGWINCH => "SIGWINCH: terminal resized: nothing to do".to_string(),
+        // Without --log-file there is nothing to reopen (the `daemon` topic
+        // reopens a log file).
+        Signal::SIGUSR1 => "SIGUSR1: nothing to reopen".to_string(),
         Signal::SIGPIPE => return None,
         other => format!("{other}: no meaning in {m} mode: ignored"),
     })

@@ -139,6 +139,7 @@ impl Poller {
             self.notices.more += n.more;
             self.notices.fewer += n.fewer;
             self.notices.reap |= n.reap;
+            self.notices.reopen |= n.reopen;
         }
     }
 
