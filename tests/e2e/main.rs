@@ -18,7 +18,9 @@
 //!   faulty servers, held connections, schedule lag, coordinated instances,
 //!   interval logs, merge, plots;
 //! - [`signals`]: the common signals that are not stops, sent to every mode
-//!   under load: handled as the signal table says, nobody hurt.
+//!   under load: handled as the signal table says, nobody hurt;
+//! - [`daemon`]: `--pid-file`, `--daemon`, and `--log-file` reopened on
+//!   SIGUSR1 under load, in every mode.
 //!
 //! `cargo test --test e2e modes::fork::` runs one mode, `cargo test --test
 //! e2e half_close` one case in every mode, `cargo test --test e2e limits::`
@@ -26,6 +28,7 @@
 
 mod accept_errors;
 mod client;
+mod daemon;
 mod drivers;
 mod faults;
 mod hardening;

@@ -40,12 +40,19 @@ pub struct Launch<'a> {
     extra: &'a [&'a str],
     ulimit: Option<String>,
     faults: Option<String>,
+    env: Vec<(&'a str, &'a str)>,
 }
 
 impl<'a> Launch<'a> {
     /// `server --mode NAME --listen 127.0.0.1:0 ARGS... EXTRA...`.
     pub fn new(mode: &'a Mode, extra: &'a [&'a str]) -> Launch<'a> {
-        Launch { mode, extra, ulimit: None, faults: None }
+        Launch { mode, extra, ulimit: None, faults: None, env: Vec::new() }
+    }
+
+    /// With the environment variable `key` set to `value` (`RUST_LOG`, say).
+    pub fn env(mut self, key: &'a str, value: &'a str) -> Self {
+        self.env.push((key, value));
+        self
     }
 
     /// Under a shell `ulimit ULIMIT` (for example `-v 32000`): the shell
@@ -81,6 +88,7 @@ impl<'a> Launch<'a> {
             }
         };
         cmd.args(["--mode", self.mode.name, "--listen", "127.0.0.1:0"]).args(self.mode.args).args(self.extra);
+        cmd.envs(self.env.iter().copied());
         if let Some(spec) = &self.faults {
             faults::inject(&mut cmd, spec);
         }
