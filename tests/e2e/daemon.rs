@@ -22,7 +22,8 @@
 //!
 //! Besides: failures at start reach the caller of `--daemon` as the
 //! daemon's own message (port in use; a pid file the dropped user may not
-//! write) with no process left behind; `--daemon` is refused under systemd.
+//! write) with no process left behind; a log or pid file that cannot be
+//! created is an error at start; `--daemon` is refused under systemd.
 //!
 //! A daemon is not the test's child: it is found through its pid file (and
 //! the test's own directory in its command line), and [`Daemon`] kills it,
@@ -171,6 +172,31 @@ fn dead_and_garbage_pid_files_are_replaced() {
         assert_eq!(pid_in(&pid_file), server.pid);
         let warning = server.wait_log_line("stale", SETTLE_TIMEOUT).unwrap_or_default();
         assert!(warning.contains(&why), "expected a warning saying {why:?}:\n{}", server.log());
+    }
+}
+
+/// A log file or pid file that cannot be created is an error at start
+/// (exit 1, naming the file), with or without `--daemon`.
+#[test]
+fn unwritable_log_and_pid_files_are_errors_at_start() {
+    let dir = Scratch::new("missing");
+    let missing = dir.file("no-such-dir/x");
+    for daemon in [&[][..], &["--daemon"][..]] {
+        let mut args = vec!["--listen", "127.0.0.1:0", "--log-file", arg(&missing)];
+        args.extend_from_slice(daemon);
+        let (_guard, done) = Daemon::run(&dir, &args);
+        assert_eq!(done.status.code(), Some(1), "{done:?}");
+        let expected = format!("error: --log-file {}: No such file or directory", missing.display());
+        assert!(done.stderr.starts_with(&expected), "{done:?}");
+        let mut args = vec!["--listen", "127.0.0.1:0", "--pid-file", arg(&missing)];
+        args.extend_from_slice(daemon);
+        let (guard, done) = Daemon::run(&dir, &args);
+        assert_eq!(done.status.code(), Some(1), "{done:?}");
+        assert!(
+            done.stderr.contains(&format!("pid file {}: No such file or directory", missing.display())),
+            "{done:?}"
+        );
+        assert!(guard.all_gone(), "left running: {:?}", processes_mentioning(dir.marker()));
     }
 }
 
