@@ -68,7 +68,9 @@ impl PidFile {
         let context = |e: io::Error| io::Error::new(e.kind(), format!("pid file {}: {e}", path.display()));
         let tmp = sibling(path, &format!(".tmp.{pid}"));
         let written = (|| {
-            let mut f = fs::OpenOptions::new().write(true).create(true).truncate(true).open(&tmp)?;
+            // A new file of our own: never through a link someone left there.
+            let _ = fs::remove_file(&tmp);
+            let mut f = fs::OpenOptions::new().write(true).create_new(true).open(&tmp)?;
             f.write_all(format!("{pid}\n").as_bytes())?;
             f.sync_all()?;
             fs::rename(&tmp, path)
