@@ -11,9 +11,9 @@
 //! the counts and applies them: stops move the [`Shutdown`] phase, the
 //! supervisor's signals come back as [`Notices`], SIGUSR1 calls the
 //! program's [`ReopenHook`] (its log file; logrotate's convention), and
-//! the rest are logged (rate-limited) with what they mean here. Other threads run with every
-//! signal masked ([`spawn_masked`]), so signals always reach the polling
-//! thread and never interrupt a worker.
+//! the rest are logged (rate-limited) with what they mean here. Other
+//! threads run with every signal masked ([`spawn_masked`]), so signals
+//! always reach the polling thread and never interrupt a worker.
 
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
