@@ -1,5 +1,6 @@
 //! The `server` command line: parses flags into a [`Config`], prints one
-//! `listening on ...` line on stdout, logs to stderr, and maps errors to exit
+//! `listening on ...` line on stdout, logs to stderr (or `--log-file`,
+//! reopened on SIGUSR1), detaches with `--daemon`, and maps errors to exit
 //! codes (1: runtime, 2: usage). The `server` binary is [`echo_main`]
 //! (uppercase echo, as a state machine or, with `--handler async`, as a
 //! coroutine); a program serving a protocol of its own calls [`main`] with
@@ -9,14 +10,20 @@
 
 use std::io::Write;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
+use crate::log_file::LogFile;
 use crate::work::{with_work, Work};
 use clap::builder::{PossibleValuesParser, TypedValueParser};
 use clap::Parser;
 use switchyard_common::UpperEcho;
-use switchyard_server::{cpus, factory_of, Config, Mode, ProxyProtocol, Server, Service, WorkerMode};
+use switchyard_server::{
+    cpus, daemonize, factory_of, started_by_upgrade, Config, Detached, Mode, ProxyProtocol, Readiness, Server, Service,
+    WorkerMode,
+};
 
 fn mode_names() -> PossibleValuesParser {
     PossibleValuesParser::new(Mode::ALL.map(Mode::name))
@@ -123,6 +130,15 @@ struct Args {
     /// The uppercase echo as a sans-IO state machine or as an async fn (the `server` binary only).
     #[arg(long, env = "SWITCHYARD_HANDLER", value_name = "STYLE", value_parser = ["sans-io", "async"])]
     handler: Option<String>,
+    /// Write the server's pid here once it listens; removed on exit. Refused if it names a running server.
+    #[arg(long, value_name = "PATH")]
+    pid_file: Option<PathBuf>,
+    /// Detach (fork, setsid, fork, chdir /, streams on /dev/null); returns once the server listens.
+    #[arg(long)]
+    daemon: bool,
+    /// Append logs here instead of stderr (every process); SIGUSR1 reopens it (logrotate).
+    #[arg(long, value_name = "PATH")]
+    log_file: Option<PathBuf>,
 }
 
 /// A network (`10.0.0.0/8`), or one address (`10.0.0.1`, a /32 or /128).
@@ -186,6 +202,8 @@ impl Args {
                 false => ProxyProtocol { trusted: self.proxy_from },
             });
         }
+        // Absolute: a daemon runs in `/`.
+        c.pid_file = self.pid_file.map(std::path::absolute).transpose()?;
         Ok(c)
     }
 }
@@ -221,27 +239,73 @@ pub fn main(service: impl Into<Service>) -> ExitCode {
     })
 }
 
-/// Parses the flags, makes the service from them, and runs the server.
+/// Parses the flags, makes the service from them, and runs the server
+/// (detached first, with `--daemon`).
 fn start(service: impl FnOnce(&Args) -> anyhow::Result<Service>) -> ExitCode {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
-        .format_timestamp_millis()
-        .init();
     let args = Args::parse();
+    let usage = |e: anyhow::Error| {
+        eprintln!("error: {e:#}");
+        ExitCode::from(2)
+    };
     let service = match service(&args) {
         Ok(s) => s,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            return ExitCode::from(2);
-        }
+        Err(e) => return usage(e),
     };
+    // A binary upgrade's successor of a daemon is detached already (its
+    // parent is the daemon), and inherits its sockets the systemd way.
+    let args_daemon_successor = args.daemon && started_by_upgrade();
+    let (daemon, log_path) = (args.daemon && !args_daemon_successor, args.log_file.clone());
+    if daemon {
+        if let Err(e) = refuse_daemon_under_systemd() {
+            return usage(e);
+        }
+    }
     let config = match args.into_config() {
         Ok(c) => c,
+        Err(e) => return usage(e),
+    };
+    let log = match log_path.as_deref().map(LogFile::open).transpose() {
+        Ok(l) => l,
         Err(e) => {
-            eprintln!("error: {e:#}");
-            return ExitCode::from(2);
+            eprintln!("error: --log-file {}: {e}", log_path.unwrap_or_default().display());
+            return ExitCode::from(1);
         }
     };
-    match run(config, service) {
+    init_logging(log.as_ref());
+    // Before anything starts a thread: daemonize forks.
+    let readiness = if daemon {
+        match daemonize() {
+            Ok(Detached::Daemon(r)) => {
+                if let Some(l) = &log {
+                    if let Err(e) = l.capture_stderr() {
+                        log::warn!("standard error to {}: {e}", l.path().display());
+                    }
+                }
+                Some(r)
+            }
+            Ok(Detached::Parent(Ok(line))) => {
+                print_line(&line);
+                return ExitCode::SUCCESS;
+            }
+            Ok(Detached::Parent(Err(e))) => {
+                eprintln!("error: {e}");
+                return ExitCode::from(1);
+            }
+            Err(e) => {
+                eprintln!("error: --daemon: {e}");
+                return ExitCode::from(1);
+            }
+        }
+    } else {
+        if args_daemon_successor {
+            // Where the daemon it replaces lives: no directory kept busy.
+            if let Err(e) = std::env::set_current_dir("/") {
+                log::warn!("--daemon: chdir /: {e}");
+            }
+        }
+        None
+    };
+    match run(config, service, log, readiness) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -250,32 +314,84 @@ fn start(service: impl FnOnce(&Args) -> anyhow::Result<Service>) -> ExitCode {
     }
 }
 
-fn run(config: Config, service: Service) -> anyhow::Result<()> {
+/// systemd starts a service in the foreground and watches that process:
+/// a daemon that forks away from it breaks socket activation and readiness.
+fn refuse_daemon_under_systemd() -> anyhow::Result<()> {
+    for (var, what) in [("LISTEN_FDS", "socket activation"), ("NOTIFY_SOCKET", "a notify service")] {
+        if std::env::var_os(var).is_some() {
+            anyhow::bail!(
+                "--daemon under systemd ({what}: {var} is set): systemd wants the server in the foreground; drop --daemon"
+            );
+        }
+    }
+    Ok(())
+}
+
+/// env_logger (`RUST_LOG`, default `info`) to stderr or to the log file.
+/// Every line names its process: fork and prefork servers write one
+/// stream from several.
+fn init_logging(file: Option<&Arc<LogFile>>) {
+    let mut logger = env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"));
+    logger.format(|buf, record| {
+        let style = buf.default_level_style(record.level());
+        writeln!(
+            buf,
+            "[{} {style}{:<5}{style:#} {} {}] {}",
+            buf.timestamp_millis(),
+            record.level(),
+            std::process::id(),
+            record.target(),
+            record.args()
+        )
+    });
+    if let Some(f) = file {
+        logger.target(env_logger::Target::Pipe(Box::new(f.writer()))).write_style(env_logger::WriteStyle::Never);
+    }
+    logger.init();
+}
+
+fn run(
+    config: Config,
+    service: Service,
+    log: Option<Arc<LogFile>>,
+    readiness: Option<Readiness>,
+) -> anyhow::Result<()> {
     let mode = config.mode;
     let describe = |e: std::io::Error| {
-        if e.kind() == std::io::ErrorKind::AddrInUse {
+        if matches!(e.kind(), std::io::ErrorKind::AddrInUse | std::io::ErrorKind::AlreadyExists) {
             anyhow::anyhow!("{e}")
         } else {
             anyhow::Error::new(e).context(format!("{mode} server"))
         }
     };
-    let server = Server::bind(config).map_err(describe)?;
-    {
-        let mut out = std::io::stdout().lock();
-        match server.inherited() {
-            None => {
-                let _ = writeln!(out, "listening on {} mode={mode} pid={}", server.local_addr(), std::process::id());
+    let server = match Server::bind(config) {
+        Ok(s) => s,
+        Err(e) => {
+            let e = describe(e);
+            if let Some(r) = readiness {
+                r.failed(&format!("{e:#}"));
             }
-            Some(from) => {
-                let _ = writeln!(
-                    out,
-                    "listening on {} mode={mode} pid={} (socket from {from})",
-                    server.local_addr(),
-                    std::process::id()
-                );
-            }
+            return Err(e);
         }
-        let _ = out.flush();
+    };
+    let server = match log {
+        Some(l) => server.on_reopen(move || l.reopen()),
+        None => server,
+    };
+    let mut line = format!("listening on {} mode={mode} pid={}", server.local_addr(), std::process::id());
+    if let Some(from) = server.inherited() {
+        line.push_str(&format!(" (socket from {from})"));
+    }
+    match readiness {
+        Some(r) => r.ready(&line),
+        None => print_line(&line),
     }
     server.serve(service).map_err(describe)
+}
+
+/// The start-up line on stdout, flushed (scripts wait for it).
+fn print_line(line: &str) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}");
+    let _ = out.flush();
 }

@@ -2,6 +2,7 @@
 //! `server` binary from its flags, or by a program directly.
 
 use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use ipnet::IpNet;
@@ -160,6 +161,12 @@ pub struct Config {
     pub user: Option<String>,
     /// ...and this group (default: the user's primary group).
     pub group: Option<String>,
+    /// Write the server's pid here once it is bound and has dropped its
+    /// privileges; removed when the server exits. [`Server::bind`] refuses
+    /// to start when the file names a running server.
+    ///
+    /// [`Server::bind`]: crate::Server::bind
+    pub pid_file: Option<PathBuf>,
     /// Read a PROXY protocol header first on every connection.
     pub proxy: Option<ProxyProtocol>,
 }
@@ -225,6 +232,7 @@ impl Config {
             max_conns_per_ip: None,
             socket_buffer: None,
             proxy: None,
+            pid_file: None,
         }
     }
 }

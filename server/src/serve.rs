@@ -1,8 +1,8 @@
 //! The entry point: [`Server::bind`] sets up signal handling, binds (so a
 //! port below 1024 works as root) or takes the listening sockets it was
 //! handed (systemd's socket activation, or the process a binary upgrade
-//! replaces), and drops privileges; [`Server::serve`] runs the configured
-//! strategy until a stop.
+//! replaces), drops privileges, and writes the pid file; [`Server::serve`]
+//! runs the configured strategy until a stop.
 
 use std::io;
 use std::net::{SocketAddr, TcpListener};
@@ -15,8 +15,9 @@ use crate::handler::Handler;
 use crate::config::{Config, Mode};
 use crate::context::Context;
 use crate::lifecycle::readiness;
-use crate::lifecycle::signals::{self, Role, Signal, Signals};
+use crate::lifecycle::signals::{self, ReopenHook, Role, Signal, Signals};
 use crate::net::{accept, listener};
+use crate::process::pidfile::{self, PidFile};
 use crate::process::scoreboard::{Scoreboard, Slot};
 use crate::process::{privileges, upgrade};
 use crate::sys;
@@ -29,14 +30,21 @@ pub struct Server {
     signals: Signals,
     addr: SocketAddr,
     inherited: Option<&'static str>,
+    /// Removed when the server is done (dropped with it, or after `serve`).
+    pid_file: Option<pidfile::Held>,
 }
 
 impl Server {
     /// Installs the signal handling of the configured mode (before binding,
     /// so a SIGTERM as soon as the address is known is honoured), takes the
     /// listening sockets this process was handed (`LISTEN_FDS`: then
-    /// `config.listen` only documents) or binds `config.listen`, and drops
-    /// to `config.user` if given.
+    /// `config.listen` only documents) or binds `config.listen`, drops to
+    /// `config.user` if given, and then writes `config.pid_file` if given
+    /// (as the user that will remove it).
+    ///
+    /// A pid file that names a running server is an error
+    /// ([`io::ErrorKind::AlreadyExists`], "already running as PID N"),
+    /// found before binding; a stale one is replaced with a warning.
     pub fn bind(config: Config) -> io::Result<Server> {
         let role = match config.mode {
             Mode::Fork => Role::ForkParent,
@@ -44,6 +52,9 @@ impl Server {
             _ => Role::Single,
         };
         let signals = Signals::install(role, config.mode.name())?;
+        if let Some(path) = &config.pid_file {
+            pidfile::check(path)?;
+        }
         accept::init_reserve();
         upgrade::remember_how_started();
         let upgrade_pipe = sys::take_inherited_fd(readiness::UPGRADE_READY_FD);
@@ -63,7 +74,8 @@ impl Server {
             None => privileges::warn_if_root(),
         }
         let addr = listeners[0].local_addr()?;
-        Ok(Server { config, listeners, signals, addr, inherited })
+        let pid_file = config.pid_file.as_deref().map(|p| PidFile::write(p).map(pidfile::hold)).transpose()?;
+        Ok(Server { config, listeners, signals, addr, inherited, pid_file })
     }
 
     /// Who handed this server its listening sockets, if it did not bind them
@@ -77,6 +89,19 @@ impl Server {
     /// `config.listen` asked for port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// What SIGUSR1 does (logrotate's `postrotate` convention): `reopen` is
+    /// called in every process of the server, on the thread that handles
+    /// signals, between two polls (so it must be quick: open a file, swap
+    /// it in). Supervisors (the fork parent, the prefork master) call it and
+    /// forward the signal to their children, which call it too, so one
+    /// signal to the server reaches every process. An error is logged and
+    /// the server serves on. Without a hook SIGUSR1 is logged ("nothing to
+    /// reopen").
+    pub fn on_reopen(mut self, reopen: impl Fn() -> io::Result<()> + Send + Sync + 'static) -> Server {
+        self.signals.set_reopen(ReopenHook(Arc::new(reopen)));
+        self
     }
 
     /// A handle that stops the server from another thread of this process.
@@ -96,7 +121,9 @@ impl Server {
         };
         slot.claim(std::process::id());
         let ctx = Context::new(Arc::new(self.config), service.into(), slot, None);
-        crate::strategy::run(self.listeners, self.signals, ctx)
+        let served = crate::strategy::run(self.listeners, self.signals, ctx);
+        drop(self.pid_file);
+        served
     }
 }
 

@@ -25,7 +25,9 @@
 //! - [`proxy`]: the PROXY protocol in every mode, and behind a real
 //!   HAProxy;
 //! - [`signals`]: the common signals that are not stops, sent to every mode
-//!   under load: handled as the signal table says, nobody hurt.
+//!   under load: handled as the signal table says, nobody hurt;
+//! - [`daemon`]: `--pid-file`, `--daemon`, and `--log-file` reopened on
+//!   SIGUSR1 under load, in every mode.
 //!
 //! `cargo test --test e2e modes::fork::` runs one mode, `cargo test --test
 //! e2e half_close` one case in every mode, `cargo test --test e2e limits::`
@@ -34,6 +36,7 @@
 mod accept_errors;
 mod cli;
 mod client;
+mod daemon;
 mod drivers;
 mod faults;
 mod hardening;

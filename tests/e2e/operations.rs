@@ -348,6 +348,69 @@ fn a_failed_upgrade_leaves_the_old_server_serving() {
     assert!(alive(server.pid));
 }
 
+/// The pid in a pid file (the pid and a newline), if it is there.
+fn pid_file_names(path: &std::path::Path) -> Option<i32> {
+    std::fs::read_to_string(path).ok()?.strip_suffix('\n')?.parse().ok()
+}
+
+/// With `--pid-file`, an upgrade follows nginx: while the old server
+/// drains (a client keeps it busy) its file is `PATH.oldbin` and `PATH`
+/// names the successor; once the old server is gone only `PATH` is left.
+fn an_upgrade_hands_the_pid_file_over(mode: &Mode) {
+    let dir = Scratch::new(&format!("upgrade-pid-{}", mode.args.len()));
+    let (path, oldbin) = (dir.0.join("server.pid"), dir.0.join("server.pid.oldbin"));
+    let server = Server::start(mode, &["--grace", "20", "--pid-file", path.to_str().unwrap()]);
+    assert_eq!(pid_file_names(&path), Some(server.pid));
+    let mut held = server.connect();
+    roundtrip(&mut held, b"keeps the old server draining").unwrap();
+    server.signal(Signal::SIGUSR2);
+    let line = poll_line(&server, "(socket from the server it replaces)", 1)
+        .unwrap_or_else(|| panic!("{}: no successor\n{}", mode.name, server.log()));
+    let next = pid_of(&line);
+    let _guard = KillPid(next);
+    assert_eq!(pid_file_names(&path), Some(next), "{}: PATH names the successor once it serves", mode.name);
+    assert_eq!(pid_file_names(&oldbin), Some(server.pid), "{}: PATH.oldbin names the draining server", mode.name);
+    roundtrip(&mut held, b"served while draining").unwrap();
+    close_cleanly(&mut held).unwrap();
+    assert!(poll_until(Duration::from_secs(15), || !alive(server.pid)), "{}: the old server did not exit", mode.name);
+    assert!(!oldbin.exists(), "{}: PATH.oldbin outlived the old server", mode.name);
+    assert_eq!(pid_file_names(&path), Some(next), "{}: the successor's file after the old one left", mode.name);
+    signal_pid(next, Signal::SIGTERM).unwrap();
+    assert!(poll_until(Duration::from_secs(15), || !alive(next)), "{}: the successor did not stop", mode.name);
+    assert!(!path.exists(), "{}: the successor left its pid file", mode.name);
+}
+
+#[test]
+fn an_upgrade_hands_the_pid_file_over_event() {
+    an_upgrade_hands_the_pid_file_over(&EVENT);
+}
+
+#[test]
+fn an_upgrade_hands_the_pid_file_over_prefork() {
+    an_upgrade_hands_the_pid_file_over(&PREFORK_EVENT);
+}
+
+/// A failed upgrade moves the pid file back: `PATH` names the old server,
+/// no `PATH.oldbin` is left.
+#[test]
+fn a_failed_upgrade_gives_the_pid_file_back() {
+    let dir = Scratch::new("upgrade-fails-pid");
+    let copy = dir.0.join("server");
+    std::fs::copy(env!("CARGO_BIN_EXE_server"), &copy).unwrap();
+    let path = dir.0.join("server.pid");
+    let server = Launch::new(&EVENT, &["--pid-file", path.to_str().unwrap()]).program(&copy).start();
+    let broken = dir.0.join("broken");
+    std::fs::write(&broken, "#!/bin/sh\nexit 3\n").unwrap();
+    std::fs::set_permissions(&broken, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    std::fs::rename(&broken, &copy).unwrap();
+    server.signal(Signal::SIGUSR2);
+    assert!(server.wait_log_line("upgrade failed", Duration::from_secs(10)).is_some(), "{}", server.log());
+    assert!(server.wait_log_line("pid file moved to", Duration::from_secs(1)).is_some(), "{}", server.log());
+    assert_eq!(pid_file_names(&path), Some(server.pid), "PATH is the old server's again\n{}", server.log());
+    assert!(!dir.0.join("server.pid.oldbin").exists());
+    roundtrip(&mut server.connect(), b"serves on").unwrap();
+}
+
 // ----- prefork: health-checked reloads, memory -------------------------------
 
 /// A reload whose new workers cannot start (the fault shim makes their

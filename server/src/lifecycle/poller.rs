@@ -26,6 +26,7 @@ use super::readiness;
 use super::shutdown::{Phase, Shutdown};
 use super::signals::{Notices, Signals};
 use crate::process::metrics::Metrics;
+use crate::process::pidfile;
 use crate::process::scoreboard::{Counter, Slot};
 use crate::process::upgrade::{Progress, Successor};
 
@@ -177,6 +178,7 @@ impl Poller {
                 self.shutdown.drain();
             }
             Progress::Failed(why) => {
+                pidfile::upgrade_failed();
                 log::warn!("upgrade failed: {why}; this server goes on serving");
                 self.end_upgrade();
             }
@@ -200,6 +202,7 @@ impl Poller {
             log::info!("SIGUSR2: the server is stopping; no upgrade");
             return;
         }
+        pidfile::upgrade_begins();
         match Successor::start(listeners) {
             Ok(s) => {
                 let registered =
@@ -209,7 +212,10 @@ impl Poller {
                 }
                 self.successor = Some(s);
             }
-            Err(e) => log::warn!("upgrade failed: cannot start the new binary: {e}; this server goes on serving"),
+            Err(e) => {
+                pidfile::upgrade_failed();
+                log::warn!("upgrade failed: cannot start the new binary: {e}; this server goes on serving");
+            }
         }
     }
 
@@ -229,6 +235,7 @@ impl Poller {
             self.notices.fewer += n.fewer;
             self.notices.reap |= n.reap;
             self.notices.upgrade += n.upgrade;
+            self.notices.reopen |= n.reopen;
         }
     }
 

@@ -9,13 +9,15 @@
 //! and opens a self-pipe that the handler writes a byte to. The one loop
 //! per process that polls the pipe calls [`Signals::dispatch`], which takes
 //! the counts and applies them: stops move the [`Shutdown`] phase, the
-//! supervisor's signals come back as [`Notices`], and the rest are logged
-//! (rate-limited) with what they mean here. Other threads run with every
-//! signal masked ([`spawn_masked`]), so signals always reach the polling
-//! thread and never interrupt a worker.
+//! supervisor's signals come back as [`Notices`], SIGUSR1 calls the
+//! program's [`ReopenHook`] (its log file; logrotate's convention), and
+//! the rest are logged (rate-limited) with what they mean here. Other
+//! threads run with every signal masked ([`spawn_masked`]), so signals
+//! always reach the polling thread and never interrupt a worker.
 
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mio::unix::SourceFd;
@@ -85,6 +87,11 @@ pub(crate) enum Meaning {
     /// A binary upgrade: start the new binary, hand it the listeners, drain
     /// once it serves.
     Upgrade,
+    /// Call the program's [`ReopenHook`] (it reopens its log file).
+    Reopen,
+    /// [`Reopen`](Meaning::Reopen) here, and forward the signal to every
+    /// child, so that one signal to a supervisor reaches every process.
+    ReopenForward,
     /// Handled, logged at info with this text (`{mode}` is replaced by the
     /// mode's name), and otherwise ignored.
     Noted(&'static str),
@@ -132,7 +139,7 @@ pub(crate) const TABLE: [(Signal, [Meaning; 5]); 12] = [
         ],
     ),
     (Signal::SIGWINCH, [Noted("terminal resized: nothing to do"); 5]),
-    (Signal::SIGUSR1, [Noted("no meaning in {mode} mode: ignored"); 5]),
+    (Signal::SIGUSR1, [Reopen, ReopenForward, Reopen, ReopenForward, Reopen]),
     (
         Signal::SIGUSR2,
         [
@@ -161,6 +168,20 @@ pub(crate) struct Notices {
     pub(crate) reap: bool,
     /// Binary upgrades asked for.
     pub(crate) upgrade: u32,
+    /// SIGUSR1 came: forward it to every child.
+    pub(crate) reopen: bool,
+}
+
+/// What SIGUSR1 does in every process of a server: a function of the
+/// program's (the `server` binary reopens its `--log-file`), called on the
+/// thread that dispatches signals, between two polls.
+#[derive(Clone)]
+pub(crate) struct ReopenHook(pub(crate) Arc<dyn Fn() -> io::Result<()> + Send + Sync>);
+
+impl std::fmt::Debug for ReopenHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ReopenHook")
+    }
 }
 
 /// How often one signal's note is logged at most.
@@ -175,6 +196,8 @@ pub(crate) struct Signals {
     mode: &'static str,
     /// Per table row: when its note was last logged, and how many arrived since.
     noted: [(Option<Instant>, u64); TABLE.len()],
+    /// The program's SIGUSR1 hook, if it registered one.
+    reopen: Option<ReopenHook>,
 }
 
 impl Signals {
@@ -191,17 +214,25 @@ impl Signals {
             };
             raw::set_disposition(*sig, d)?;
         }
-        Ok(Signals { read, role, mode, noted: [(None, 0); TABLE.len()] })
+        Ok(Signals { read, role, mode, noted: [(None, 0); TABLE.len()], reopen: None })
+    }
+
+    /// Registers what SIGUSR1 calls (kept in forked children).
+    pub(crate) fn set_reopen(&mut self, reopen: ReopenHook) {
+        self.reopen = Some(reopen);
     }
 
     /// In a freshly forked child (signals still blocked by `sys::fork`):
     /// drop the parent's pipe, forget signals counted before the fork, set
     /// the child's own dispositions and pipe, and only then let signals in.
     pub(crate) fn reinstall_in_child(self, role: Role, blocked: BlockedSignals) -> io::Result<Signals> {
-        let mode = self.mode;
+        let (mode, reopen) = (self.mode, self.reopen.clone());
         drop(self);
         raw::clear();
-        let installed = Signals::install(role, mode);
+        let installed = Signals::install(role, mode).map(|mut s| {
+            s.reopen = reopen;
+            s
+        });
         blocked.release();
         installed
     }
@@ -260,11 +291,25 @@ impl Signals {
                 MoreWorkers => notices.more += n,
                 FewerWorkers => notices.fewer += n,
                 Upgrade => notices.upgrade += n,
+                Reopen | ReopenForward => {
+                    self.reopen(row, *sig, n);
+                    notices.reopen |= meaning == ReopenForward;
+                }
                 Noted(text) => self.note(row, *sig, text, n),
                 Ignored | Default => {}
             }
         }
         notices
+    }
+
+    /// Calls the reopen hook once for `n` signals (they coalesce: one
+    /// reopen serves them all); logs the outcome, successes rate-limited.
+    fn reopen(&mut self, row: usize, sig: Signal, n: u32) {
+        match self.reopen.as_ref().map(|r| (r.0)()) {
+            None => self.note(row, sig, "nothing to reopen", n),
+            Some(Ok(())) => self.note(row, sig, "log file reopened", n),
+            Some(Err(e)) => log::warn!("{sig}: reopening the log file failed: {e}"),
+        }
     }
 
     fn note(&mut self, row: usize, sig: Signal, text: &str, n: u32) {
@@ -327,6 +372,8 @@ fn readme_table() -> String {
                 MoreWorkers => "one worker more".to_string(),
                 FewerWorkers => "one worker fewer (never below 1)".to_string(),
                 Upgrade => "binary upgrade: start the new binary with the listeners, drain once it serves".to_string(),
+                Reopen => "reopen the log file (`--log-file`)".to_string(),
+                ReopenForward => "reopen the log file (`--log-file`), and forward to every child".to_string(),
                 Noted(t) => format!("logged: \"{}\"", t.replace("{mode}", "<mode>")),
                 Ignored => "ignored (`SIG_IGN`: writes to a closed peer fail with `EPIPE`)".to_string(),
                 Default => "default (ignored)".to_string(),
@@ -362,6 +409,16 @@ mod tests {
                     assert_eq!(*sig, Signal::SIGCHLD, "{sig} in {r:?} would keep its default action");
                 }
             }
+        }
+    }
+
+    #[test]
+    fn sigusr1_reopens_in_every_role_and_supervisors_forward_it() {
+        let (_, meanings) = TABLE.iter().find(|(sig, _)| *sig == Signal::SIGUSR1).expect("SIGUSR1 row");
+        for r in Role::ALL {
+            let supervises = matches!(r, Role::ForkParent | Role::Master);
+            let want = if supervises { ReopenForward } else { Reopen };
+            assert_eq!(meanings[r.column()], want, "SIGUSR1 in {r:?}");
         }
     }
 }

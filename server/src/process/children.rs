@@ -160,6 +160,14 @@ impl<T> Children<T> {
         }
     }
 
+    /// Sends `sig` to every child, asking nothing more of it (a forwarded
+    /// SIGUSR1).
+    pub(crate) fn signal_all(&self, sig: Signal) {
+        for c in &self.live {
+            let _ = kill(c.pid, sig);
+        }
+    }
+
     /// Tells every child to quit now (SIGQUIT); kills it [`QUIT_GRACE`]
     /// later.
     pub(crate) fn quit_all(&mut self, now: Instant) {

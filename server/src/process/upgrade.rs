@@ -23,20 +23,37 @@ use crate::sys;
 /// How long a successor may take to report that it serves.
 pub(crate) const DEADLINE: Duration = Duration::from_secs(60);
 
-/// The binary and the arguments this process was started with, recorded
-/// at start (`/proc/self/exe` no longer names the file once it is
-/// replaced on disk).
-static STARTED_AS: OnceLock<(PathBuf, Vec<OsString>)> = OnceLock::new();
+/// How this process was started.
+#[derive(Debug)]
+struct StartedAs {
+    /// The executable's path (`/proc/self/exe` no longer names the file
+    /// once it is replaced on disk).
+    exe: PathBuf,
+    args: Vec<OsString>,
+    /// The working directory then: relative paths among the arguments mean
+    /// the same to the successor (a daemon has moved to `/` since).
+    dir: Option<PathBuf>,
+}
 
-/// Records how this process was started (once, at start).
+/// Recorded at start.
+static STARTED_AS: OnceLock<StartedAs> = OnceLock::new();
+
+/// Records how this process was started (the first call counts: `--daemon`
+/// calls it before it leaves its directory).
 pub(crate) fn remember_how_started() {
     STARTED_AS.get_or_init(|| {
         let mut args = std::env::args_os();
         let argv0 = args.next().map(PathBuf::from).unwrap_or_default();
         // The executable's path as it was when we started, resolved now.
         let exe = std::env::current_exe().unwrap_or(argv0);
-        (exe, args.collect())
+        StartedAs { exe, args: args.collect(), dir: std::env::current_dir().ok() }
     });
+}
+
+/// Whether this process is a binary upgrade's successor (it was handed
+/// its sockets and a pipe to report on by the server it replaces).
+pub fn started_by_upgrade() -> bool {
+    std::env::var_os(UPGRADE_READY_FD).is_some()
 }
 
 /// A successor being started.
@@ -62,8 +79,10 @@ pub(crate) enum Progress {
 impl Successor {
     /// Starts the successor with `listeners` (this process keeps its own).
     pub(crate) fn start(listeners: &[BorrowedFd<'_>]) -> io::Result<Successor> {
-        let (exe, args) = STARTED_AS.get().ok_or_else(|| io::Error::other("how the server was started is unknown"))?;
-        let (child, ready) = sys::spawn_successor(exe, args, listeners, UPGRADE_READY_FD)?;
+        let started = STARTED_AS.get().ok_or_else(|| io::Error::other("how the server was started is unknown"))?;
+        let exe = &started.exe;
+        let (child, ready) =
+            sys::spawn_successor(exe, &started.args, started.dir.as_deref(), listeners, UPGRADE_READY_FD)?;
         nix::fcntl::fcntl(&ready, nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK))
             .map_err(io::Error::from)?;
         log::info!("upgrade: started {} as pid {}; waiting for it to serve", exe.display(), child.id());

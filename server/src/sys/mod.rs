@@ -200,6 +200,7 @@ pub(crate) fn take_listen_fds() -> io::Result<Vec<(std::net::TcpListener, String
 pub(crate) fn spawn_successor(
     exe: &std::path::Path,
     args: &[std::ffi::OsString],
+    dir: Option<&std::path::Path>,
     fds: &[BorrowedFd<'_>],
     ready_var: &str,
 ) -> io::Result<(std::process::Child, std::fs::File)> {
@@ -225,6 +226,9 @@ pub(crate) fn spawn_successor(
         .env(ready_var, (FIRST + n as RawFd).to_string())
         .env_remove("LISTEN_PID")
         .stdin(std::process::Stdio::null());
+    if let Some(d) = dir {
+        cmd.current_dir(d);
+    }
     // SAFETY: the closure runs in the child between fork and exec, where
     // only async-signal-safe calls are allowed: it only calls fcntl(2) and
     // dup2(2) on fd numbers captured before the fork (`sources` is read,

@@ -13,6 +13,7 @@
 //! | QUIT, second INT | immediate: workers told to quit, killed a second later |
 //! | HUP | rolling restart: new workers first, then the old ones drain (hard deadline: `--grace`) |
 //! | TTIN / TTOU | one worker more / one fewer (the oldest drains; never below 1) |
+//! | USR1 | reopen the log file, and forward USR1 to every worker (they reopen theirs) |
 //!
 //! Accept distribution: one inherited listener that every worker polls with
 //! EPOLLEXCLUSIVE (the kernel wakes one waiter per connection, no thundering
@@ -258,6 +259,9 @@ impl Master {
     /// The supervisor's signals, heartbeats, deadlines, rolling restarts.
     fn supervise(&mut self, now: Instant) {
         let notices = self.poller.take_notices();
+        if notices.reopen {
+            self.workers.signal_all(Signal::SIGUSR1);
+        }
         if self.drain.serving() {
             if notices.upgrade > 0 {
                 let fds: Vec<_> = self.listeners.iter().flatten().map(|l| l.as_fd()).collect();
