@@ -77,7 +77,13 @@ fn serve_blocking(sock: Sock, peer: SocketAddr, ctx: &Context, lookout: Option<S
             return;
         }
     };
-    let totals = match &ctx.service {
+    // Counted and logged while the socket is still held: in thread and pool
+    // modes its registry entry is what a stopping server waits for.
+    let finish = |t: Totals| {
+        log::trace!("{peer}: {} bytes in, {} out", t.bytes_in, t.bytes_out);
+        ctx.closed(t);
+    };
+    match &ctx.service {
         Service::Protocol(factory) => {
             let mut io = io;
             let mut proto = factory();
@@ -88,7 +94,7 @@ fn serve_blocking(sock: Sock, peer: SocketAddr, ctx: &Context, lookout: Option<S
                 Ok(end) => log::trace!("{peer}: ended: {end:?}"),
                 Err(e) => log::debug!("{peer}: {e}"),
             }
-            io.totals()
+            finish(io.totals());
         }
         Service::Handler(h) => {
             let io = Rc::new(RefCell::new(io));
@@ -96,11 +102,9 @@ fn serve_blocking(sock: Sock, peer: SocketAddr, ctx: &Context, lookout: Option<S
             let ran = catch_unwind(AssertUnwindSafe(|| block_on(future, &ctx.shutdown, lookout.as_ref())));
             handler_ended(ctx, peer, ran.map_err(|p| panic_message(p.as_ref())));
             let t = io.borrow().totals();
-            t
+            finish(t);
         }
-    };
-    log::trace!("{peer}: {} bytes in, {} out", totals.bytes_in, totals.bytes_out);
-    ctx.closed(totals);
+    }
 }
 
 /// Logs and counts how a handler ended: `Ok(None)` when the stop's last
