@@ -22,8 +22,9 @@
 //!   interval logs, merge, plots;
 //! - [`operations`]: systemd socket activation and notifications, binary
 //!   upgrades under load, health-checked reloads, memory recycling;
-//! - [`proxy`]: the PROXY protocol in every mode, and behind a real
-//!   HAProxy;
+//! - [`proxy`]: the PROXY protocol in every mode;
+//! - [`haproxy`]: three servers behind a real HAProxy, one killed and one
+//!   drained mid-run;
 //! - [`signals`]: the common signals that are not stops, sent to every mode
 //!   under load: handled as the signal table says, nobody hurt;
 //! - [`daemon`]: `--pid-file`, `--daemon`, and `--log-file` reopened on
@@ -39,6 +40,7 @@ mod client;
 mod daemon;
 mod drivers;
 mod faults;
+mod haproxy;
 mod hardening;
 mod limits;
 mod metrics_endpoint;

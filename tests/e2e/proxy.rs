@@ -4,7 +4,7 @@
 //! and the metrics use; a bad or oversized header closes only its own
 //! connection and is counted; a peer outside `--proxy-from` is refused; a
 //! connection that sends no header is closed when its time is up.
-//! The `haproxy` module runs the same servers behind a real HAProxy.
+//! The `haproxy` topic runs servers behind a real HAProxy.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
