@@ -194,6 +194,102 @@ fn a_prefork_reload_is_reloading_then_ready() {
     assert!(ready.contains("STATUS=reloaded"), "{ready:?}");
 }
 
+// ----- the units in contrib/ ---------------------------------------------------
+
+/// `KEY=VALUE` settings of a unit file's `key=` lines (`Environment=`, `ListenStream=`).
+fn unit_values(unit: &str, key: &str) -> Vec<String> {
+    unit.lines().filter_map(|l| l.trim().strip_prefix(key)?.strip_prefix('=')).map(str::to_string).collect()
+}
+
+/// contrib/switchyard.service and .socket pass `systemd-analyze verify`
+/// (with the built binary in `ExecStart`), and the service's environment,
+/// run the way systemd runs it (the socket's address from
+/// `systemd-socket-activate`, a notify socket), serves: the mode of the
+/// unit, READY=1 with a status, the privilege drop, STOPPING=1 on SIGTERM.
+#[test]
+fn the_contrib_units_verify_and_serve() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let service = std::fs::read_to_string(root.join("contrib/switchyard.service")).unwrap();
+    let socket = std::fs::read_to_string(root.join("contrib/switchyard.socket")).unwrap();
+    assert_eq!(unit_values(&service, "Type"), ["notify"]);
+    assert_eq!(unit_values(&service, "ExecStart"), ["/usr/local/bin/server"]);
+    let dir = Scratch::new("units");
+    let bin = env!("CARGO_BIN_EXE_server");
+    std::fs::write(dir.0.join("switchyard.service"), service.replace("/usr/local/bin/server", bin)).unwrap();
+    std::fs::write(dir.0.join("switchyard.socket"), &socket).unwrap();
+    let verify = std::process::Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(dir.0.join("switchyard.socket"))
+        .arg(dir.0.join("switchyard.service"))
+        .output()
+        .expect("systemd-analyze (Debian package systemd; scripts/setup.sh installs it)");
+    let said = String::from_utf8_lossy(&verify.stderr);
+    // Only about what this machine lacks (a user that the unit expects).
+    let complaints: Vec<&str> = said.lines().filter(|l| !l.contains("switchyard") || l.contains("Unknown")).collect();
+    assert!(verify.status.success() && complaints.is_empty(), "systemd-analyze verify: {said}");
+
+    let env: Vec<(String, String)> = unit_values(&service, "Environment")
+        .iter()
+        .filter_map(|kv| kv.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())))
+        .collect();
+    assert!(env.iter().all(|(k, _)| k.starts_with("SWITCHYARD_")), "{env:?}");
+    let mode = env.iter().find(|(k, _)| k == "SWITCHYARD_MODE").map(|(_, v)| v.clone()).unwrap();
+    assert_eq!(unit_values(&socket, "ListenStream"), ["127.0.0.1:7878"]);
+    let addr = free_port();
+    let listen = addr.to_string();
+    let mut m = Manager::new("units-notify");
+    // systemd-socket-activate passes on only the environment it is told to
+    // (-E), as systemd does with Environment=.
+    let root_user = nix::unistd::Uid::effective().is_root();
+    let mut wrapper = vec!["systemd-socket-activate".to_string(), "-l".to_string(), listen.clone()];
+    wrapper.extend(["-E".to_string(), format!("NOTIFY_SOCKET={}", m.path.display())]);
+    for (k, v) in &env {
+        let v = match k.as_str() {
+            // The unit's user need not exist here; nobody does (as root).
+            "SWITCHYARD_USER" if root_user => "nobody",
+            "SWITCHYARD_USER" => continue,
+            // A free port: the metrics of a parallel test may hold the unit's.
+            "SWITCHYARD_METRICS" => "127.0.0.1:0",
+            _ => v,
+        };
+        wrapper.extend(["-E".to_string(), format!("{k}={v}")]);
+    }
+    let wrapper: Vec<&str> = wrapper.iter().map(String::as_str).collect();
+    let launch = Launch::new(&PREFORK, &[]).environment_only().wrapped(&wrapper);
+    let first = thread::spawn(move || -> Result<(), String> {
+        let mut c = None;
+        poll_until(SETTLE_TIMEOUT, || {
+            c = try_connect(addr).ok();
+            c.is_some()
+        });
+        let mut c = c.ok_or("the wrapper never listened")?;
+        roundtrip(&mut c, b"woke the service")?;
+        close_cleanly(&mut c)
+    });
+    let mut server = launch.start();
+    assert_eq!(mode, "prefork");
+    assert_eq!(server.inherited.as_deref(), Some("systemd"));
+    first.join().unwrap().unwrap_or_else(|e| panic!("{e}\n{}", server.log()));
+    let ready = m.expect("READY=1", SETTLE_TIMEOUT);
+    assert!(ready.contains("STATUS="), "{ready:?}");
+    if root_user {
+        let uid = proc_status_uid(server.pid);
+        assert_ne!(uid, Some(0), "the server kept root: SWITCHYARD_USER was not applied");
+    }
+    let workers = server.live_children().len();
+    assert_eq!(workers, 2, "SWITCHYARD_WORKERS=2 from the unit: {workers} workers");
+    server.signal(Signal::SIGTERM);
+    m.expect("STOPPING=1", SETTLE_TIMEOUT);
+    let status = server.wait_exit(Duration::from_secs(15));
+    assert!(status.is_some_and(|s| s.success()), "{status:?}\n{}", server.log());
+}
+
+/// The real user id of a process (`Uid:` in /proc/PID/status).
+fn proc_status_uid(pid: i32) -> Option<u32> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status.lines().find_map(|l| l.strip_prefix("Uid:"))?.split_whitespace().next()?.parse().ok()
+}
+
 // ----- binary upgrade ----------------------------------------------------------
 
 /// Clients that echo on while upgrades happen: each opens a connection,

@@ -11,9 +11,15 @@
 //! process) asks for a `WATCHDOG=1` every half of it, which the loop that
 //! owns the process's signals sends while the owner says the server is
 //! healthy.
+//!
+//! The notification socket is connected once, in [`init`], before the
+//! server drops its privileges: a server that started as root and runs as
+//! `--user` keeps speaking to a manager's socket only root may write to.
 
 use std::fs::File;
 use std::io::Write;
+use std::os::linux::net::SocketAddrExt as _;
+use std::os::unix::net::UnixDatagram;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -31,13 +37,15 @@ static HEALTHY: AtomicBool = AtomicBool::new(true);
 struct State {
     /// The write end of the replaced process's readiness pipe.
     upgrade_pipe: Option<File>,
+    /// `NOTIFY_SOCKET`, connected.
+    manager: Option<UnixDatagram>,
     watchdog: Option<Duration>,
     next_watchdog: Option<Instant>,
     last_status: Option<(Instant, String)>,
 }
 
 static STATE: Mutex<State> =
-    Mutex::new(State { upgrade_pipe: None, watchdog: None, next_watchdog: None, last_status: None });
+    Mutex::new(State { upgrade_pipe: None, manager: None, watchdog: None, next_watchdog: None, last_status: None });
 
 fn lock() -> std::sync::MutexGuard<'static, State> {
     STATE.lock().unwrap_or_else(|e| e.into_inner())
@@ -47,9 +55,33 @@ fn is_main() -> bool {
     MAIN_PID.load(Ordering::Relaxed) == std::process::id()
 }
 
+/// Sends `states` to the service manager, if there is one. Callers hold
+/// no lock of this module.
 fn notify(states: &[NotifyState<'_>]) {
-    if let Err(e) = sd_notify::notify(states) {
+    let s = lock();
+    let Some(manager) = &s.manager else { return };
+    let msg: String = states.iter().map(|st| format!("{st}\n")).collect();
+    if let Err(e) = manager.send(msg.as_bytes()) {
         log::debug!("sd_notify: {e}");
+    }
+}
+
+/// The service manager's socket (`NOTIFY_SOCKET`: a path, or `@name` in the
+/// abstract namespace), connected; `None` when unset or unreachable.
+fn connect_manager() -> Option<UnixDatagram> {
+    let path = std::env::var_os("NOTIFY_SOCKET")?;
+    let sock = UnixDatagram::unbound().ok()?;
+    let bytes = path.as_encoded_bytes();
+    let connected = match bytes.strip_prefix(b"@") {
+        Some(name) => std::os::unix::net::SocketAddr::from_abstract_name(name).and_then(|a| sock.connect_addr(&a)),
+        None => sock.connect(&path),
+    };
+    match connected {
+        Ok(()) => Some(sock),
+        Err(e) => {
+            log::warn!("NOTIFY_SOCKET {}: {e}; the service manager will not hear from this server", path.display());
+            None
+        }
     }
 }
 
@@ -58,8 +90,10 @@ fn notify(states: &[NotifyState<'_>]) {
 /// read from the environment.
 pub(crate) fn init(upgrade_pipe: Option<File>) {
     MAIN_PID.store(std::process::id(), Ordering::Relaxed);
+    let manager = connect_manager();
     let mut s = lock();
     s.upgrade_pipe = upgrade_pipe;
+    s.manager = manager;
     s.watchdog = sd_notify::watchdog_enabled();
     s.next_watchdog = s.watchdog.map(|w| Instant::now() + w / 2);
 }

@@ -43,12 +43,22 @@ pub struct Launch<'a> {
     env: Vec<(String, String)>,
     program: Option<std::path::PathBuf>,
     wrapper: Vec<String>,
+    bare: bool,
 }
 
 impl<'a> Launch<'a> {
     /// `server --mode NAME --listen 127.0.0.1:0 ARGS... EXTRA...`.
     pub fn new(mode: &'a Mode, extra: &'a [&'a str]) -> Launch<'a> {
-        Launch { mode, extra, ulimit: None, faults: None, env: Vec::new(), program: None, wrapper: Vec::new() }
+        Launch {
+            mode,
+            extra,
+            ulimit: None,
+            faults: None,
+            env: Vec::new(),
+            program: None,
+            wrapper: Vec::new(),
+            bare: false,
+        }
     }
 
     /// Under a shell `ulimit ULIMIT` (for example `-v 32000`): the shell
@@ -84,6 +94,14 @@ impl<'a> Launch<'a> {
         self
     }
 
+    /// Without `--mode`, `--listen` and the mode's flags: the configuration
+    /// comes from the environment (`SWITCHYARD_*`) and `extra` only; the
+    /// start-up line must still name the mode.
+    pub fn environment_only(mut self) -> Self {
+        self.bare = true;
+        self
+    }
+
     /// With the syscall faults of `spec` injected (see [`faults`]).
     pub fn faults(mut self, spec: &str) -> Self {
         self.faults = Some(spec.to_string());
@@ -110,7 +128,10 @@ impl<'a> Launch<'a> {
                 sh
             }
         };
-        cmd.args(["--mode", self.mode.name, "--listen", "127.0.0.1:0"]).args(self.mode.args).args(self.extra);
+        if !self.bare {
+            cmd.args(["--mode", self.mode.name, "--listen", "127.0.0.1:0"]).args(self.mode.args);
+        }
+        cmd.args(self.extra);
         if let Some(spec) = &self.faults {
             faults::inject(&mut cmd, spec);
         }
