@@ -106,6 +106,7 @@ FRESH=$!; PIDS+=($FRESH)
 sleep $((SECS / 3))
 echo "== $(date +%T) kill -9 the event server (pid $event_PID)"
 kill -9 "$event_PID"
+{ wait "$event_PID"; } 2>/dev/null || true
 sleep $((SECS / 3))
 echo "== $(date +%T) SIGTERM the prefork server (pid $prefork_PID): it drains"
 kill -TERM "$prefork_PID"
