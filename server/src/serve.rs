@@ -38,7 +38,9 @@ impl Server {
         };
         let signals = Signals::install(role, config.mode.name())?;
         accept::init_reserve();
-        let reuseport = config.mode == Mode::Reactor || (config.mode == Mode::Prefork && config.reuseport);
+        let reuseport = config.mode == Mode::Reactor
+            || (config.mode == Mode::Uring && config.threads > 1)
+            || (config.mode == Mode::Prefork && config.reuseport);
         let listener = listener::bind(config.listen, listener::BindOptions { backlog: config.backlog, reuseport })?;
         match &config.user {
             Some(user) => privileges::drop_to(user, config.group.as_deref())?,

@@ -115,7 +115,7 @@ impl Protocol for BlockEcho {
     }
 
     fn on_read_in_place(&mut self, data: &mut [u8]) -> Option<Step> {
-        (data.len() % self.0 == 0).then(|| UpperEcho.on_read_in_place(data)).flatten()
+        data.len().is_multiple_of(self.0).then(|| UpperEcho.on_read_in_place(data)).flatten()
     }
 }
 

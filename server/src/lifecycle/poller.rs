@@ -94,10 +94,7 @@ impl Poller {
     /// (stops move the shutdown phase; [`Poller::take_notices`] has the
     /// rest), metrics requests are read. `events` holds the owner's.
     pub(crate) fn wait(&mut self, events: &mut Events, deadline: Option<Instant>) -> io::Result<()> {
-        let now = Instant::now();
-        let retry = self.metrics.as_ref().and_then(|m| m.retry_at());
-        let deadline = [deadline, retry].into_iter().flatten().min();
-        let timeout = deadline.map_or(HEARTBEAT, |d| d.saturating_duration_since(now).min(HEARTBEAT));
+        let timeout = self.timeout(deadline, Instant::now());
         let polled = match self.poll.poll(events, Some(timeout)) {
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {
                 events.clear();
@@ -122,6 +119,23 @@ impl Poller {
             m.retry(self.poll.registry(), Instant::now());
         }
         Ok(())
+    }
+
+    /// How long a loop that wants to wake at `deadline` may sleep from
+    /// `now`: until then, or the metrics endpoint's retry, and at most
+    /// [`HEARTBEAT`]. (A loop that sleeps elsewhere, io_uring's, polls this
+    /// poll's fd and calls [`Poller::wait`] when it is readable or
+    /// [`Poller::due`].)
+    pub(crate) fn timeout(&self, deadline: Option<Instant>, now: Instant) -> Duration {
+        let retry = self.metrics.as_ref().and_then(|m| m.retry_at());
+        let deadline = [deadline, retry].into_iter().flatten().min();
+        deadline.map_or(HEARTBEAT, |d| d.saturating_duration_since(now).min(HEARTBEAT))
+    }
+
+    /// Whether the poller has a chore of its own due at `now` (the metrics
+    /// endpoint's retry after running out of fds).
+    pub(crate) fn due(&self, now: Instant) -> bool {
+        self.metrics.as_ref().and_then(|m| m.retry_at()).is_some_and(|t| now >= t)
     }
 
     /// Records a heartbeat (every wake-up does).

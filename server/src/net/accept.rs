@@ -16,7 +16,9 @@
 //! [`AcceptPolicy::accept`] runs that once and says what happened
 //! ([`Outcome`]); a strategy calls it until it says to wait, and sleeps until
 //! the listener is readable, a place frees ([`crate::admission::Admission`]
-//! wakes it) or [`AcceptPolicy::deadline`]. The policy also remembers why it
+//! wakes it) or [`AcceptPolicy::deadline`]. Where the kernel accepts by
+//! itself (io_uring's multishot accept), [`AcceptPolicy::judge`] takes the
+//! result of that accept(2) through the rest of the same policy. The policy also remembers why it
 //! stopped (empty backlog, at the cap, backing off), so
 //! [`AcceptPolicy::should_try`] tells every loop when to try again.
 //!
@@ -42,7 +44,7 @@ use std::time::{Duration, Instant};
 
 use super::backlog::{self, BacklogWatch};
 use super::listener;
-use crate::admission::{Admit, Permit};
+use crate::admission::{Admit, Permit, Reservation};
 use crate::context::Context;
 
 /// How long accepting pauses after the process ran out of fds or memory, or
@@ -225,10 +227,52 @@ impl AcceptPolicy {
             w.reset();
         }
         self.waiting = Waiting::Ready;
-        let (stream, peer) = match accept_guarded(|| listener.accept()) {
+        match accept_guarded(|| listener.accept()) {
+            Ok(accepted) => self.admit(place, accepted),
+            Err(e) => self.failed(listener, &e, now),
+        }
+    }
+
+    /// Judges a connection the kernel already took from `listener`'s backlog
+    /// (io_uring's multishot accept), or its error, as if [`Self::accept`]
+    /// had just called accept(2): errors are classified by the same table,
+    /// the place, the per-address limit and the socket options are the
+    /// same. A strategy keeps such an accept armed only while the semaphore
+    /// has room for a whole backlog; a connection that finds it full anyway
+    /// (a sibling loop took the places meanwhile) is closed and counted as
+    /// refused.
+    pub(crate) fn judge<L: Listen>(
+        &mut self,
+        accepted: io::Result<(L::Stream, SocketAddr)>,
+        listener: &L,
+        now: Instant,
+    ) -> Outcome<L::Stream> {
+        let accepted = match accepted {
             Ok(accepted) => accepted,
             Err(e) => return self.failed(listener, &e, now),
         };
+        match self.ctx.admission.reserve() {
+            Some(place) => self.admit(place, accepted),
+            None => {
+                log::debug!("{}: accepted by the kernel past the cap, closed", accepted.1);
+                self.ctx.refused(1);
+                Outcome::Again
+            }
+        }
+    }
+
+    /// Whether accepting pauses at `now` (a back-off).
+    pub(crate) fn paused(&self, now: Instant) -> bool {
+        matches!(self.waiting, Waiting::Until(t) if now < t)
+    }
+
+    /// Whether the policy waits for the listener to become readable.
+    pub(crate) fn wants_readiness(&self) -> bool {
+        self.waiting == Waiting::Readiness
+    }
+
+    /// The rest of the policy for an accepted connection with its place.
+    fn admit<S: AsFd>(&mut self, place: Reservation, (stream, peer): (S, SocketAddr)) -> Outcome<S> {
         let permit = match self.ctx.admission.admit(place, peer.ip()) {
             Admit::Yes(p) => p,
             Admit::OverPerIp => {

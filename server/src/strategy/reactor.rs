@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use mio::Events;
 
-use super::event::{self, EventLoop};
+use super::event::{self, EventLoop, LoopStats};
 use crate::context::Context;
 use crate::lifecycle::poller::Poller;
 use crate::lifecycle::shutdown::Phase;
@@ -27,6 +27,22 @@ const STACK_SIZE: usize = 1024 * 1024;
 
 /// Runs N event loops until the server stops.
 pub(crate) fn run(listener: TcpListener, signals: Signals, ctx: Context) -> io::Result<()> {
+    run_loops(listener, signals, ctx, event::acceptor, |i, acceptor, ctx| EventLoop::with(i, acceptor, ctx).run())
+}
+
+/// The reactor's frame, for any kind of loop (event loops here, io_uring
+/// rings for `uring --threads N`): `--threads` listeners on one address
+/// (SO_REUSEPORT), one poller each, made here before any loop starts
+/// (`prepare` turns them into what a loop needs, on this thread), then one
+/// thread per loop running `serve`; this thread dispatches signals, serves
+/// metrics, and wakes the loops when the shutdown phase changes.
+pub(crate) fn run_loops<P: Send + 'static>(
+    listener: TcpListener,
+    signals: Signals,
+    ctx: Context,
+    prepare: impl Fn(TcpListener, Poller, &Context) -> io::Result<P>,
+    serve: impl Fn(usize, P, &Context) -> io::Result<LoopStats> + Clone + Send + 'static,
+) -> io::Result<()> {
     let n = ctx.config.threads.max(1);
     let addr = listener.local_addr()?;
     let mut listeners = vec![listener];
@@ -39,16 +55,18 @@ pub(crate) fn run(listener: TcpListener, signals: Signals, ctx: Context) -> io::
     // Every loop's fds exist before the first loop accepts: a flood of
     // connections cannot make start-up itself run out of fds.
     let mut built = Vec::with_capacity(n);
+    let mut wakers = Vec::with_capacity(n);
     for l in listeners {
-        built.push(event::acceptor(l, Poller::new(&ctx.shutdown, None, None, Some(ctx.slot))?, &ctx)?);
+        let poller = Poller::new(&ctx.shutdown, None, None, Some(ctx.slot))?;
+        wakers.push(poller.waker());
+        built.push(prepare(l, poller, &ctx)?);
     }
-    let wakers: Vec<_> = built.iter().map(|a| a.poller.waker()).collect();
     let mut loops = Vec::with_capacity(n);
-    for acceptor in built {
+    for prepared in built {
         let i = loops.len();
-        let (ended, finished, c) = (main.waker(), finished.clone(), ctx.clone());
+        let (ended, finished, c, serve) = (main.waker(), finished.clone(), ctx.clone(), serve.clone());
         loops.push(spawn_masked(format!("loop-{i}"), STACK_SIZE, move || {
-            let r = EventLoop::with(i, acceptor, &c).run();
+            let r = serve(i, prepared, &c);
             finished.fetch_add(1, Ordering::SeqCst);
             let _ = ended.wake();
             r

@@ -2,11 +2,13 @@
 //! `SAFETY:` argument; the rest of the crate denies unsafe code. What needs
 //! it: fork (and proving its precondition), `_exit`, reading into a
 //! buffer's spare capacity, the shared memory of the scoreboard, one
-//! `epoll_ctl` flag mio lacks, and the signal handler ([`signal`]).
+//! `epoll_ctl` flag mio lacks, the signal handler ([`signal`]), and
+//! io_uring with its provided buffers ([`uring`]).
 //!
 //! This module depends on nothing else in the crate.
 
 pub(crate) mod signal;
+pub(crate) mod uring;
 
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};

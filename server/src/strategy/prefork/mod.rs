@@ -33,6 +33,7 @@ use std::time::{Duration, Instant};
 use mio::Events;
 use nix::sys::signal::Signal;
 
+use crate::config::WorkerMode;
 use crate::context::Context;
 use crate::lifecycle::deadlines::{Deadlines, Timer};
 use crate::lifecycle::drain::{Drain, Stage, FLUSH_GRACE};
@@ -42,6 +43,7 @@ use crate::net::listener::{self, BindOptions};
 use crate::process::children::{Children, Ended, Exit, QUIT_GRACE};
 use crate::process::metrics::{self, Retired};
 use crate::process::scoreboard::{Scoreboard, Slot, State};
+use crate::serve::Service;
 use crate::sys::{self, Forked};
 use worker::Prepared;
 
@@ -55,6 +57,13 @@ const HEALTH_SWEEP: Duration = Duration::from_millis(500);
 /// Runs the prefork master until the server stops.
 pub(crate) fn run(listener: TcpListener, signals: Signals, ctx: Context) -> io::Result<()> {
     sys::ensure_single_threaded("prefork master")?;
+    if ctx.config.worker == WorkerMode::Uring {
+        // Once, here: a worker that cannot run would only fail to boot.
+        if matches!(ctx.service, Service::Handler(_)) {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, super::uring::NO_HANDLERS));
+        }
+        super::uring::probe()?;
+    }
     let mut m = Master::new(listener, signals, ctx)?;
     let mut events = Events::with_capacity(16);
     loop {
