@@ -497,6 +497,55 @@ mod tests {
         }
     }
 
+    fn context(max_conns: usize) -> Context {
+        let mut config = crate::config::Config::new(crate::config::Mode::Uring);
+        config.max_conns = max_conns;
+        let service =
+            crate::serve::Service::Protocol(switchyard_common::protocol::factory_of::<switchyard_common::UpperEcho>());
+        Context::new(std::sync::Arc::new(config), service, crate::process::scoreboard::Slot::leaked(), None)
+    }
+
+    /// The kernel's accepts (io_uring) go through the same policy: an error
+    /// is classified by the table, a connection takes a place, and one that
+    /// finds the semaphore full is closed and counted as refused.
+    #[test]
+    fn judge_applies_the_policy_to_accepts_made_by_the_kernel() {
+        use crate::process::scoreboard::Counter;
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.set_nonblocking(true).unwrap();
+        let ctx = context(1);
+        let mut p = AcceptPolicy::new(&ctx, AtCap::Wait);
+        let now = Instant::now();
+        let accepted = |l: &std::net::TcpListener| {
+            let c = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+            let got = loop {
+                match std::net::TcpListener::accept(l) {
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => std::thread::yield_now(),
+                    other => break other.unwrap(),
+                }
+            };
+            (c, got)
+        };
+
+        assert!(matches!(p.judge(Err(err(nix::errno::Errno::ECONNABORTED)), &l, now), Outcome::Again));
+        assert_eq!(ctx.slot.get(Counter::AcceptErrors), 1, "a skipped connection counts as an accept error");
+        assert!(!p.paused(now));
+
+        let (_c1, first) = accepted(&l);
+        let Outcome::Accepted(one) = p.judge(Ok(first), &l, now) else {
+            panic!("the first connection was not admitted")
+        };
+        assert!(!ctx.admission.has_room(), "the admitted connection holds the only place");
+        let (_c2, second) = accepted(&l);
+        assert!(matches!(p.judge(Ok(second), &l, now), Outcome::Again), "past the cap");
+        assert_eq!(ctx.slot.get(Counter::Refused), 1, "closed past the cap, counted as refused");
+        drop(one);
+        assert!(ctx.admission.has_room(), "the place came back");
+
+        assert!(matches!(p.judge(Err(err(nix::errno::Errno::EINVAL)), &l, now), Outcome::Paused));
+        assert!(p.paused(now) && !p.paused(now + BACKOFF), "an unexpected error backs off for {BACKOFF:?}");
+    }
+
     #[test]
     fn rate_log_reports_what_it_suppressed() {
         let mut r = RateLog::default();
