@@ -10,7 +10,7 @@ use switchyard_common::Factory;
 
 use crate::handler::Handler;
 
-use crate::config::{Config, Mode};
+use crate::config::{Config, Mode, WorkerMode};
 use crate::context::Context;
 use crate::lifecycle::signals::{self, Role, Signal, Signals};
 use crate::net::{accept, listener};
@@ -36,6 +36,11 @@ impl Server {
             Mode::Prefork => Role::Master,
             _ => Role::Single,
         };
+        if config.mode == Mode::Uring || (config.mode == Mode::Prefork && config.worker == WorkerMode::Uring) {
+            // Once, before binding: a server that cannot run says so at start
+            // (and a prefork master's workers never boot only to fail).
+            crate::strategy::uring::probe()?;
+        }
         let signals = Signals::install(role, config.mode.name())?;
         accept::init_reserve();
         let reuseport = config.mode == Mode::Reactor

@@ -18,7 +18,9 @@
 //!   faulty servers, held connections, schedule lag, coordinated instances,
 //!   interval logs, merge, plots;
 //! - [`signals`]: the common signals that are not stops, sent to every mode
-//!   under load: handled as the signal table says, nobody hurt.
+//!   under load: handled as the signal table says, nobody hurt;
+//! - [`uring`]: the io_uring strategy's refusals: no io_uring (a seccomp
+//!   filter), a coroutine handler.
 //!
 //! `cargo test --test e2e modes::fork::` runs one mode, `cargo test --test
 //! e2e half_close` one case in every mode, `cargo test --test e2e limits::`
@@ -34,3 +36,4 @@ mod modes;
 mod prefork;
 mod signals;
 mod support;
+mod uring;

@@ -78,8 +78,8 @@ const LISTENER: u64 = 1;
 /// The error for a handler service.
 pub(crate) const NO_HANDLERS: &str = "--handler async is not supported with --mode uring";
 
-/// Checks once, at start, that io_uring serves here; the error names the
-/// cause and the way out.
+/// Checks that io_uring serves here; the error names the cause and the way
+/// out. `Server::bind` calls it once, before binding.
 pub(crate) fn probe() -> io::Result<()> {
     uring::probe().map_err(|cause| io::Error::other(format!("io_uring unavailable: {cause}; use --mode event")))
 }
@@ -90,7 +90,6 @@ pub(crate) fn run(listener: TcpListener, signals: Signals, ctx: Context) -> io::
     if matches!(ctx.service, Service::Handler(_)) {
         return Err(io::Error::new(io::ErrorKind::InvalidInput, NO_HANDLERS));
     }
-    probe()?;
     let rings = ctx.config.threads.max(1);
     if rings > 1 {
         return reactor::run_loops(

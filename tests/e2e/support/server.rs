@@ -40,12 +40,13 @@ pub struct Launch<'a> {
     extra: &'a [&'a str],
     ulimit: Option<String>,
     faults: Option<String>,
+    deny_io_uring: Option<i32>,
 }
 
 impl<'a> Launch<'a> {
     /// `server --mode NAME --listen 127.0.0.1:0 ARGS... EXTRA...`.
     pub fn new(mode: &'a Mode, extra: &'a [&'a str]) -> Launch<'a> {
-        Launch { mode, extra, ulimit: None, faults: None }
+        Launch { mode, extra, ulimit: None, faults: None, deny_io_uring: None }
     }
 
     /// Under a shell `ulimit ULIMIT` (for example `-v 32000`): the shell
@@ -67,14 +68,39 @@ impl<'a> Launch<'a> {
         self
     }
 
+    /// Under a seccomp filter that fails io_uring_setup(2) with `errno`
+    /// (see [`faults::no_uring`]).
+    pub fn deny_io_uring(mut self, errno: i32) -> Self {
+        self.deny_io_uring = Some(errno);
+        self
+    }
+
     /// Starts it and waits (bounded) for its `listening on` line.
     pub fn start(self) -> Server {
         raise_nofile();
         let claim = machine::claim();
+        let cmd = self.command();
+        Server::launch(self.mode, cmd, claim)
+    }
+
+    /// Runs it to its exit (bounded: [`EXIT_TIMEOUT`]), for a server that
+    /// must refuse to start.
+    pub fn run_to_exit(self) -> Finished {
+        let cmd = self.command();
+        run_bounded(cmd, EXIT_TIMEOUT).unwrap_or_else(|e| panic!("{} {:?}: {e}", self.mode.name, self.extra))
+    }
+
+    fn command(&self) -> Command {
         let server = env!("CARGO_BIN_EXE_server");
-        let mut cmd = match &self.ulimit {
-            None => Command::new(server),
-            Some(limit) => {
+        let mut cmd = match (&self.ulimit, self.deny_io_uring) {
+            (None, None) => Command::new(server),
+            (None, Some(errno)) => {
+                let mut c = Command::new(faults::no_uring());
+                c.arg(errno.to_string()).arg(server);
+                c
+            }
+            (Some(limit), _) => {
+                assert!(self.deny_io_uring.is_none(), "ulimit and deny_io_uring together are not supported");
                 let mut sh = Command::new("/bin/sh");
                 sh.arg("-c").arg(format!("ulimit {limit} && exec \"$0\" \"$@\"")).arg(server);
                 sh
@@ -84,7 +110,7 @@ impl<'a> Launch<'a> {
         if let Some(spec) = &self.faults {
             faults::inject(&mut cmd, spec);
         }
-        Server::launch(self.mode, cmd, claim)
+        cmd
     }
 }
 

@@ -57,12 +57,10 @@ const HEALTH_SWEEP: Duration = Duration::from_millis(500);
 /// Runs the prefork master until the server stops.
 pub(crate) fn run(listener: TcpListener, signals: Signals, ctx: Context) -> io::Result<()> {
     sys::ensure_single_threaded("prefork master")?;
-    if ctx.config.worker == WorkerMode::Uring {
-        // Once, here: a worker that cannot run would only fail to boot.
-        if matches!(ctx.service, Service::Handler(_)) {
-            return Err(io::Error::new(io::ErrorKind::InvalidInput, super::uring::NO_HANDLERS));
-        }
-        super::uring::probe()?;
+    // Here, not in each worker: a worker that cannot run would only fail
+    // to boot (the kernel was probed by `Server::bind`).
+    if ctx.config.worker == WorkerMode::Uring && matches!(ctx.service, Service::Handler(_)) {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, super::uring::NO_HANDLERS));
     }
     let mut m = Master::new(listener, signals, ctx)?;
     let mut events = Events::with_capacity(16);
