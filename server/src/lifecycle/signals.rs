@@ -50,7 +50,7 @@ impl Role {
     /// The column heading in README's table.
     pub(crate) fn heading(self) -> &'static str {
         match self {
-            Role::Single => "serial, thread, pool, event, reactor",
+            Role::Single => "serial, thread, pool, event, reactor, uring",
             Role::ForkParent => "fork: parent",
             Role::ForkChild => "fork: child",
             Role::Master => "prefork: master",
