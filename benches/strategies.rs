@@ -439,20 +439,9 @@ fn try_measure(p: &Programs, o: &Opts, r: &Run) -> Result<Sample, String> {
     };
     let mut server = p.start(r.spec, &extra)?;
     let cfg = ClientConfig {
-        addrs: vec![server.addr],
-        threads: 1,
-        conns: r.conns,
-        size: r.size,
-        payload: PayloadKind::Random,
-        depth: 1,
         rate: r.rate,
         reconnect: r.reconnect,
-        duration: Some(o.duration),
-        messages: None,
-        warmup: o.warmup,
-        connect_rate: 10_000,
-        timeout: Duration::from_secs(5),
-        ..Default::default()
+        ..closed_loop(server.addr, r.conns, r.size, o.duration, o.warmup)
     };
     // Peak memory of the whole process tree, sampled while the run lasts.
     let stop = Arc::new(AtomicBool::new(false));
@@ -508,6 +497,31 @@ fn try_measure(p: &Programs, o: &Opts, r: &Run) -> Result<Sample, String> {
         retryable,
         retries: 0,
     })
+}
+
+/// The in-process client of every measurement: one thread, closed loop,
+/// random payloads, depth 1, for `duration` after `warmup`.
+pub(crate) fn closed_loop(
+    addr: SocketAddr,
+    conns: usize,
+    size: usize,
+    duration: Duration,
+    warmup: Duration,
+) -> ClientConfig {
+    ClientConfig {
+        addrs: vec![addr],
+        threads: 1,
+        conns,
+        size,
+        payload: PayloadKind::Random,
+        depth: 1,
+        duration: Some(duration),
+        messages: None,
+        warmup,
+        connect_rate: 10_000,
+        timeout: Duration::from_secs(5),
+        ..Default::default()
+    }
 }
 
 fn run_row(p: &Programs, o: &Opts, r: &Run, section: Section) -> Row {

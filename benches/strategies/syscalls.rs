@@ -12,7 +12,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use switchyard_client::{Config as ClientConfig, PayloadKind};
+use switchyard_client::Config as ClientConfig;
 
 use crate::{procfs, ModeSpec, Programs};
 
@@ -90,17 +90,8 @@ fn try_measure(p: &Programs, spec: &'static ModeSpec, r: &mut SyscallRow, secs: 
         std::thread::sleep(Duration::from_millis(10));
     }
     let cfg = ClientConfig {
-        addrs: vec![server.addr],
-        threads: 1,
-        conns: r.conns,
-        size: r.size,
-        payload: PayloadKind::Random,
-        depth: 1,
-        duration: Some(Duration::from_secs_f64(secs)),
-        warmup: Duration::ZERO,
-        connect_rate: 10_000,
         timeout: Duration::from_secs(10),
-        ..Default::default()
+        ..crate::closed_loop(server.addr, r.conns, r.size, Duration::from_secs_f64(secs), Duration::ZERO)
     };
     let rep = switchyard_client::run(&cfg).map_err(|e| format!("client: {e}"))?;
     // The connections' last syscalls (their closes) are counted too: the
