@@ -41,7 +41,7 @@ trap cleanup EXIT
 # A server on a free port; its pid and port land in the named variables.
 start() { # NAME MODE ARGS...
   local name=$1 mode=$2; shift 2
-  RUST_LOG=info,switchyard_server::net::acceptor=debug \
+  RUST_LOG=info,switchyard_server::net::proxy=debug \
     "$SERVER" --mode "$mode" --listen 127.0.0.1:0 --proxy-protocol --grace 30 --metrics 127.0.0.1:0 "$@" \
     >"$DIR/$name.out" 2>"$DIR/$name.log" &
   PIDS+=($!)

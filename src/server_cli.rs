@@ -56,7 +56,7 @@ struct Args {
     /// Live children at most (fork); at the cap the parent waits for one to exit.
     #[arg(long, env = "SWITCHYARD_MAX_CHILDREN", default_value_t = 1024)]
     max_children: usize,
-    /// Worker threads (pool; default 16) or event loops (reactor; default: number of CPUs).
+    /// Worker threads (pool; default 16), event loops (reactor; default: number of CPUs) or rings (uring; default 1).
     #[arg(long, env = "SWITCHYARD_THREADS")]
     threads: Option<usize>,
     /// Accepted connections waiting for a pool worker, at most.
@@ -271,6 +271,11 @@ fn start(service: impl FnOnce(&Args) -> anyhow::Result<Service>) -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    let uring = config.mode == Mode::Uring || (config.mode == Mode::Prefork && config.worker == WorkerMode::Uring);
+    if uring && matches!(service, Service::Handler(_)) {
+        eprintln!("error: --handler async is not supported with --mode uring (its connections wait on readiness, which an io_uring loop does not have): use --mode event");
+        return ExitCode::from(2);
+    }
     init_logging(log.as_ref());
     // Before anything starts a thread: daemonize forks.
     let readiness = if daemon {

@@ -22,14 +22,17 @@ pub enum Mode {
     Event,
     /// --threads event loops on --threads threads.
     Reactor,
+    /// One thread, one io_uring (or --threads rings on as many threads):
+    /// completions instead of readiness.
+    Uring,
     /// A master that forks --workers processes, each running --worker.
     Prefork,
 }
 
 impl Mode {
     /// Every mode, in the order of the docs.
-    pub const ALL: [Mode; 7] =
-        [Mode::Serial, Mode::Fork, Mode::Thread, Mode::Pool, Mode::Event, Mode::Reactor, Mode::Prefork];
+    pub const ALL: [Mode; 8] =
+        [Mode::Serial, Mode::Fork, Mode::Thread, Mode::Pool, Mode::Event, Mode::Reactor, Mode::Uring, Mode::Prefork];
 
     /// The name used on the command line and in the start-up line.
     pub fn name(self) -> &'static str {
@@ -40,6 +43,7 @@ impl Mode {
             Mode::Pool => "pool",
             Mode::Event => "event",
             Mode::Reactor => "reactor",
+            Mode::Uring => "uring",
             Mode::Prefork => "prefork",
         }
     }
@@ -69,11 +73,14 @@ pub enum WorkerMode {
     Pool,
     /// An event loop in each worker (nginx).
     Event,
+    /// An io_uring loop in each worker (one ring per worker).
+    Uring,
 }
 
 impl WorkerMode {
     /// Every worker mode.
-    pub const ALL: [WorkerMode; 4] = [WorkerMode::Serial, WorkerMode::Thread, WorkerMode::Pool, WorkerMode::Event];
+    pub const ALL: [WorkerMode; 5] =
+        [WorkerMode::Serial, WorkerMode::Thread, WorkerMode::Pool, WorkerMode::Event, WorkerMode::Uring];
 
     /// The strategy a worker runs.
     pub fn mode(self) -> Mode {
@@ -82,6 +89,7 @@ impl WorkerMode {
             WorkerMode::Thread => Mode::Thread,
             WorkerMode::Pool => Mode::Pool,
             WorkerMode::Event => Mode::Event,
+            WorkerMode::Uring => Mode::Uring,
         }
     }
 
@@ -103,7 +111,7 @@ impl std::str::FromStr for WorkerMode {
         WorkerMode::ALL
             .into_iter()
             .find(|m| m.name() == s)
-            .ok_or_else(|| format!("unknown worker mode `{s}` (a worker runs serial, thread, pool or event)"))
+            .ok_or_else(|| format!("unknown worker mode `{s}` (a worker runs serial, thread, pool, event or uring)"))
     }
 }
 
@@ -120,7 +128,7 @@ pub struct Config {
     pub max_conns: usize,
     /// Live children at most (fork).
     pub max_children: usize,
-    /// Worker threads (pool) or event loops (reactor).
+    /// Worker threads (pool), event loops (reactor) or rings (uring).
     pub threads: usize,
     /// Accepted connections waiting for a pool worker, at most.
     pub queue: usize,
@@ -211,6 +219,7 @@ impl Config {
             max_children: 1024,
             threads: match mode {
                 Mode::Reactor => cpus(),
+                Mode::Uring => 1,
                 _ => 16,
             },
             queue: 256,

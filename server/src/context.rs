@@ -36,7 +36,7 @@ impl Context {
             Mode::Serial => 1,
             Mode::Fork => config.max_children,
             Mode::Pool => config.threads.max(1) + config.queue,
-            Mode::Thread | Mode::Event | Mode::Reactor | Mode::Prefork => config.max_conns,
+            Mode::Thread | Mode::Event | Mode::Reactor | Mode::Uring | Mode::Prefork => config.max_conns,
         };
         Context {
             shutdown: Shutdown::new(config.grace),

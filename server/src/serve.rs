@@ -12,7 +12,7 @@ use switchyard_common::Factory;
 
 use crate::handler::Handler;
 
-use crate::config::{Config, Mode};
+use crate::config::{Config, Mode, WorkerMode};
 use crate::context::Context;
 use crate::lifecycle::readiness;
 use crate::lifecycle::signals::{self, ReopenHook, Role, Signal, Signals};
@@ -51,6 +51,11 @@ impl Server {
             Mode::Prefork => Role::Master,
             _ => Role::Single,
         };
+        if config.mode == Mode::Uring || (config.mode == Mode::Prefork && config.worker == WorkerMode::Uring) {
+            // Once, before binding: a server that cannot run says so at start
+            // (and a prefork master's workers never boot only to fail).
+            crate::strategy::uring::probe()?;
+        }
         let signals = Signals::install(role, config.mode.name())?;
         if let Some(path) = &config.pid_file {
             pidfile::check(path)?;
@@ -60,7 +65,9 @@ impl Server {
         let upgrade_pipe = sys::take_inherited_fd(readiness::UPGRADE_READY_FD);
         let handed: Vec<TcpListener> = sys::take_listen_fds()?.into_iter().map(|(l, _)| l).collect();
         let (listeners, inherited) = if handed.is_empty() {
-            let reuseport = config.mode == Mode::Reactor || (config.mode == Mode::Prefork && config.reuseport);
+            let reuseport = config.mode == Mode::Reactor
+                || (config.mode == Mode::Uring && config.threads > 1)
+                || (config.mode == Mode::Prefork && config.reuseport);
             let opts = listener::BindOptions { backlog: config.backlog, reuseport };
             (vec![listener::bind(config.listen, opts)?], None)
         } else {

@@ -64,8 +64,20 @@ fn acceptors(mode: &Mode) -> usize {
     mode.args.windows(2).find(|w| w[0] == "--workers").map_or(1, |w| w[1].parse().expect("--workers N"))
 }
 
+/// A server of `mode` with the faults of `spec`.
+///
+/// The kernel's own accepts (uring's multishot accept, armed while the cap
+/// leaves room for a whole backlog) cannot be faulted from user space: a
+/// uring server gets `--max-conns 1000`, below a backlog's worth (1024), so
+/// it accepts with accept(2) as the event loop does, which the shim
+/// reaches. The policy's judgement of the kernel's accepts is unit-tested
+/// (`net::accept`) and meets a real EMFILE in `limits::uring_emfile_does_not_spin`.
 fn start(mode: &Mode, spec: &str) -> Server {
-    Launch::new(mode, &["--metrics", "127.0.0.1:0"]).faults(spec).start()
+    let mut args = vec!["--metrics", "127.0.0.1:0"];
+    if mode.name == "uring" || mode.args.contains(&"uring") {
+        args.extend(["--max-conns", "1000"]);
+    }
+    Launch::new(mode, &args).faults(spec).start()
 }
 
 /// A counter of the server, once it reached `at_least` (bounded wait: the

@@ -177,7 +177,7 @@ backend servers
 fn start_backend(mode: &Mode, extra: &[&str]) -> Server {
     let mut flags = vec!["--proxy-protocol", "--metrics", "127.0.0.1:0", "--grace", "30"];
     flags.extend_from_slice(extra);
-    Launch::new(mode, &flags).env("RUST_LOG", "info,switchyard_server::net::acceptor=debug").start()
+    Launch::new(mode, &flags).env("RUST_LOG", "info,switchyard_server::net::proxy=debug").start()
 }
 
 /// Connections open on a server now.

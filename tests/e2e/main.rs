@@ -29,6 +29,8 @@
 //!   under load: handled as the signal table says, nobody hurt;
 //! - [`daemon`]: `--pid-file`, `--daemon`, and `--log-file` reopened on
 //!   SIGUSR1 under load, in every mode.
+//! - [`uring`]: the io_uring strategy's refusals: no io_uring (a seccomp
+//!   filter), a coroutine handler.
 //!
 //! `cargo test --test e2e modes::fork::` runs one mode, `cargo test --test
 //! e2e half_close` one case in every mode, `cargo test --test e2e limits::`
@@ -50,3 +52,4 @@ mod prefork;
 mod proxy;
 mod signals;
 mod support;
+mod uring;

@@ -46,11 +46,13 @@ pub(crate) struct Reservation {
     inner: Option<Arc<Inner>>,
 }
 
-/// One connection's place: under the cap, and under its address's limit.
+/// One connection's place: under the cap, and under its address's limit
+/// (boxed: only with `--max-conns-per-ip`, and a permit is in every
+/// connection's slot, which an idle connection is made of).
 #[derive(Debug)]
 pub(crate) struct Permit {
     _place: Reservation,
-    _ip: Option<IpPermit>,
+    _ip: Option<Box<IpPermit>>,
 }
 
 /// The answer for a peer.
@@ -86,6 +88,11 @@ impl Admission {
         self.open() < self.inner.cap
     }
 
+    /// How many places are free now.
+    pub(crate) fn room(&self) -> usize {
+        self.inner.cap.saturating_sub(self.open())
+    }
+
     /// Wakes `waker` whenever a place frees while the semaphore is full (a
     /// loop that stopped accepting at the cap sleeps until then).
     pub(crate) fn wake_on_room(&self, waker: Arc<Waker>) {
@@ -111,7 +118,7 @@ impl Admission {
         let ip = match &self.inner.per_ip {
             None => None,
             Some(limit) => match limit.admit(peer) {
-                Some(p) => Some(p),
+                Some(p) => Some(Box::new(p)),
                 None => return Admit::OverPerIp,
             },
         };

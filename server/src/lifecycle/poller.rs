@@ -118,11 +118,7 @@ impl Poller {
     /// rest), metrics requests are read. `events` holds the owner's.
     pub(crate) fn wait(&mut self, events: &mut Events, deadline: Option<Instant>) -> io::Result<()> {
         let now = Instant::now();
-        let chores = self.metrics.as_mut().and_then(|m| m.deadline());
-        let watchdog = self.signals.as_ref().and_then(|_| readiness::next_watchdog());
-        let upgrade = self.successor.as_ref().map(Successor::deadline);
-        let deadline = [deadline, chores, watchdog, upgrade].into_iter().flatten().min();
-        let timeout = deadline.map_or(HEARTBEAT, |d| d.saturating_duration_since(now).min(HEARTBEAT));
+        let timeout = self.timeout(deadline, now);
         if let (Some(slot), Some(woke)) = (self.heartbeat, self.woke) {
             slot.add_busy(now.saturating_duration_since(woke).as_micros() as u64);
         }
@@ -217,6 +213,40 @@ impl Poller {
                 log::warn!("upgrade failed: cannot start the new binary: {e}; this server goes on serving");
             }
         }
+    }
+
+    /// The earliest chore of the poller's own: the metrics endpoint's
+    /// (a retry, a head's time limit), the watchdog, an upgrade's deadline.
+    fn chores(&mut self) -> Option<Instant> {
+        let metrics = self.metrics.as_mut().and_then(|m| m.deadline());
+        let watchdog = self.signals.as_ref().and_then(|_| readiness::next_watchdog());
+        let upgrade = self.successor.as_ref().map(Successor::deadline);
+        [metrics, watchdog, upgrade].into_iter().flatten().min()
+    }
+
+    /// How long a loop that wants to wake at `deadline` may sleep from
+    /// `now`: until then or the poller's own next chore, and at most
+    /// [`HEARTBEAT`]. (A loop that sleeps elsewhere, io_uring's, polls this
+    /// poll's fd and calls [`Poller::wait`] when it is readable or
+    /// [`Poller::due`].)
+    pub(crate) fn timeout(&mut self, deadline: Option<Instant>, now: Instant) -> Duration {
+        let deadline = [deadline, self.chores()].into_iter().flatten().min();
+        deadline.map_or(HEARTBEAT, |d| d.saturating_duration_since(now).min(HEARTBEAT))
+    }
+
+    /// Whether the poller has a chore of its own due at `now`.
+    pub(crate) fn due(&mut self, now: Instant) -> bool {
+        self.chores().is_some_and(|t| now >= t)
+    }
+
+    /// A loop that sleeps elsewhere (io_uring's) slept from `from` to `to`:
+    /// the time before `from` since the last wake-up was work (the busy
+    /// ratio), the sleep was not.
+    pub(crate) fn slept(&mut self, from: Instant, to: Instant) {
+        if let (Some(slot), Some(woke)) = (self.heartbeat, self.woke) {
+            slot.add_busy(from.saturating_duration_since(woke).as_micros() as u64);
+        }
+        self.woke = Some(to);
     }
 
     /// Records a heartbeat (every wake-up does).

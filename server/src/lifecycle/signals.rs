@@ -52,7 +52,7 @@ impl Role {
     /// The column heading in README's table.
     pub(crate) fn heading(self) -> &'static str {
         match self {
-            Role::Single => "serial, thread, pool, event, reactor",
+            Role::Single => "serial, thread, pool, event, reactor, uring",
             Role::ForkParent => "fork: parent",
             Role::ForkChild => "fork: child",
             Role::Master => "prefork: master",
@@ -204,14 +204,26 @@ impl Signals {
     /// Sets every signal's disposition for `role` and opens a new self-pipe.
     /// `mode` names the mode in notes.
     pub(crate) fn install(role: Role, mode: &'static str) -> io::Result<Signals> {
+        Signals::install_over(role, mode, None)
+    }
+
+    /// [`Signals::install`] in a process whose dispositions are those of
+    /// `inherited` (a forked child): only the signals whose disposition
+    /// differs are set (a fork child would otherwise make a dozen
+    /// sigaction calls to set what it inherited).
+    fn install_over(role: Role, mode: &'static str, inherited: Option<Role>) -> io::Result<Signals> {
         let (read, write) = nix::unistd::pipe2(OFlag::O_NONBLOCK | OFlag::O_CLOEXEC).map_err(io::Error::from)?;
         raw::set_pipe(write);
+        let disposition = |meanings: &[Meaning; 5], role: Role| match meanings[role.column()] {
+            Default => Disposition::Default,
+            Ignored => Disposition::Ignore,
+            _ => Disposition::Count,
+        };
         for (sig, meanings) in &TABLE {
-            let d = match meanings[role.column()] {
-                Default => Disposition::Default,
-                Ignored => Disposition::Ignore,
-                _ => Disposition::Count,
-            };
+            let d = disposition(meanings, role);
+            if inherited.is_some_and(|from| disposition(meanings, from) == d) {
+                continue;
+            }
             raw::set_disposition(*sig, d)?;
         }
         Ok(Signals { read, role, mode, noted: [(None, 0); TABLE.len()], reopen: None })
@@ -226,10 +238,10 @@ impl Signals {
     /// drop the parent's pipe, forget signals counted before the fork, set
     /// the child's own dispositions and pipe, and only then let signals in.
     pub(crate) fn reinstall_in_child(self, role: Role, blocked: BlockedSignals) -> io::Result<Signals> {
-        let (mode, reopen) = (self.mode, self.reopen.clone());
+        let (mode, reopen, inherited) = (self.mode, self.reopen.clone(), self.role);
         drop(self);
         raw::clear();
-        let installed = Signals::install(role, mode).map(|mut s| {
+        let installed = Signals::install_over(role, mode, Some(inherited)).map(|mut s| {
             s.reopen = reopen;
             s
         });

@@ -12,18 +12,17 @@
 //! until the grace ends.
 
 use std::io;
-use std::os::fd::{AsFd, AsRawFd};
+use std::os::fd::AsRawFd;
 use std::time::Instant;
 
-use mio::unix::SourceFd;
-use mio::{Events, Interest, Token};
+use mio::Events;
 
 use super::accept::{AcceptPolicy, Accepted, AtCap, Listen, Outcome};
-use super::proxy::{self, Header, Parsed, Pending, Waiting, HEADER_TIMEOUT};
+use super::proxy::Headers;
 use crate::context::Context;
 use crate::lifecycle::deadlines::{Deadlines, Timer};
 use crate::lifecycle::drain::Stage;
-use crate::lifecycle::poller::{Poller, HEADERS, LISTENER, RESERVED};
+use crate::lifecycle::poller::{Poller, LISTENER};
 
 /// A listener, its policy, and its poll.
 #[derive(Debug)]
@@ -33,7 +32,7 @@ pub(crate) struct Acceptor<L: Listen> {
     listener: Option<L>,
     policy: AcceptPolicy,
     /// Connections waiting for their PROXY header.
-    headers: Waiting<L::Stream>,
+    headers: Headers<L::Stream>,
     ctx: Context,
 }
 
@@ -47,7 +46,7 @@ impl<L: Listen + AsRawFd> Acceptor<L> {
             poller,
             listener: Some(listener),
             policy: AcceptPolicy::new(ctx, at_cap),
-            headers: Waiting::default(),
+            headers: Headers::new(ctx),
             ctx: ctx.clone(),
         })
     }
@@ -62,12 +61,7 @@ impl<L: Listen + AsRawFd> Acceptor<L> {
             Stage::Grace => self.close(),
             Stage::Flush | Stage::Over => {
                 self.close();
-                for key in self.headers.keys() {
-                    let p = self.headers.remove(key);
-                    self.forget(&p);
-                    log::debug!("{}: closed at the end of the grace, before its PROXY header", p.via);
-                    self.ctx.refused(1);
-                }
+                self.headers.close_all(self.poller.registry());
             }
         }
     }
@@ -86,7 +80,7 @@ impl<L: Listen + AsRawFd> Acceptor<L> {
     /// The next connection through the policy, or `None` when the loop
     /// should sleep (nothing waits, at the cap, backing off, closed).
     pub(crate) fn accept(&mut self, now: Instant) -> Option<Accepted<L::Stream>> {
-        if let Some(c) = self.headers_arrived(now) {
+        if let Some(c) = self.headers.arrived(&mut self.policy, self.poller.registry(), now) {
             return Some(c);
         }
         while self.policy.should_try(now) {
@@ -94,7 +88,7 @@ impl<L: Listen + AsRawFd> Acceptor<L> {
             match self.policy.accept(l, now) {
                 Outcome::Accepted(c) => return Some(c),
                 Outcome::Header(p) => {
-                    if let Some(c) = self.first_look(p, now) {
+                    if let Some(c) = self.headers.first_look(p, &mut self.policy, self.poller.registry(), now) {
                         return Some(c);
                     }
                 }
@@ -103,79 +97,6 @@ impl<L: Listen + AsRawFd> Acceptor<L> {
             }
         }
         None
-    }
-
-    /// A connection just accepted from a trusted balancer: its header is
-    /// usually there already; if not, it waits in the poll.
-    fn first_look(&mut self, p: Pending<L::Stream>, now: Instant) -> Option<Accepted<L::Stream>> {
-        match proxy::peek(&p.stream) {
-            Ok(Parsed::Incomplete) => {
-                let key = self.headers.next_key();
-                let fd = p.stream.as_fd().as_raw_fd();
-                let token = Token(HEADERS + key);
-                if let Err(e) = self.poller.registry().register(&mut SourceFd(&fd), token, Interest::READABLE) {
-                    log::warn!("{}: cannot watch for its PROXY header: {e}; closing it", p.via);
-                    self.ctx.accept_failed();
-                    return None;
-                }
-                self.headers.insert(p, now);
-                None
-            }
-            Ok(Parsed::Header(h)) => self.finish(p, Ok(h)),
-            Ok(Parsed::Bad(why)) => self.finish(p, Err(why)),
-            Err(e) => self.finish(p, Err(e.to_string())),
-        }
-    }
-
-    /// Connections whose header came (or whose time ran out) since the
-    /// last look; returns the first one to hand over.
-    fn headers_arrived(&mut self, now: Instant) -> Option<Accepted<L::Stream>> {
-        while let Some((key, closed)) = self.headers.next_ready() {
-            let Some(p) = self.headers.get(key) else { continue };
-            let parsed = match proxy::peek(&p.stream) {
-                Ok(Parsed::Incomplete) if closed => Err("closed before its whole PROXY header".to_string()),
-                Ok(Parsed::Incomplete) => continue,
-                Ok(Parsed::Header(h)) => Ok(h),
-                Ok(Parsed::Bad(why)) => Err(why),
-                Err(e) => Err(e.to_string()),
-            };
-            let p = self.headers.remove(key);
-            self.forget(&p);
-            if let Some(c) = self.finish(p, parsed) {
-                return Some(c);
-            }
-        }
-        while let Some((_, p)) = self.headers.expired(now) {
-            self.forget(&p);
-            let _ = self.finish(p, Err(format!("no PROXY header within {HEADER_TIMEOUT:?}")));
-        }
-        None
-    }
-
-    /// Hands a connection whose header is whole to the policy's last
-    /// steps, or closes one whose header is bad.
-    fn finish(&mut self, p: Pending<L::Stream>, header: Result<Header, String>) -> Option<Accepted<L::Stream>> {
-        match header {
-            Ok(h) => {
-                let peer = h.source.unwrap_or(p.via);
-                log::debug!("{peer}: PROXY v{} header from {}", h.version, p.via);
-                match self.policy.admit(p.stream, peer, p.place) {
-                    Outcome::Accepted(c) => Some(c),
-                    _ => None,
-                }
-            }
-            Err(why) => {
-                log::debug!("{}: {why}; closed", p.via);
-                self.ctx.proxy_header_failed();
-                None
-            }
-        }
-    }
-
-    /// Stops watching a connection that leaves the wait.
-    fn forget(&self, p: &Pending<L::Stream>) {
-        let fd = p.stream.as_fd().as_raw_fd();
-        let _ = self.poller.registry().deregister(&mut SourceFd(&fd));
     }
 
     /// A loop with an accept budget used it up: more may wait.
@@ -216,13 +137,10 @@ impl<L: Listen + AsRawFd> Acceptor<L> {
             }
         }
         for ev in events.iter() {
-            match ev.token() {
-                LISTENER => self.policy.readable(),
-                Token(t) if (HEADERS..RESERVED).contains(&t) => {
-                    self.headers.event(t - HEADERS, ev.is_read_closed() || ev.is_error())
-                }
-                _ => {}
+            if ev.token() == LISTENER {
+                self.policy.readable();
             }
+            self.headers.on_event(ev);
         }
         let ctx = &self.ctx;
         self.poller.serve_metrics(|| ctx.page());

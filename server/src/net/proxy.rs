@@ -10,8 +10,9 @@
 //! header, and only the header's own bytes are then taken from the socket,
 //! so whatever the client sent after it stays in the kernel for the
 //! protocol, and no driver needs to know a header existed. A header that is
-//! not there at accept waits in the acceptor's poll ([`Waiting`]) for at
-//! most [`HEADER_TIMEOUT`]; it may be [`MAX_HEADER`] bytes long. A
+//! not there at accept waits ([`Headers`]) in the loop's poll, under tokens
+//! of its own, for at most [`HEADER_TIMEOUT`]; it may be [`MAX_HEADER`]
+//! bytes long. A
 //! malformed, missing, late or oversized header closes that connection and
 //! counts in `switchyard_proxy_header_errors_total`; no other connection
 //! notices.
@@ -27,11 +28,16 @@ use std::net::{IpAddr, SocketAddr};
 use std::os::fd::{AsFd, AsRawFd};
 use std::time::{Duration, Instant};
 
+use mio::unix::SourceFd;
+use mio::{Interest, Registry, Token};
 use nix::sys::socket::MsgFlags;
 use ppp::v2;
 use slab::Slab;
 
+use super::accept::{AcceptPolicy, Accepted, Outcome};
 use crate::admission::Reservation;
+use crate::context::Context;
+use crate::lifecycle::poller::{HEADERS, RESERVED};
 
 /// How long a connection may take to send its header.
 pub(crate) const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
@@ -181,9 +187,9 @@ struct Entry<S> {
     closed: bool,
 }
 
-/// The connections of one acceptor that wait for their header, each with
-/// its deadline ([`HEADER_TIMEOUT`] after accept). Keys are dense from 0;
-/// the acceptor registers each socket under its own token range.
+/// The table under [`Headers`]: connections waiting for their header, each
+/// with its deadline ([`HEADER_TIMEOUT`] after accept). Keys are dense from
+/// 0 (each socket's token is [`HEADERS`] + its key).
 #[derive(Debug)]
 pub(crate) struct Waiting<S> {
     entries: Slab<Entry<S>>,
@@ -277,6 +283,140 @@ impl<S> Waiting<S> {
     pub(crate) fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }
+}
+
+/// The connections of one loop that wait for their PROXY header, watched
+/// in the loop's poll (tokens from [`HEADERS`]); the acceptor has one, and
+/// so has an io_uring loop (whose ring watches that poll).
+#[derive(Debug)]
+pub(crate) struct Headers<S> {
+    waiting: Waiting<S>,
+    ctx: Context,
+}
+
+impl<S: AsFd> Headers<S> {
+    /// None waiting yet.
+    pub(crate) fn new(ctx: &Context) -> Headers<S> {
+        Headers { waiting: Waiting::default(), ctx: ctx.clone() }
+    }
+
+    /// A connection just accepted from a trusted balancer: its header is
+    /// usually there already (then the policy finishes it); if not, it
+    /// waits, watched in `registry`.
+    pub(crate) fn first_look(
+        &mut self,
+        p: Pending<S>,
+        policy: &mut AcceptPolicy,
+        registry: &Registry,
+        now: Instant,
+    ) -> Option<Accepted<S>> {
+        match peek(&p.stream) {
+            Ok(Parsed::Incomplete) => {
+                let token = Token(HEADERS + self.waiting.next_key());
+                let fd = p.stream.as_fd().as_raw_fd();
+                if let Err(e) = registry.register(&mut SourceFd(&fd), token, Interest::READABLE) {
+                    log::warn!("{}: cannot watch for its PROXY header: {e}; closing it", p.via);
+                    self.ctx.accept_failed();
+                    return None;
+                }
+                self.waiting.insert(p, now);
+                None
+            }
+            Ok(Parsed::Header(h)) => self.finish(p, Ok(h), policy),
+            Ok(Parsed::Bad(why)) => self.finish(p, Err(why), policy),
+            Err(e) => self.finish(p, Err(e.to_string()), policy),
+        }
+    }
+
+    /// Notes a poll event if it is one of these connections'.
+    pub(crate) fn on_event(&mut self, ev: &mio::event::Event) {
+        let Token(t) = ev.token();
+        if (HEADERS..RESERVED).contains(&t) {
+            self.waiting.event(t - HEADERS, ev.is_read_closed() || ev.is_error());
+        }
+    }
+
+    /// The connections whose header came (or whose time ran out) since the
+    /// last look; returns the first one the policy admits.
+    pub(crate) fn arrived(
+        &mut self,
+        policy: &mut AcceptPolicy,
+        registry: &Registry,
+        now: Instant,
+    ) -> Option<Accepted<S>> {
+        while let Some((key, closed)) = self.waiting.next_ready() {
+            let Some(p) = self.waiting.get(key) else { continue };
+            let parsed = match peek(&p.stream) {
+                Ok(Parsed::Incomplete) if closed => Err("closed before its whole PROXY header".to_string()),
+                Ok(Parsed::Incomplete) => continue,
+                Ok(Parsed::Header(h)) => Ok(h),
+                Ok(Parsed::Bad(why)) => Err(why),
+                Err(e) => Err(e.to_string()),
+            };
+            let p = self.waiting.remove(key);
+            forget(&p, registry);
+            if let Some(c) = self.finish(p, parsed, policy) {
+                return Some(c);
+            }
+        }
+        while let Some((_, p)) = self.waiting.expired(now) {
+            forget(&p, registry);
+            let _ = self.finish(p, Err(format!("no PROXY header within {HEADER_TIMEOUT:?}")), policy);
+        }
+        None
+    }
+
+    /// Closes every connection still waiting (the grace is over: they sent
+    /// nothing the server owes an answer to).
+    pub(crate) fn close_all(&mut self, registry: &Registry) {
+        for key in self.waiting.keys() {
+            let p = self.waiting.remove(key);
+            forget(&p, registry);
+            log::debug!("{}: closed at the end of the grace, before its PROXY header", p.via);
+            self.ctx.refused(1);
+        }
+    }
+
+    /// The earliest deadline of a waiting connection.
+    pub(crate) fn deadline(&self) -> Option<Instant> {
+        self.waiting.deadline()
+    }
+
+    /// Whether none waits.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.waiting.is_empty()
+    }
+
+    /// Hands a connection whose header is whole to the policy's last steps
+    /// (with the header's address), or closes one whose header is bad.
+    fn finish(
+        &mut self,
+        p: Pending<S>,
+        header: Result<Header, String>,
+        policy: &mut AcceptPolicy,
+    ) -> Option<Accepted<S>> {
+        match header {
+            Ok(h) => {
+                let peer = h.source.unwrap_or(p.via);
+                log::debug!("{peer}: PROXY v{} header from {}", h.version, p.via);
+                match policy.finish(p.stream, peer, p.place) {
+                    Outcome::Accepted(c) => Some(c),
+                    _ => None,
+                }
+            }
+            Err(why) => {
+                log::debug!("{}: {why}; closed", p.via);
+                self.ctx.proxy_header_failed();
+                None
+            }
+        }
+    }
+}
+
+/// Stops watching a connection that leaves the wait.
+fn forget<S: AsFd>(p: &Pending<S>, registry: &Registry) {
+    let fd = p.stream.as_fd().as_raw_fd();
+    let _ = registry.deregister(&mut SourceFd(&fd));
 }
 
 #[cfg(test)]

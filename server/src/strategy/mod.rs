@@ -9,6 +9,7 @@
 //! | `pool/` | a fixed thread pool fed by a bounded queue |
 //! | `event/` | one thread, one event loop (mio), connections as state machines |
 //! | `reactor.rs` | one event loop per thread, each with its own SO_REUSEPORT listener |
+//! | `uring.rs` | one thread, one io_uring: completions instead of readiness |
 //! | `prefork/` | a master that forks worker processes, each running one of the above |
 //!
 //! Every strategy is the same life with a different way of giving
@@ -34,11 +35,13 @@ use crate::serve::Service;
 
 pub(crate) mod event;
 pub(crate) mod fork;
+mod idle;
 pub(crate) mod pool;
 pub(crate) mod prefork;
 pub(crate) mod reactor;
 pub(crate) mod serial;
 pub(crate) mod thread;
+pub(crate) mod uring;
 
 /// Runs the strategy of `ctx.config.mode` until the server stops, on
 /// `listeners`: one, or one per loop or worker position when they were
@@ -47,6 +50,7 @@ pub(crate) mod thread;
 pub(crate) fn run(mut listeners: Vec<std::net::TcpListener>, signals: Signals, ctx: Context) -> io::Result<()> {
     match ctx.config.mode {
         Mode::Reactor => return reactor::run(listeners, signals, ctx),
+        Mode::Uring => return uring::run(listeners, signals, ctx),
         Mode::Prefork => return prefork::run(listeners, signals, ctx),
         _ => {}
     }
@@ -60,7 +64,7 @@ pub(crate) fn run(mut listeners: Vec<std::net::TcpListener>, signals: Signals, c
         Mode::Thread => thread::run(listener, signals, ctx),
         Mode::Pool => pool::run(listener, signals, ctx),
         Mode::Event => event::run(listener, signals, ctx),
-        Mode::Reactor | Mode::Prefork => unreachable!("served above"),
+        Mode::Reactor | Mode::Uring | Mode::Prefork => unreachable!("served above"),
     }
 }
 

@@ -2,11 +2,13 @@
 //! `SAFETY:` argument; the rest of the crate denies unsafe code. What needs
 //! it: fork (and proving its precondition), `_exit`, reading into a
 //! buffer's spare capacity, the shared memory of the scoreboard, one
-//! `epoll_ctl` flag mio lacks, and the signal handler ([`signal`]).
+//! `epoll_ctl` flag mio lacks, the signal handler ([`signal`]), and
+//! io_uring with its provided buffers ([`uring`]).
 //!
 //! This module depends on nothing else in the crate.
 
 pub(crate) mod signal;
+pub(crate) mod uring;
 
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
@@ -38,12 +40,26 @@ impl BlockedSignals {
     }
 }
 
-/// Number of threads in this process, from `/proc/self/stat`.
+/// Number of threads in this process, from `/proc/self/stat`. It is read
+/// before every fork, so it costs one `pread` into a stack buffer: the file
+/// stays open (reopened in a process that inherited it, whose `self` was
+/// another process), and nothing is allocated (a fork parent's heap pages
+/// are shared with its children: every page it writes is copied).
 fn thread_count() -> io::Result<usize> {
-    let stat = std::fs::read_to_string("/proc/self/stat")?;
+    use std::os::unix::fs::FileExt;
+    static STAT: std::sync::Mutex<Option<(u32, std::fs::File)>> = std::sync::Mutex::new(None);
+    let pid = std::process::id();
+    let mut stat = STAT.lock().unwrap_or_else(|e| e.into_inner());
+    let file = match &*stat {
+        Some((p, f)) if *p == pid => f,
+        _ => &stat.insert((pid, std::fs::File::open("/proc/self/stat")?)).1,
+    };
+    let mut buf = [0u8; 1024];
+    let n = file.read_at(&mut buf, 0)?;
+    let text = std::str::from_utf8(&buf[..n]).map_err(|_| io::Error::other("/proc/self/stat is not UTF-8"))?;
     // Fields after the command name (which may hold spaces, so split after
     // its closing parenthesis): state is field 3, num_threads field 20.
-    stat.rsplit_once(')')
+    text.rsplit_once(')')
         .and_then(|(_, rest)| rest.split_whitespace().nth(17))
         .and_then(|n| n.parse().ok())
         .ok_or_else(|| io::Error::other("cannot read num_threads from /proc/self/stat"))

@@ -44,6 +44,7 @@ pub struct Launch<'a> {
     program: Option<std::path::PathBuf>,
     wrapper: Vec<String>,
     bare: bool,
+    deny_io_uring: Option<i32>,
 }
 
 impl<'a> Launch<'a> {
@@ -58,6 +59,7 @@ impl<'a> Launch<'a> {
             program: None,
             wrapper: Vec::new(),
             bare: false,
+            deny_io_uring: None,
         }
     }
 
@@ -102,6 +104,13 @@ impl<'a> Launch<'a> {
         self
     }
 
+    /// Under a seccomp filter that fails io_uring_setup(2) with `errno`
+    /// (see [`faults::no_uring`]).
+    pub fn deny_io_uring(mut self, errno: i32) -> Self {
+        self.deny_io_uring = Some(errno);
+        self
+    }
+
     /// With the syscall faults of `spec` injected (see [`faults`]).
     pub fn faults(mut self, spec: &str) -> Self {
         self.faults = Some(spec.to_string());
@@ -112,21 +121,38 @@ impl<'a> Launch<'a> {
     pub fn start(self) -> Server {
         raise_nofile();
         let claim = machine::claim();
+        let cmd = self.command();
+        Server::launch(self.mode, cmd, claim)
+    }
+
+    /// Runs it to its exit (bounded: [`EXIT_TIMEOUT`]), for a server that
+    /// must refuse to start.
+    pub fn run_to_exit(self) -> Finished {
+        let cmd = self.command();
+        run_bounded(cmd, EXIT_TIMEOUT).unwrap_or_else(|e| panic!("{} {:?}: {e}", self.mode.name, self.extra))
+    }
+
+    fn command(&self) -> Command {
         let built = std::path::Path::new(env!("CARGO_BIN_EXE_server"));
         let server = self.program.as_deref().unwrap_or(built);
-        let mut cmd = match (&self.ulimit, self.wrapper.split_first()) {
-            (None, Some((wrapper, args))) => {
+        let mut cmd = match (&self.ulimit, self.wrapper.split_first(), self.deny_io_uring) {
+            (None, Some((wrapper, args)), None) => {
                 let mut w = Command::new(wrapper);
                 w.args(args).arg(server);
                 w
             }
-            (Some(_), Some(_)) => panic!("a ulimit and a wrapper at once are not supported"),
-            (None, None) => Command::new(server),
-            (Some(limit), None) => {
+            (None, None, None) => Command::new(server),
+            (None, None, Some(errno)) => {
+                let mut c = Command::new(faults::no_uring());
+                c.arg(errno.to_string()).arg(server);
+                c
+            }
+            (Some(limit), None, None) => {
                 let mut sh = Command::new("/bin/sh");
                 sh.arg("-c").arg(format!("ulimit {limit} && exec \"$0\" \"$@\"")).arg(server);
                 sh
             }
+            _ => panic!("a ulimit, a wrapper and a seccomp filter: one at a time"),
         };
         if !self.bare {
             cmd.args(["--mode", self.mode.name, "--listen", "127.0.0.1:0"]).args(self.mode.args);
@@ -136,7 +162,7 @@ impl<'a> Launch<'a> {
             faults::inject(&mut cmd, spec);
         }
         cmd.envs(self.env.iter().map(|(k, v)| (k, v)));
-        Server::launch(self.mode, cmd, claim)
+        cmd
     }
 }
 

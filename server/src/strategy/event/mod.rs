@@ -21,8 +21,6 @@
 //! they close or the grace ends; then they stop reading and flush; what is
 //! left when the flush grace ends is dropped.
 
-mod idle;
-
 use std::io;
 use std::net::SocketAddr;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -34,6 +32,7 @@ use mio::net::TcpListener;
 use mio::{Events, Interest, Token};
 use slab::Slab;
 
+use super::idle::{HasLinks, IdleQueue, Links};
 use crate::admission::Permit;
 use crate::context::Context;
 use crate::driver::nonblocking::{Conn, Scratch, Status};
@@ -46,7 +45,6 @@ use crate::lifecycle::signals::Signals;
 use crate::net::accept::AtCap;
 use crate::net::acceptor::Acceptor;
 use crate::serve::Service;
-use idle::{HasLinks, IdleQueue, Links};
 
 /// Connections accepted per wake-up at most.
 pub(crate) const ACCEPT_BUDGET: usize = 256;

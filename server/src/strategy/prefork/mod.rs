@@ -43,6 +43,7 @@ use std::time::{Duration, Instant};
 use mio::Events;
 use nix::sys::signal::Signal;
 
+use crate::config::WorkerMode;
 use crate::context::Context;
 use crate::lifecycle::deadlines::{Deadlines, Timer};
 use crate::lifecycle::drain::{Drain, Stage, FLUSH_GRACE};
@@ -53,6 +54,7 @@ use crate::net::listener::{self, BindOptions};
 use crate::process::children::{Children, Ended, Exit, QUIT_GRACE};
 use crate::process::metrics::{self, Retired, Supervision, WorkerLine};
 use crate::process::scoreboard::{Counter, Scoreboard, State};
+use crate::serve::Service;
 use crate::sys::{self, Forked};
 use worker::Prepared;
 
@@ -66,6 +68,11 @@ const HEALTH_SWEEP: Duration = Duration::from_millis(500);
 /// Runs the prefork master until the server stops.
 pub(crate) fn run(listeners: Vec<TcpListener>, signals: Signals, ctx: Context) -> io::Result<()> {
     sys::ensure_single_threaded("prefork master")?;
+    // Here, not in each worker: a worker that cannot run would only fail
+    // to boot (the kernel was probed by `Server::bind`).
+    if ctx.config.worker == WorkerMode::Uring && matches!(ctx.service, Service::Handler(_)) {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, super::uring::NO_HANDLERS));
+    }
     let mut m = Master::new(listeners, signals, ctx)?;
     let mut events = Events::with_capacity(16);
     loop {

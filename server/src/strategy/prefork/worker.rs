@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use nix::unistd::Pid;
 
+use crate::config::Mode;
 use crate::context::Context;
 use crate::lifecycle::signals::{Role, Signals};
 use crate::process::children;
@@ -47,6 +48,9 @@ pub(super) fn run(
     let mut config = (*master.config).clone();
     config.mode = config.worker.mode();
     config.metrics = None;
+    if config.mode == Mode::Uring {
+        config.threads = 1; // one ring per worker, on the listener it was handed
+    }
     let ctx = Context::new(Arc::new(config), master.service.clone(), prep.slot, prep.max_requests);
     prep.slot.set_pid(std::process::id());
     prep.slot.beat();
