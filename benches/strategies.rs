@@ -16,6 +16,8 @@
 //! - the example servers beside nginx and redis-server, driven by wrk and
 //!   redis-benchmark (issue 14; `strategies/examples.rs`; `--examples`
 //!   alone, `--no-examples` without).
+//! - syscalls per message (`strace -c -f` on a short run; `strategies/syscalls.rs`);
+//! - the prefork master's accept balance over its workers (`strategies/balance.rs`).
 //!
 //! Every run is bounded (duration, client timeouts, and a watchdog that
 //! kills the server if a run overruns); every server is SIGKILLed with its
@@ -34,6 +36,8 @@
 //! `strategies/tokio_echo.rs`); the C baseline is `benches/c/epoll_echo.c`,
 //! compiled here with `cc -O2`.
 
+#[path = "strategies/balance.rs"]
+mod balance;
 #[path = "strategies/examples.rs"]
 mod examples;
 #[path = "strategies/floor.rs"]
@@ -54,6 +58,8 @@ mod procfs;
 mod programs;
 #[path = "strategies/server.rs"]
 mod server;
+#[path = "strategies/syscalls.rs"]
+mod syscalls;
 #[path = "strategies/tokio_echo.rs"]
 mod tokio_echo;
 
@@ -109,10 +115,13 @@ pub(crate) const MODES: &[ModeSpec] = &[
     mode("pool", S(&["--mode", "pool", "--threads", "16"]), Some(16), "a pool of 16 threads serves 16 clients at a time", false),
     mode("event", S(&["--mode", "event"]), None, "", true),
     mode("reactor", S(&["--mode", "reactor", "--threads", "2"]), None, "", true),
+    mode("uring", S(&["--mode", "uring"]), None, "", true),
+    mode("uring-rings", S(&["--mode", "uring", "--threads", "2"]), None, "", true),
     mode("prefork-serial", S(&["--mode", "prefork", "--workers", "2", "--worker", "serial"]), Some(2), "2 serial workers serve 2 clients at a time", false),
     mode("prefork-thread", S(&["--mode", "prefork", "--workers", "2", "--worker", "thread"]), None, "", false),
     mode("prefork-pool", S(&["--mode", "prefork", "--workers", "2", "--worker", "pool", "--threads", "16"]), Some(32), "2 workers x 16 pool threads serve 32 clients at a time", false),
     mode("prefork-event", S(&["--mode", "prefork", "--workers", "2", "--worker", "event"]), None, "", false),
+    mode("prefork-uring", S(&["--mode", "prefork", "--workers", "2", "--worker", "uring"]), None, "", false),
     // The echo as a coroutine (`--handler async`), beside the state machine above.
     mode("thread-async", S(&["--mode", "thread", "--handler", "async"]), None, "", true),
     mode("event-async", S(&["--mode", "event", "--handler", "async"]), None, "", true),
@@ -146,6 +155,16 @@ pub(crate) struct Opts {
     pub(crate) examples: bool,
     pub(crate) idle: bool,
     pub(crate) idle_conns: usize,
+    /// Only the syscalls-per-message table.
+    pub(crate) syscalls_only: bool,
+    /// The syscalls-per-message table.
+    pub(crate) syscalls: bool,
+    /// Only the prefork accept-balance table.
+    pub(crate) balance_only: bool,
+    /// The prefork accept-balance table.
+    pub(crate) balance: bool,
+    /// The server binary measured (default: the one built with this bench).
+    pub(crate) server: Option<PathBuf>,
     pub(crate) repeats: usize,
     pub(crate) duration: Duration,
     pub(crate) warmup: Duration,
@@ -172,6 +191,11 @@ impl Opts {
             examples: true,
             idle: true,
             idle_conns: 10_000,
+            syscalls_only: false,
+            syscalls: true,
+            balance_only: false,
+            balance: true,
+            server: None,
             repeats: 3,
             duration: Duration::from_millis(1000),
             warmup: Duration::from_millis(400),
@@ -205,6 +229,11 @@ impl Opts {
                 "--conns" => conns = Some(list(&val("--conns")?)?),
                 "--sizes" => sizes = Some(list(&val("--sizes")?)?),
                 "--idle" => o.idle_only = true,
+                "--syscalls" => o.syscalls_only = true,
+                "--no-syscalls" => o.syscalls = false,
+                "--balance" => o.balance_only = true,
+                "--no-balance" => o.balance = false,
+                "--server" => o.server = Some(PathBuf::from(val("--server")?)),
                 "--no-idle" => o.idle = false,
                 "--repeats" => repeats = Some(val("--repeats")?.parse().map_err(|_| "bad --repeats")?),
                 "--duration" => duration = Some(val("--duration")?.parse::<f64>().map_err(|_| "bad --duration")?),
@@ -212,6 +241,7 @@ impl Opts {
                 "-h" | "--help" => {
                     return Err("usage: cargo bench --bench strategies -- [--quick|--full] [--modes a,b] [--out DIR] \
                                 [--write-docs] [--docs-dir DIR] [--idle] [--no-idle] [--floor] [--no-floor] [--examples] [--no-examples] \
+                                [--syscalls] [--no-syscalls] [--balance] [--no-balance] [--server PATH] \
                                 [--repeats N] [--duration SECS] [--idle-conns N] [--conns 1,10] [--sizes 64,4096]"
                         .into())
                 }
@@ -426,20 +456,9 @@ fn try_measure(p: &Programs, o: &Opts, r: &Run) -> Result<Sample, String> {
     };
     let mut server = p.start(r.spec, &extra)?;
     let cfg = ClientConfig {
-        addrs: vec![server.addr],
-        threads: 1,
-        conns: r.conns,
-        size: r.size,
-        payload: PayloadKind::Random,
-        depth: 1,
         rate: r.rate,
         reconnect: r.reconnect,
-        duration: Some(o.duration),
-        messages: None,
-        warmup: o.warmup,
-        connect_rate: 10_000,
-        timeout: Duration::from_secs(5),
-        ..Default::default()
+        ..closed_loop(server.addr, r.conns, r.size, o.duration, o.warmup)
     };
     // Peak memory of the whole process tree, sampled while the run lasts.
     let stop = Arc::new(AtomicBool::new(false));
@@ -495,6 +514,31 @@ fn try_measure(p: &Programs, o: &Opts, r: &Run) -> Result<Sample, String> {
         retryable,
         retries: 0,
     })
+}
+
+/// The in-process client of every measurement: one thread, closed loop,
+/// random payloads, depth 1, for `duration` after `warmup`.
+pub(crate) fn closed_loop(
+    addr: SocketAddr,
+    conns: usize,
+    size: usize,
+    duration: Duration,
+    warmup: Duration,
+) -> ClientConfig {
+    ClientConfig {
+        addrs: vec![addr],
+        threads: 1,
+        conns,
+        size,
+        payload: PayloadKind::Random,
+        depth: 1,
+        duration: Some(duration),
+        messages: None,
+        warmup,
+        connect_rate: 10_000,
+        timeout: Duration::from_secs(5),
+        ..Default::default()
+    }
 }
 
 fn run_row(p: &Programs, o: &Opts, r: &Run, section: Section) -> Row {
@@ -578,7 +622,11 @@ pub(crate) struct Results {
     pub(crate) idle: Vec<idle::IdleResult>,
     pub(crate) floor: Vec<floor::FloorRow>,
     pub(crate) examples: examples::ExampleResults,
+    pub(crate) syscalls: Vec<syscalls::SyscallRow>,
+    pub(crate) balance: Vec<balance::BalanceRow>,
     pub(crate) started: String,
+    /// The load averages when the run ended.
+    pub(crate) load_end: String,
     pub(crate) elapsed: Duration,
     pub(crate) machine: output::Machine,
 }
@@ -656,7 +704,8 @@ fn run_all(opts: Opts) -> Result<bool, String> {
         }
     };
     let me = std::env::current_exe().map_err(|e| e.to_string())?;
-    let p = Programs { server: PathBuf::from(env!("CARGO_BIN_EXE_server")), me, c, logs };
+    let server = opts.server.clone().unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_server")));
+    let p = Programs { server, me, c, logs };
     eprintln!(
         "strategies: {} mode, load {}, results in {}",
         if opts.quick { "quick" } else { "full" },
@@ -680,7 +729,7 @@ fn run_all(opts: Opts) -> Result<bool, String> {
     }
     let mut rows = Vec::new();
     let mut idle_results = Vec::new();
-    let only = opts.idle_only || opts.floor_only || opts.examples_only;
+    let only = opts.idle_only || opts.floor_only || opts.examples_only || opts.syscalls_only || opts.balance_only;
     if !only {
         eprintln!("closed loop ({} repeats of {:?} + {:?} warm-up):", opts.repeats, opts.duration, opts.warmup);
         for &size in &opts.sizes {
@@ -771,6 +820,43 @@ fn run_all(opts: Opts) -> Result<bool, String> {
     } else {
         examples::ExampleResults::default()
     };
+    let mut syscall_rows = Vec::new();
+    if (opts.syscalls && !only) || opts.syscalls_only {
+        if syscalls::available() {
+            let (cells, secs): (&[usize], f64) = if opts.quick { (&[100], 0.5) } else { (&[100, 1000], 1.0) };
+            eprintln!("syscalls per message (strace -c -f, 64 B, closed loop, {secs} s):");
+            for &conns in cells {
+                for spec in modes.iter().filter(|s| s.max_clients.is_none_or(|m| conns <= m)) {
+                    let r = syscalls::measure(&p, spec, conns, 64, secs);
+                    match &r.failure {
+                        Some(f) => eprintln!("  {:<15} {conns:>5} conns: FAILED: {f}", spec.name),
+                        None => eprintln!("  {:<15} {conns:>5} conns: {:.2} syscalls/msg", spec.name, r.per_msg()),
+                    }
+                    syscall_rows.push(r);
+                }
+            }
+        } else {
+            eprintln!("warning: no strace: the syscalls-per-message table is left out");
+        }
+    }
+    let mut balance_rows = Vec::new();
+    if (opts.balance && !only) || opts.balance_only {
+        let conns = if opts.quick { 2_000 } else { 10_000 };
+        eprintln!("prefork accept balance ({conns} short connections, 2 event workers):");
+        for r in balance::measure_all(&p, conns) {
+            match &r.failure {
+                Some(f) => eprintln!("  {}, {} thread(s): FAILED: {f}", r.listener, r.threads),
+                None => eprintln!(
+                    "  {}, {} thread(s): {:?}, max/min {:.2}",
+                    r.listener,
+                    r.threads,
+                    r.per_worker,
+                    r.max_min()
+                ),
+            }
+            balance_rows.push(r);
+        }
+    }
     let results = Results {
         opts: opts.clone(),
         examples,
@@ -779,6 +865,9 @@ fn run_all(opts: Opts) -> Result<bool, String> {
         rows,
         idle: idle_results,
         floor: floor_rows,
+        syscalls: syscall_rows,
+        balance: balance_rows,
+        load_end: output::Machine::describe().load,
         started,
         elapsed: t0.elapsed(),
         machine,
@@ -786,7 +875,9 @@ fn run_all(opts: Opts) -> Result<bool, String> {
     let ok = results.rows.iter().all(|r| r.median.failure.is_none())
         && results.idle.iter().all(|r| r.failure.is_none())
         && results.floor.iter().all(|r| r.failure.is_none())
-        && results.examples.rows.iter().all(|r| r.failure.is_none());
+        && results.examples.rows.iter().all(|r| r.failure.is_none())
+        && results.syscalls.iter().all(|r| r.failure.is_none())
+        && results.balance.iter().all(|r| r.failure.is_none());
     output::write_all(&results)?;
     eprintln!("strategies: done in {:.0} s", t0.elapsed().as_secs_f64());
     Ok(ok)

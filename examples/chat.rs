@@ -336,6 +336,9 @@ fn check_mode(config: &Config) -> Result<(), String> {
              could not hear each other (use --mode event or reactor)",
             config.mode
         )),
+        Mode::Uring => Err("chat cannot run in uring mode: a handler waits on readiness, which an io_uring loop \
+                            does not have (use --mode event or reactor)"
+            .to_string()),
         mode => Err(format!(
             "chat cannot run in {mode} mode: a handler there blocks its thread in the socket read, so it could not \
              hear the room while it waits for its client (use --mode event or reactor)"

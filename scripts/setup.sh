@@ -17,6 +17,10 @@
 # Installing redis-server or nginx must not start them as system services (on
 # ports 6379 and 80): Debian's maintainer scripts ask /usr/sbin/policy-rc.d,
 # so while installing, one that says no is put there if none exists.
+#   systemd   `systemd-socket-activate`: socket activation in every mode
+#             (it runs without systemd as PID 1)
+#   haproxy   servers behind a real HAProxy (tests/e2e/haproxy.rs,
+#             scripts/haproxy.sh)
 set -euo pipefail
 need=()
 command -v cc >/dev/null 2>&1 || need+=(gcc)
@@ -29,6 +33,8 @@ command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 command -v curl >/dev/null 2>&1 || need+=(curl)
 command -v wrk >/dev/null 2>&1 || need+=(wrk)
 command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || need+=(nginx)
+command -v systemd-socket-activate >/dev/null 2>&1 || need+=(systemd)
+command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ] || need+=(haproxy)
 if [ ${#need[@]} -eq 0 ]; then
   echo "setup: everything is installed"
   exit 0

@@ -6,6 +6,7 @@
 #![deny(missing_docs)]
 
 pub mod echo;
+mod log_file;
 pub mod server_cli;
 mod work;
 

@@ -53,13 +53,27 @@ struct Working {
     state: u64,
 }
 
-impl Protocol for Working {
-    fn on_read(&mut self, input: &mut BytesMut, output: &mut BytesMut) -> Step {
+impl Working {
+    fn work(&mut self, bytes: usize) {
         match self.work {
-            Work::Cpu(rounds) => self.state = burn(self.state, input.len() as u64 * u64::from(rounds)),
+            Work::Cpu(rounds) => self.state = burn(self.state, bytes as u64 * u64::from(rounds)),
             Work::Sleep(d) => std::thread::sleep(d),
         }
+    }
+}
+
+impl Protocol for Working {
+    fn on_read(&mut self, input: &mut BytesMut, output: &mut BytesMut) -> Step {
+        self.work(input.len());
         self.inner.on_read(input, output)
+    }
+
+    /// The inner protocol's in-place path, the work done once it was taken
+    /// (a `None` goes on to `on_read`, which does the work).
+    fn on_read_in_place(&mut self, data: &mut [u8]) -> Option<Step> {
+        let step = self.inner.on_read_in_place(data)?;
+        self.work(data.len());
+        Some(step)
     }
 
     fn on_eof(&mut self, output: &mut BytesMut) -> Step {

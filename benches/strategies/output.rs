@@ -18,8 +18,12 @@ pub struct Machine {
     pub kernel: String,
     pub rustc: String,
     pub load: String,
-    /// The commit the servers were built from, and whether their sources had uncommitted changes.
-    pub git: String,
+    /// The 1-minute load average at the start.
+    pub load1: f64,
+    /// The commit the servers were built from.
+    pub commit: String,
+    /// Files of the tree that differed from the commit (docs/, which the run writes, left out).
+    pub uncommitted: Vec<String>,
 }
 
 fn cmd(prog: &str, args: &[&str]) -> String {
@@ -54,12 +58,16 @@ impl Machine {
             .join(" ");
         let root = crate::workspace_root();
         let root = root.to_str().unwrap_or(".");
-        let head = cmd("git", &["-C", root, "rev-parse", "--short", "HEAD"]);
-        let dirty =
-            !cmd("git", &["-C", root, "status", "--porcelain", "--", "server", "common", "client", "src"]).is_empty();
-        let git = if dirty { format!("{head} + uncommitted changes in the sources") } else { head };
+        let commit = cmd("git", &["-C", root, "rev-parse", "--short", "HEAD"]);
+        let uncommitted = cmd("git", &["-C", root, "status", "--porcelain"])
+            .lines()
+            .map(|l| l.get(3..).unwrap_or(l).to_string())
+            .filter(|path| !path.starts_with("docs/"))
+            .collect();
         Machine {
-            git,
+            load1: load.split_whitespace().next().and_then(|l| l.parse().ok()).unwrap_or(0.0),
+            commit,
+            uncommitted,
             cpu,
             cores: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
             mem_gib: mem_kb / 1048576.0,
@@ -69,11 +77,45 @@ impl Machine {
         }
     }
 
-    fn markdown(&self) -> String {
+    /// The commit, and whether the tree was clean.
+    pub fn git(&self) -> String {
+        match self.uncommitted.len() {
+            0 => format!("commit {}, tree clean", self.commit),
+            n => format!(
+                "commit {} with uncommitted changes in {n} file(s): {}{}",
+                self.commit,
+                self.uncommitted.iter().take(5).cloned().collect::<Vec<_>>().join(", "),
+                if n > 5 { ", ..." } else { "" }
+            ),
+        }
+    }
+
+    /// What the load average says of the machine: quiet at most 0.5 per
+    /// core (nothing else ran), else busy.
+    pub fn quiet(&self) -> bool {
+        self.load1 <= 0.5 * self.cores as f64
+    }
+
+    fn markdown(&self, load_end: &str) -> String {
+        let words = if self.quiet() {
+            format!("quiet when the run started (1-minute load average {:.2}, at most 0.5 per core)", self.load1)
+        } else {
+            format!(
+                "**busy** when the run started (1-minute load average {:.2} on {} cores: other jobs were running, and \
+                 the figures carry their noise)",
+                self.load1, self.cores
+            )
+        };
         format!(
-            "{}, {} cores (shared by client and server), {:.0} GiB RAM, {}, {}; load average at the start: {}; \
-             sources: {}",
-            self.cpu, self.cores, self.mem_gib, self.kernel, self.rustc, self.load, self.git
+            "{}, {} cores (shared by client and server), {:.0} GiB RAM, {}, {}; the machine was {words}; load \
+             averages at the start {}, at the end {load_end} (the run itself keeps both cores busy); sources: {}",
+            self.cpu,
+            self.cores,
+            self.mem_gib,
+            self.kernel,
+            self.rustc,
+            self.load,
+            self.git()
         )
     }
 }
@@ -186,7 +228,7 @@ pub fn markdown(res: &Results) -> String {
         o.warmup.as_secs_f64(),
         res.elapsed.as_secs_f64()
     );
-    let _ = writeln!(s, "Machine: {}.\n", res.machine.markdown());
+    let _ = writeln!(s, "Machine: {}.\n", res.machine.markdown(&res.load_end));
     let _ = writeln!(
         s,
         "Ratios in parentheses are against the baselines ({}), in that order; `–` where the baseline has no figure. \
@@ -456,8 +498,147 @@ pub fn markdown(res: &Results) -> String {
     }
     handlers_markdown(res, &mut s);
     floor_markdown(res, &mut s);
+    syscalls_markdown(res, &mut s);
+    uring_markdown(res, &mut s);
+    balance_markdown(res, &mut s);
     res.examples.markdown(&mut s);
     s
+}
+
+/// Syscalls per message beside the CPU figure of the same cell.
+fn syscalls_markdown(res: &Results, s: &mut String) {
+    if res.syscalls.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        s,
+        "### Syscalls per echoed message (64 B, closed loop, `strace -c -f` on every process of the server)\n"
+    );
+    let _ = writeln!(
+        s,
+        "A separate short run per cell with strace attached (it slows the server, so only the counts are used); \
+         the CPU column is the closed-loop figure of the same cell above, without strace.\n"
+    );
+    let _ = writeln!(s, "| mode | conns | syscalls/msg | the most frequent, per message | server CPU µs/msg |");
+    let _ = writeln!(s, "|---|---:|---:|---|---:|");
+    for r in &res.syscalls {
+        if let Some(f) = &r.failure {
+            let _ = writeln!(s, "| {} | {} | **FAILED**: {f} | | |", r.mode, r.conns);
+            continue;
+        }
+        let top: Vec<String> = r.top(4).into_iter().map(|(n, v)| format!("{n} {v:.2}")).collect();
+        let cpu = res
+            .find(r.mode, &Section::Closed, r.conns, r.size)
+            .filter(|x| x.na.is_none() && x.median.failure.is_none())
+            .map(|x| us(x.median.server_cpu_us_per_msg))
+            .unwrap_or_else(|| "–".into());
+        let _ = writeln!(s, "| {} | {} | {:.2} | {} | {cpu} |", r.mode, r.conns, r.per_msg(), top.join(", "));
+    }
+    s.push('\n');
+}
+
+/// The targets of issue 16 ("Past the epoll floor"), met or not, with the
+/// measured ratios.
+fn uring_markdown(res: &Results, s: &mut String) {
+    let cell = |m: &str, section: &Section, c: usize, z: usize| {
+        res.find(m, section, c, z).filter(|r| r.na.is_none() && r.median.failure.is_none()).map(|r| r.median.clone())
+    };
+    let verdict = |ok: bool| if ok { "met" } else { "**not met**" };
+    let mut lines = Vec::new();
+    for conns in [100, 1000] {
+        if let (Some(u), Some(c)) =
+            (cell("uring", &Section::Closed, conns, 64), cell("c-epoll", &Section::Closed, conns, 64))
+        {
+            let cpu = u.server_cpu_us_per_msg / c.server_cpu_us_per_msg;
+            let rate = u.msgs_per_sec / c.msgs_per_sec;
+            lines.push(format!(
+                "- uring at {conns} connections, 64 B: server CPU per message at most 0.7× the C epoll server's — \
+                 measured {cpu:.2}×: {}; and at least its msgs/s — measured {rate:.2}×: {}.",
+                verdict(cpu <= 0.7),
+                verdict(rate >= 1.0)
+            ));
+        }
+    }
+    if let Some(r) = res.idle.iter().find(|r| r.mode == "uring" && r.failure.is_none()) {
+        let b = r.per_conn();
+        lines.push(format!("- uring: at most 128 B per idle connection — measured {b:.0} B: {}.", verdict(b <= 128.0)));
+    }
+    for mode in ["event", "uring"] {
+        for size in [4096, 65536] {
+            for &conns in &res.opts.conns {
+                if let (Some(m), Some(t)) =
+                    (cell(mode, &Section::Closed, conns, size), cell("tokio-ct", &Section::Closed, conns, size))
+                {
+                    let x = m.server_cpu_us_per_msg / t.server_cpu_us_per_msg;
+                    lines.push(format!(
+                        "- {mode} at {} and {conns} connections: server CPU per message at most 1.0× tokio \
+                         current_thread's — measured {x:.2}×: {}.",
+                        size_name(size),
+                        verdict(x <= 1.0)
+                    ));
+                }
+            }
+        }
+    }
+    if let Some(r) = res.rows.iter().find(|r| r.mode == "fork" && r.section == Section::Reconnect) {
+        if r.median.failure.is_none() && r.na.is_none() {
+            let x = r.median.server_cpu_us_per_msg;
+            lines.push(format!(
+                "- fork: at most 150 µs of server CPU per connection with `--reconnect` — measured {}: {}; at least \
+                 10× the Python process-per-connection server's connections per second — not measured here (the \
+                 harness has no Python server).",
+                us(x),
+                verdict(x <= 150.0)
+            ));
+        }
+    }
+    if lines.is_empty() {
+        return;
+    }
+    let _ = writeln!(s, "### Targets of issue 16 (io_uring, in-place answers, a cheaper fork)\n");
+    for l in lines {
+        let _ = writeln!(s, "{l}");
+    }
+    s.push('\n');
+}
+
+/// The prefork master's accept balance.
+fn balance_markdown(res: &Results, s: &mut String) {
+    if res.balance.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        s,
+        "### Prefork accept balance ({} short connections, 2 event workers)\n",
+        num(res.balance[0].conns as f64)
+    );
+    let _ = writeln!(
+        s,
+        "One connection, one 7-byte message, its echo, close, from 4 client threads at once or from one; per-worker \
+         accepted counts from the master's `--metrics` page.\n"
+    );
+    let _ = writeln!(s, "| listener | client threads | per worker | max/min | seconds |");
+    let _ = writeln!(s, "|---|---:|---|---:|---:|");
+    for r in &res.balance {
+        match &r.failure {
+            Some(f) => {
+                let _ = writeln!(s, "| {} | {} | **FAILED**: {f} | | |", r.listener, r.threads);
+            }
+            None => {
+                let per: Vec<String> = r.per_worker.iter().map(|n| n.to_string()).collect();
+                let _ = writeln!(
+                    s,
+                    "| {} | {} | {} | {:.2} | {:.1} |",
+                    r.listener,
+                    r.threads,
+                    per.join(" / "),
+                    r.max_min(),
+                    r.secs
+                );
+            }
+        }
+    }
+    s.push('\n');
 }
 
 /// The two handler styles side by side: each mode that has a `-async` twin
@@ -793,7 +974,9 @@ fn results_json(res: &Results) -> Value {
         "repeats": res.opts.repeats,
         "duration_secs": res.opts.duration.as_secs_f64(),
         "warmup_secs": res.opts.warmup.as_secs_f64(),
-        "machine": {"cpu": m.cpu, "cores": m.cores, "mem_gib": m.mem_gib, "kernel": m.kernel, "rustc": m.rustc, "load": m.load, "git": m.git},
+        "machine": {"cpu": m.cpu, "cores": m.cores, "mem_gib": m.mem_gib, "kernel": m.kernel, "rustc": m.rustc, "load": m.load, "load_end": res.load_end, "commit": m.commit, "uncommitted": m.uncommitted},
+        "syscalls": res.syscalls.iter().map(|r| json!({"mode": r.mode, "conns": r.conns, "size": r.size, "messages": r.messages, "calls": r.calls, "per_msg": r.per_msg(), "failure": r.failure})).collect::<Vec<_>>(),
+        "balance": res.balance.iter().map(|r| json!({"listener": r.listener, "threads": r.threads, "conns": r.conns, "per_worker": r.per_worker, "secs": r.secs, "failure": r.failure})).collect::<Vec<_>>(),
         "modes": res.modes.iter().map(|m| m.name).collect::<Vec<_>>(),
         "unavailable": res.unavailable.iter().map(|(n, w)| json!({"mode": n, "why": w})).collect::<Vec<_>>(),
         "rows": rows,
@@ -835,7 +1018,7 @@ pub fn write_all(res: &Results) -> Result<(), String> {
             .map(|n| format!("![{n}](bench/{n})\n\n"))
             .collect();
         let doc = t
-            .replace("{{MACHINE}}", &res.machine.markdown())
+            .replace("{{MACHINE}}", &res.machine.markdown(&res.load_end))
             .replace("{{STARTED}}", &res.started)
             .replace("{{COMMAND}}", &command_line(res))
             .replace("{{ELAPSED}}", &format!("{:.0}", res.elapsed.as_secs_f64()))

@@ -55,3 +55,18 @@ pub fn settled_tree_cpu_secs(root: u32, max: Duration) -> f64 {
         prev = now;
     }
 }
+
+/// The pids of `root`'s process tree now (root first).
+pub fn tree_pids(root: u32) -> Vec<u32> {
+    let mut pids: Vec<u32> = shared::tree(root as i32).iter().map(|p| p.pid as u32).collect();
+    pids.sort_unstable_by_key(|&p| (p != root, p));
+    pids
+}
+
+/// Whether a tracer is attached to `pid` (`TracerPid` in its status).
+pub fn traced(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("TracerPid:")).map(|v| v.trim() != "0"))
+        .unwrap_or(false)
+}

@@ -1,5 +1,8 @@
 //! `UpperEcho`: every byte received is sent back ASCII-uppercased, in order.
-//! The stream has no framing; the protocol never closes first.
+//! The stream has no framing; the protocol never closes first. Its reply is
+//! its input transformed, so it takes the in-place path
+//! ([`Protocol::on_read_in_place`]): the received bytes are uppercased where
+//! they landed and sent from there.
 
 use bytes::BytesMut;
 
@@ -19,6 +22,12 @@ impl Protocol for UpperEcho {
         upper_in_place(&mut output[start..]);
         input.clear();
         Step::Continue
+    }
+
+    #[inline]
+    fn on_read_in_place(&mut self, data: &mut [u8]) -> Option<Step> {
+        upper_in_place(data);
+        Some(Step::Continue)
     }
 }
 
@@ -75,6 +84,14 @@ mod tests {
         let mut input = BytesMut::from(&b"more"[..]);
         p.on_read(&mut input, &mut out);
         assert_eq!(&out[..], b"PENDING:MORE");
+    }
+
+    #[test]
+    fn in_place_gives_the_bytes_on_read_gives() {
+        let sample: Vec<u8> = (0..=255u8).cycle().take(70_000).collect();
+        let mut in_place = sample.clone();
+        assert_eq!(UpperEcho.on_read_in_place(&mut in_place), Some(Step::Continue));
+        assert_eq!(in_place, feed(&[&sample]));
     }
 
     #[test]

@@ -24,6 +24,19 @@ pub trait Protocol: Send + 'static {
     /// them, on the next call.
     fn on_read(&mut self, input: &mut BytesMut, output: &mut BytesMut) -> Step;
 
+    /// The in-place path, for a protocol whose reply to some input is that
+    /// input transformed where it landed (an echo, a stream cipher): turn
+    /// `data` into the reply, byte for byte, and return `Some(step)`; the
+    /// driver then sends `data` from where it is, and nothing is copied.
+    /// `None` (the default) means "not this input": `data` must be left as
+    /// it was, and the driver hands the same bytes to [`Protocol::on_read`].
+    ///
+    /// Drivers call it only when the protocol holds no input from an earlier
+    /// call (nothing `on_read` left in `input`), so `data` is all there is.
+    fn on_read_in_place(&mut self, _data: &mut [u8]) -> Option<Step> {
+        None
+    }
+
     /// The peer closed its write side: append any last bytes to `output`.
     /// The driver sends them and then closes.
     fn on_eof(&mut self, _output: &mut BytesMut) -> Step {
@@ -34,6 +47,10 @@ pub trait Protocol: Send + 'static {
 impl<P: Protocol + ?Sized> Protocol for Box<P> {
     fn on_read(&mut self, input: &mut BytesMut, output: &mut BytesMut) -> Step {
         (**self).on_read(input, output)
+    }
+
+    fn on_read_in_place(&mut self, data: &mut [u8]) -> Option<Step> {
+        (**self).on_read_in_place(data)
     }
 
     fn on_eof(&mut self, output: &mut BytesMut) -> Step {

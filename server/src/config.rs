@@ -1,8 +1,11 @@
 //! What a server is asked to do: the strategy and its limits. Built by the
 //! `server` binary from its flags, or by a program directly.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
 use std::time::Duration;
+
+use ipnet::IpNet;
 
 /// A concurrency strategy: how connections get CPU time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -19,14 +22,17 @@ pub enum Mode {
     Event,
     /// --threads event loops on --threads threads.
     Reactor,
+    /// One thread, one io_uring (or --threads rings on as many threads):
+    /// completions instead of readiness.
+    Uring,
     /// A master that forks --workers processes, each running --worker.
     Prefork,
 }
 
 impl Mode {
     /// Every mode, in the order of the docs.
-    pub const ALL: [Mode; 7] =
-        [Mode::Serial, Mode::Fork, Mode::Thread, Mode::Pool, Mode::Event, Mode::Reactor, Mode::Prefork];
+    pub const ALL: [Mode; 8] =
+        [Mode::Serial, Mode::Fork, Mode::Thread, Mode::Pool, Mode::Event, Mode::Reactor, Mode::Uring, Mode::Prefork];
 
     /// The name used on the command line and in the start-up line.
     pub fn name(self) -> &'static str {
@@ -37,6 +43,7 @@ impl Mode {
             Mode::Pool => "pool",
             Mode::Event => "event",
             Mode::Reactor => "reactor",
+            Mode::Uring => "uring",
             Mode::Prefork => "prefork",
         }
     }
@@ -66,11 +73,14 @@ pub enum WorkerMode {
     Pool,
     /// An event loop in each worker (nginx).
     Event,
+    /// An io_uring loop in each worker (one ring per worker).
+    Uring,
 }
 
 impl WorkerMode {
     /// Every worker mode.
-    pub const ALL: [WorkerMode; 4] = [WorkerMode::Serial, WorkerMode::Thread, WorkerMode::Pool, WorkerMode::Event];
+    pub const ALL: [WorkerMode; 5] =
+        [WorkerMode::Serial, WorkerMode::Thread, WorkerMode::Pool, WorkerMode::Event, WorkerMode::Uring];
 
     /// The strategy a worker runs.
     pub fn mode(self) -> Mode {
@@ -79,6 +89,7 @@ impl WorkerMode {
             WorkerMode::Thread => Mode::Thread,
             WorkerMode::Pool => Mode::Pool,
             WorkerMode::Event => Mode::Event,
+            WorkerMode::Uring => Mode::Uring,
         }
     }
 
@@ -100,7 +111,7 @@ impl std::str::FromStr for WorkerMode {
         WorkerMode::ALL
             .into_iter()
             .find(|m| m.name() == s)
-            .ok_or_else(|| format!("unknown worker mode `{s}` (a worker runs serial, thread, pool or event)"))
+            .ok_or_else(|| format!("unknown worker mode `{s}` (a worker runs serial, thread, pool, event or uring)"))
     }
 }
 
@@ -117,7 +128,7 @@ pub struct Config {
     pub max_conns: usize,
     /// Live children at most (fork).
     pub max_children: usize,
-    /// Worker threads (pool) or event loops (reactor).
+    /// Worker threads (pool), event loops (reactor) or rings (uring).
     pub threads: usize,
     /// Accepted connections waiting for a pool worker, at most.
     pub queue: usize,
@@ -141,6 +152,9 @@ pub struct Config {
     pub reuseport: bool,
     /// Replace a prefork worker silent for this long.
     pub worker_timeout: Option<Duration>,
+    /// Replace a prefork worker whose resident memory passes this many bytes
+    /// (a replacement first, then the worker drains).
+    pub max_worker_memory: Option<u64>,
     /// Recycle a prefork worker after this many connections...
     pub max_requests: Option<u64>,
     /// ...plus up to this many more (spreads the restarts).
@@ -155,6 +169,38 @@ pub struct Config {
     pub user: Option<String>,
     /// ...and this group (default: the user's primary group).
     pub group: Option<String>,
+    /// Write the server's pid here once it is bound and has dropped its
+    /// privileges; removed when the server exits. [`Server::bind`] refuses
+    /// to start when the file names a running server.
+    ///
+    /// [`Server::bind`]: crate::Server::bind
+    pub pid_file: Option<PathBuf>,
+    /// Read a PROXY protocol header first on every connection.
+    pub proxy: Option<ProxyProtocol>,
+}
+
+/// The PROXY protocol (v1 and v2): every connection opens with a header
+/// that names the client, sent by a balancer this server trusts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProxyProtocol {
+    /// Peers whose headers are believed; connections from elsewhere are
+    /// refused.
+    pub trusted: Vec<IpNet>,
+}
+
+impl ProxyProtocol {
+    /// Headers from loopback only (127.0.0.0/8, ::1), the default.
+    pub fn loopback() -> ProxyProtocol {
+        let net = |s: &str| s.parse::<IpNet>().expect("a valid network");
+        ProxyProtocol { trusted: vec![net("127.0.0.0/8"), net("::1/128")] }
+    }
+
+    /// Whether a connection from `peer` may send a header (an IPv4 peer
+    /// seen through an IPv6 socket counts as itself).
+    pub fn trusts(&self, peer: IpAddr) -> bool {
+        let peer = peer.to_canonical();
+        self.trusted.iter().any(|net| net.contains(&peer))
+    }
 }
 
 /// The number of CPUs this process may run on.
@@ -173,6 +219,7 @@ impl Config {
             max_children: 1024,
             threads: match mode {
                 Mode::Reactor => cpus(),
+                Mode::Uring => 1,
                 _ => 16,
             },
             queue: 256,
@@ -185,6 +232,7 @@ impl Config {
             worker: WorkerMode::Event,
             reuseport: false,
             worker_timeout: None,
+            max_worker_memory: None,
             max_requests: None,
             max_requests_jitter: 0,
             metrics: None,
@@ -192,6 +240,8 @@ impl Config {
             group: None,
             max_conns_per_ip: None,
             socket_buffer: None,
+            proxy: None,
+            pid_file: None,
         }
     }
 }
@@ -210,5 +260,18 @@ mod tests {
         }
         assert!("prefork".parse::<WorkerMode>().is_err());
         assert!("fork".parse::<WorkerMode>().is_err());
+    }
+
+    #[test]
+    fn loopback_is_trusted_by_default_and_nothing_else() {
+        let p = ProxyProtocol::loopback();
+        for ip in ["127.0.0.1", "127.9.8.7", "::1", "::ffff:127.0.0.1"] {
+            assert!(p.trusts(ip.parse().unwrap()), "{ip}");
+        }
+        for ip in ["128.0.0.1", "10.0.0.1", "::2", "192.168.1.1"] {
+            assert!(!p.trusts(ip.parse().unwrap()), "{ip}");
+        }
+        let lan = ProxyProtocol { trusted: vec!["10.1.0.0/16".parse().unwrap()] };
+        assert!(lan.trusts("10.1.200.3".parse().unwrap()) && !lan.trusts("10.2.0.1".parse().unwrap()));
     }
 }

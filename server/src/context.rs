@@ -36,11 +36,11 @@ impl Context {
             Mode::Serial => 1,
             Mode::Fork => config.max_children,
             Mode::Pool => config.threads.max(1) + config.queue,
-            Mode::Thread | Mode::Event | Mode::Reactor | Mode::Prefork => config.max_conns,
+            Mode::Thread | Mode::Event | Mode::Reactor | Mode::Uring | Mode::Prefork => config.max_conns,
         };
         Context {
             shutdown: Shutdown::new(config.grace),
-            admission: Admission::new(cap, config.max_conns_per_ip),
+            admission: Admission::new(cap, config.max_conns_per_ip, slot),
             config,
             service,
             slot,
@@ -80,6 +80,12 @@ impl Context {
         }
     }
 
+    /// Counts a connection closed for its PROXY header (malformed, missing,
+    /// late, too long).
+    pub(crate) fn proxy_header_failed(&self) {
+        self.slot.add(Counter::ProxyErrors, 1);
+    }
+
     /// Counts a failed accept (or an accepted socket that could not be set up).
     pub(crate) fn accept_failed(&self) {
         self.slot.add(Counter::AcceptErrors, 1);
@@ -97,6 +103,9 @@ impl Context {
     /// prefork worker counts as booting, and a death is a boot failure.
     pub(crate) fn ready(&self) {
         self.slot.set_state(State::Running);
+        // The server's main process serves: say so (a worker is another
+        // pid, for which this does nothing).
+        crate::lifecycle::readiness::ready(&format!("serving ({} mode)", self.config.mode));
     }
 
     /// This process's metrics page.

@@ -53,8 +53,8 @@
 //! policy), `admission` (the connection semaphore, per-address permits),
 //! `lifecycle` (shutdown, drain, signals, deadlines, the poll every loop
 //! sleeps in), `driver` (blocking and non-blocking), `strategy` (one file or
-//! folder per model), `process` (children, scoreboard, metrics, privileges)
-//! and `sys` (the only module with unsafe code). docs/ARCHITECTURE.md in
+//! folder per model), `process` (children, scoreboard, metrics, privileges,
+//! the pid file, [`daemonize`]) and `sys` (the only module with unsafe code). docs/ARCHITECTURE.md in
 //! the repository walks through them.
 #![deny(missing_docs)]
 #![warn(unreachable_pub)]
@@ -75,8 +75,10 @@ mod strategy;
 #[allow(unsafe_code)]
 mod sys;
 
-pub use config::{cpus, Config, Mode, WorkerMode};
+pub use config::{cpus, Config, Mode, ProxyProtocol, WorkerMode};
 pub use handler::{handler, Connection, Handler};
+pub use process::daemon::{daemonize, Detached, Readiness};
+pub use process::upgrade::started_by_upgrade;
 pub use serve::{Server, Service, Stopper};
 pub use switchyard_common::protocol::factory_of;
 pub use switchyard_common::{Factory, Protocol, Step};

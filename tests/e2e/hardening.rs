@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::support::modes::{Mode, EVENT, FORK, POOL, PREFORK_SERIAL, REACTOR, SERIAL, THREAD};
+use crate::support::modes::{Mode, EVENT, FORK, POOL, PREFORK_SERIAL, REACTOR, SERIAL, THREAD, URING};
 use crate::support::net::{close_cleanly, describe_mismatch, roundtrip, try_connect_from, upper};
 use crate::support::process::{is_root, poll_every};
 use crate::support::procfs;
@@ -116,6 +116,11 @@ fn thread_sheds_load_when_out_of_fds() {
 #[test]
 fn reactor_sheds_load_when_out_of_fds() {
     sheds_load_when_out_of_fds(&REACTOR);
+}
+
+#[test]
+fn uring_sheds_load_when_out_of_fds() {
+    sheds_load_when_out_of_fds(&URING);
 }
 
 /// `--user nobody`: bound as root, then every uid and gid is nobody's, no
@@ -223,6 +228,11 @@ fn per_ip_limit_event() {
 #[test]
 fn per_ip_limit_reactor() {
     limits_connections_per_address(&REACTOR);
+}
+
+#[test]
+fn per_ip_limit_uring() {
+    limits_connections_per_address(&URING);
 }
 
 /// "At once": measured under 0.2 ms; anything a timer does takes seconds.
@@ -447,4 +457,9 @@ fn fast_trickle_event_at_max_conns() {
 #[test]
 fn fast_trickle_reactor_at_max_conns() {
     fast_trickle_gets_normal_clients_refused_not_hung(&REACTOR, &["--max-conns", "2"], 2, 2);
+}
+
+#[test]
+fn fast_trickle_uring_at_max_conns() {
+    fast_trickle_gets_normal_clients_refused_not_hung(&URING, &["--max-conns", "2"], 2, 2);
 }

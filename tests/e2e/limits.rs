@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use crate::support::fail_if_any;
 use crate::support::machine::exclusive;
-use crate::support::modes::{Mode, EVENT, FORK, POOL, REACTOR, SERIAL, THREAD};
+use crate::support::modes::{Mode, EVENT, FORK, POOL, REACTOR, SERIAL, THREAD, URING, URING_RINGS};
 use crate::support::net::*;
 use crate::support::process::{poll_every, poll_until, raise_nofile};
 use crate::support::procfs::{fds, tree_cpu, tree_hwm_kib, tree_rss_kib};
@@ -35,6 +35,16 @@ fn event_2000_connections_10_rounds() {
 #[test]
 fn reactor_2000_connections_10_rounds() {
     many_connections(&REACTOR)
+}
+
+#[test]
+fn uring_2000_connections_10_rounds() {
+    many_connections(&URING)
+}
+
+#[test]
+fn uring_rings_2000_connections_10_rounds() {
+    many_connections(&URING_RINGS)
 }
 
 /// 8 client threads × 250 blocking sockets: every socket connects, all
@@ -158,6 +168,16 @@ fn event_non_reading_client_is_held_back() {
 #[test]
 fn reactor_non_reading_client_is_held_back() {
     non_reading_client(&REACTOR)
+}
+
+#[test]
+fn uring_non_reading_client_is_held_back() {
+    non_reading_client(&URING)
+}
+
+#[test]
+fn uring_rings_non_reading_client_is_held_back() {
+    non_reading_client(&URING_RINGS)
 }
 
 /// A client writes up to 100 MiB and reads nothing. The server must stop
@@ -339,6 +359,16 @@ fn reactor_idle_timeout() {
     idle_timeout(&REACTOR)
 }
 
+#[test]
+fn uring_idle_timeout() {
+    idle_timeout(&URING)
+}
+
+#[test]
+fn uring_rings_idle_timeout() {
+    idle_timeout(&URING_RINGS)
+}
+
 /// The earliest and latest an idle connection may be closed, after its
 /// last traffic, with `--idle-timeout 1` (measured: 1.000-1.034 s; a slow
 /// reader 0.97-1.03 s after the server's last write).
@@ -444,6 +474,16 @@ fn reactor_slow_reader_closed_by_idle_timeout() {
     slow_reader(&REACTOR)
 }
 
+#[test]
+fn uring_slow_reader_closed_by_idle_timeout() {
+    slow_reader(&URING)
+}
+
+#[test]
+fn uring_rings_slow_reader_closed_by_idle_timeout() {
+    slow_reader(&URING_RINGS)
+}
+
 /// `--idle-timeout 1`: a client sends 10 MiB and reads nothing. Once the
 /// server can write no more to it, the server closes it within 1.5 s of its
 /// last write, and not before 0.9 s (the server's own socket counters, read
@@ -545,6 +585,16 @@ fn event_emfile_does_not_spin() {
 #[test]
 fn reactor_emfile_does_not_spin() {
     fd_exhaustion(&REACTOR)
+}
+
+#[test]
+fn uring_emfile_does_not_spin() {
+    fd_exhaustion(&URING)
+}
+
+#[test]
+fn uring_rings_emfile_does_not_spin() {
+    fd_exhaustion(&URING_RINGS)
 }
 
 #[test]
@@ -668,6 +718,16 @@ fn thread_max_conns_10() {
 #[test]
 fn reactor_max_conns_10() {
     max_conns(&REACTOR)
+}
+
+#[test]
+fn uring_max_conns_10() {
+    max_conns(&URING)
+}
+
+#[test]
+fn uring_rings_max_conns_10() {
+    max_conns(&URING_RINGS)
 }
 
 /// `--max-conns 10`: 10 clients are served; 6 more connect (the backlog
@@ -812,6 +872,11 @@ fn event_stalled_server_does_not_idle_close_active_clients() {
 #[test]
 fn reactor_stalled_server_does_not_idle_close_active_clients() {
     stalled_server_does_not_idle_close_active_clients(&REACTOR);
+}
+
+#[test]
+fn uring_stalled_server_does_not_idle_close_active_clients() {
+    stalled_server_does_not_idle_close_active_clients(&URING);
 }
 
 #[test]

@@ -15,11 +15,23 @@
 //! - [`faults`]: the syscall fault-injection shim itself;
 //! - [`accept_errors`]: the accept policy's error table, a test per row in
 //!   every mode (with the shim);
+//! - [`metrics_endpoint`]: a scrape beside a thousand hostile clients of
+//!   the metrics port, in every mode;
+//! - [`cli`]: flags from the environment;
 //! - [`client`]: the `client` binary and library: verification against
 //!   faulty servers, held connections, schedule lag, coordinated instances,
 //!   interval logs, merge, plots;
+//! - [`operations`]: systemd socket activation and notifications, binary
+//!   upgrades under load, health-checked reloads, memory recycling;
+//! - [`proxy`]: the PROXY protocol in every mode;
+//! - [`haproxy`]: three servers behind a real HAProxy, one killed and one
+//!   drained mid-run;
 //! - [`signals`]: the common signals that are not stops, sent to every mode
 //!   under load: handled as the signal table says, nobody hurt;
+//! - [`daemon`]: `--pid-file`, `--daemon`, and `--log-file` reopened on
+//!   SIGUSR1 under load, in every mode.
+//! - [`uring`]: the io_uring strategy's refusals: no io_uring (a seccomp
+//!   filter), a coroutine handler.
 //! - [`examples`]: the example programs (`examples/`: async echo, a Redis
 //!   key-value server, an HTTP server, a chat room) as real processes,
 //!   checked with `redis-cli`, `redis-benchmark`, `redis-server`, `curl`
@@ -30,13 +42,20 @@
 //! one topic; `-- --nocapture` also prints the figures the tests measure.
 
 mod accept_errors;
+mod cli;
 mod client;
+mod daemon;
 mod drivers;
 mod examples;
 mod faults;
+mod haproxy;
 mod hardening;
 mod limits;
+mod metrics_endpoint;
 mod modes;
+mod operations;
 mod prefork;
+mod proxy;
 mod signals;
 mod support;
+mod uring;

@@ -226,7 +226,8 @@ fn kill_9_one_worker_under_load(n: usize, extra: &[&str]) {
     }
     assert!(!survivors.is_empty(), "no client continued");
     assert!(poll_until(Duration::from_secs(1), || s.zombies().is_empty()), "zombies: {:?}", s.zombies());
-    let line = format!("worker {victim} killed by SIGKILL; replacing it");
+    let line =
+        format!("worker {victim} killed by SIGKILL (the kernel OOM killer does this; check dmesg); replacing it");
     assert!(s.wait_log_line(&line, SETTLE_TIMEOUT).is_some(), "no log line {line:?}");
     let mut c = s.connect();
     roundtrip(&mut c, b"after the respawn").unwrap_or_else(|e| panic!("round trip after the respawn: {e}"));

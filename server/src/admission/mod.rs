@@ -20,6 +20,7 @@ use std::sync::{Arc, Mutex};
 
 use mio::Waker;
 
+use crate::process::scoreboard::Slot;
 pub(crate) use per_ip::{IpPermit, PerIp};
 
 /// The process's connection semaphore and per-address limit.
@@ -45,11 +46,13 @@ pub(crate) struct Reservation {
     inner: Option<Arc<Inner>>,
 }
 
-/// One connection's place: under the cap, and under its address's limit.
+/// One connection's place: under the cap, and under its address's limit
+/// (boxed: only with `--max-conns-per-ip`, and a permit is in every
+/// connection's slot, which an idle connection is made of).
 #[derive(Debug)]
 pub(crate) struct Permit {
     _place: Reservation,
-    _ip: Option<IpPermit>,
+    _ip: Option<Box<IpPermit>>,
 }
 
 /// The answer for a peer.
@@ -62,13 +65,14 @@ pub(crate) enum Admit {
 }
 
 impl Admission {
-    /// At most `cap` connections at once; at most `per_ip` from one address.
-    pub(crate) fn new(cap: usize, per_ip: Option<usize>) -> Admission {
+    /// At most `cap` connections at once; at most `per_ip` from one address
+    /// (the addresses with a connection open are a gauge in `slot`).
+    pub(crate) fn new(cap: usize, per_ip: Option<usize>, slot: Slot) -> Admission {
         Admission {
             inner: Arc::new(Inner {
                 cap: cap.max(1),
                 open: AtomicUsize::new(0),
-                per_ip: per_ip.map(PerIp::new),
+                per_ip: per_ip.map(|max| PerIp::new(max, slot)),
                 waiters: Mutex::default(),
             }),
         }
@@ -82,6 +86,11 @@ impl Admission {
     /// Whether a place is free now.
     pub(crate) fn has_room(&self) -> bool {
         self.open() < self.inner.cap
+    }
+
+    /// How many places are free now.
+    pub(crate) fn room(&self) -> usize {
+        self.inner.cap.saturating_sub(self.open())
     }
 
     /// Wakes `waker` whenever a place frees while the semaphore is full (a
@@ -109,7 +118,7 @@ impl Admission {
         let ip = match &self.inner.per_ip {
             None => None,
             Some(limit) => match limit.admit(peer) {
-                Some(p) => Some(p),
+                Some(p) => Some(Box::new(p)),
                 None => return Admit::OverPerIp,
             },
         };
@@ -141,7 +150,7 @@ mod tests {
     #[test]
     fn the_cap_is_exact_and_a_freed_place_wakes_waiters() {
         let mut poll = mio::Poll::new().unwrap();
-        let a = Admission::new(2, None);
+        let a = Admission::new(2, None, Slot::leaked());
         a.wake_on_room(Arc::new(Waker::new(poll.registry(), mio::Token(0)).unwrap()));
         let r1 = a.reserve().unwrap();
         let r2 = a.reserve().unwrap();
@@ -161,7 +170,7 @@ mod tests {
 
     #[test]
     fn per_ip_refusal_gives_the_place_back() {
-        let a = Admission::new(10, Some(1));
+        let a = Admission::new(10, Some(1), Slot::leaked());
         let Admit::Yes(_p) = a.admit(a.reserve().unwrap(), ip("127.0.0.1")) else { panic!() };
         assert!(matches!(a.admit(a.reserve().unwrap(), ip("127.0.0.1")), Admit::OverPerIp));
         assert_eq!(a.open(), 1, "the refused connection's place is free again");
@@ -170,7 +179,7 @@ mod tests {
 
     #[test]
     fn threads_never_pass_the_cap() {
-        let a = Admission::new(3, None);
+        let a = Admission::new(3, None, Slot::leaked());
         let most = Arc::new(AtomicUsize::new(0));
         let threads: Vec<_> = (0..4)
             .map(|_| {

@@ -1,5 +1,7 @@
 //! The blocking driver: read, hand the bytes to the protocol, write all of
-//! its output, repeat ([`serve`]). On end-of-file the protocol gets
+//! its output, repeat ([`serve`]); a protocol that answers in place
+//! (`Protocol::on_read_in_place`) has its reply written from the input
+//! buffer itself. On end-of-file the protocol gets
 //! `on_eof`, every pending byte is written, and the write side is shut.
 //! Its socket side, [`BlockingIo`], is shared with the coroutine handlers
 //! of the blocking strategies (`handler::Connection`).
@@ -364,11 +366,23 @@ pub(crate) fn serve(io: &mut BlockingIo, proto: &mut dyn Protocol) -> io::Result
     let (mut input, mut output) = super::buffer_pair(READ_CHUNK);
     loop {
         input.reserve(READ_CHUNK);
+        let held = !input.is_empty();
         match io.read_into(&mut input, None)? {
             Got::Data(_) => {
-                let step = proto.on_read(&mut input, &mut output);
-                io.write_all(&output)?;
-                output.clear();
+                let step = match (!held).then(|| proto.on_read_in_place(&mut input)).flatten() {
+                    // The reply is the input, transformed where it landed.
+                    Some(step) => {
+                        io.write_all(&input)?;
+                        input.clear();
+                        step
+                    }
+                    None => {
+                        let step = proto.on_read(&mut input, &mut output);
+                        io.write_all(&output)?;
+                        output.clear();
+                        step
+                    }
+                };
                 if step == Step::Close {
                     return Ok(End::Closed);
                 }

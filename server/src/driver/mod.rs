@@ -5,6 +5,8 @@
 //!   fork, thread, pool.
 //! - [`nonblocking`]: a resumable per-connection state machine over mio
 //!   readiness with bounded buffers. Used by the event loops.
+//! - [`completion`]: the same over io_uring completions, with the ring's
+//!   provided buffers. Used by the uring loops.
 //! - `sim`: the non-blocking driver over a scripted in-memory peer, with
 //!   the invariants it must keep. Compiled for tests and for the fuzz target
 //!   (feature `sim`) only.
@@ -14,6 +16,7 @@
 use bytes::BytesMut;
 
 pub(crate) mod blocking;
+pub(crate) mod completion;
 pub(crate) mod nonblocking;
 #[cfg(any(test, feature = "sim"))]
 pub mod sim;

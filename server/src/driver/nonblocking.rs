@@ -6,6 +6,9 @@
 //! [`Scratch`]; the protocol writes into scratch output, which goes straight
 //! to the socket; only what the socket does not take is copied into the
 //! connection's own `out` buffer, and that buffer is freed once it drains.
+//! A protocol that answers in place (`Protocol::on_read_in_place`) turns the
+//! scratch input into its reply: the two scratch buffers trade places and
+//! the reply is sent from where it was read, with no copy.
 //!
 //! Syscalls: mio is edge-triggered. A read that returns less than the space
 //! offered means the kernel queue was empty at that moment, and any later
@@ -192,13 +195,29 @@ impl<S: Socket> Conn<S> {
                     st.progressed = true;
                     self.totals.bytes_in += n as u64;
                     let in_scratch = self.input.is_empty();
-                    let (input, target) = match (in_scratch, self.out.is_empty()) {
-                        (true, true) => (&mut s.input, &mut s.output),
-                        (true, false) => (&mut s.input, &mut self.out),
-                        (false, true) => (&mut self.input, &mut s.output),
-                        (false, false) => (&mut self.input, &mut self.out),
+                    let step = match in_scratch.then(|| self.proto.on_read_in_place(&mut s.input)).flatten() {
+                        // The reply is the input, where it landed: the
+                        // scratch buffers trade places (no copy), unless
+                        // it must queue behind unsent output.
+                        Some(step) => {
+                            if self.out.is_empty() {
+                                std::mem::swap(&mut s.input, &mut s.output);
+                            } else {
+                                self.out.extend_from_slice(&s.input);
+                                s.input.clear();
+                            }
+                            step
+                        }
+                        None => {
+                            let (input, target) = match (in_scratch, self.out.is_empty()) {
+                                (true, true) => (&mut s.input, &mut s.output),
+                                (true, false) => (&mut s.input, &mut self.out),
+                                (false, true) => (&mut self.input, &mut s.output),
+                                (false, false) => (&mut self.input, &mut self.out),
+                            };
+                            self.proto.on_read(input, target)
+                        }
                     };
-                    let step = self.proto.on_read(input, target);
                     if in_scratch && !s.input.is_empty() {
                         // The protocol wants more before it can use these.
                         self.input.extend_from_slice(&s.input);

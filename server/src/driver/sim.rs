@@ -95,7 +95,8 @@ pub enum Kind {
     /// [`UpperEcho`]: consumes everything, never closes.
     Echo,
     /// Uppercase echo of whole `k`-byte blocks only: the driver must keep
-    /// the partial block and hand it back with more behind it.
+    /// the partial block and hand it back with more behind it. A read of
+    /// whole blocks takes the in-place path, any other the copying one.
     Blocks(usize),
     /// Uppercase echo up to and including the first 0x04 byte, then
     /// [`Step::Close`].
@@ -111,6 +112,10 @@ impl Protocol for BlockEcho {
         let whole = input.len() / self.0 * self.0;
         let mut block = input.split_to(whole);
         UpperEcho.on_read(&mut block, output)
+    }
+
+    fn on_read_in_place(&mut self, data: &mut [u8]) -> Option<Step> {
+        data.len().is_multiple_of(self.0).then(|| UpperEcho.on_read_in_place(data)).flatten()
     }
 }
 

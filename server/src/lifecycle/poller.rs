@@ -1,7 +1,9 @@
 //! The poll every loop of a server sleeps in: the blocking strategies'
 //! accept loop, each event loop, the reactor's and the prefork master's
 //! supervising loops. Besides the owner's own sources (the listener, and an
-//! event loop's connections, whose tokens are below [`RESERVED`]) it holds
+//! event loop's connections, whose tokens are below [`HEADERS`]; from there
+//! to [`RESERVED`] are the acceptor's connections waiting for a PROXY
+//! header) it holds
 //! what every loop has: the signal pipe (signals are dispatched by the
 //! table here, in the one loop per process that owns them), a waker (other
 //! threads, and a freed admission place, wake the loop), the metrics
@@ -20,20 +22,27 @@ use std::time::{Duration, Instant};
 use mio::unix::SourceFd;
 use mio::{Events, Poll, Registry, Token, Waker};
 
-use super::shutdown::Shutdown;
+use super::readiness;
+use super::shutdown::{Phase, Shutdown};
 use super::signals::{Notices, Signals};
 use crate::process::metrics::Metrics;
-use crate::process::scoreboard::Slot;
+use crate::process::pidfile;
+use crate::process::scoreboard::{Counter, Slot};
+use crate::process::upgrade::{Progress, Successor};
 
 /// The longest a loop sleeps without a heartbeat.
 pub(crate) const HEARTBEAT: Duration = Duration::from_secs(1);
 
-/// Tokens from here up are the poller's; owners use the ones below.
-pub(crate) const RESERVED: usize = usize::MAX - 1024;
+/// Tokens from here to [`RESERVED`] are the acceptor's (connections that
+/// wait for their PROXY header, `net::proxy`); owners use the ones below.
+pub(crate) const HEADERS: usize = usize::MAX / 2;
+/// Tokens from here up are the poller's.
+pub(crate) const RESERVED: usize = usize::MAX - 2 * crate::process::metrics::MAX_CLIENTS;
 /// The token of the listener an owner registers with [`Poller::listen`].
 pub(crate) const LISTENER: Token = Token(usize::MAX);
 const SIGNALS: Token = Token(usize::MAX - 1);
 const WAKER: Token = Token(usize::MAX - 2);
+const UPGRADE: Token = Token(usize::MAX - 3);
 const METRICS: Token = Token(RESERVED);
 
 /// A loop's poll with the sources every loop has.
@@ -46,6 +55,10 @@ pub(crate) struct Poller {
     metrics: Option<Metrics>,
     heartbeat: Option<Slot>,
     notices: Notices,
+    /// A binary upgrade in progress.
+    successor: Option<Successor>,
+    /// When the last wait ended (the time since is work, for the busy ratio).
+    woke: Option<Instant>,
 }
 
 impl Poller {
@@ -64,10 +77,20 @@ impl Poller {
         }
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
         let metrics = Metrics::maybe_bind(metrics, poll.registry(), METRICS)?;
-        Ok(Poller { poll, signals, shutdown: shutdown.clone(), waker, metrics, heartbeat, notices: Notices::default() })
+        Ok(Poller {
+            poll,
+            signals,
+            shutdown: shutdown.clone(),
+            waker,
+            metrics,
+            heartbeat,
+            notices: Notices::default(),
+            successor: None,
+            woke: None,
+        })
     }
 
-    /// The registry, for the owner's own sources (tokens below [`RESERVED`]).
+    /// The registry, for the owner's own sources (tokens below [`HEADERS`]).
     pub(crate) fn registry(&self) -> &Registry {
         self.poll.registry()
     }
@@ -95,9 +118,10 @@ impl Poller {
     /// rest), metrics requests are read. `events` holds the owner's.
     pub(crate) fn wait(&mut self, events: &mut Events, deadline: Option<Instant>) -> io::Result<()> {
         let now = Instant::now();
-        let retry = self.metrics.as_ref().and_then(|m| m.retry_at());
-        let deadline = [deadline, retry].into_iter().flatten().min();
-        let timeout = deadline.map_or(HEARTBEAT, |d| d.saturating_duration_since(now).min(HEARTBEAT));
+        let timeout = self.timeout(deadline, now);
+        if let (Some(slot), Some(woke)) = (self.heartbeat, self.woke) {
+            slot.add_busy(now.saturating_duration_since(woke).as_micros() as u64);
+        }
         let polled = match self.poll.poll(events, Some(timeout)) {
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {
                 events.clear();
@@ -106,6 +130,7 @@ impl Poller {
             other => other,
         };
         self.beat();
+        self.woke = Some(Instant::now());
         polled?;
         for ev in events.iter() {
             match ev.token() {
@@ -118,10 +143,110 @@ impl Poller {
                 _ => {}
             }
         }
+        let now = Instant::now();
         if let Some(m) = &mut self.metrics {
-            m.retry(self.poll.registry(), Instant::now());
+            m.tick(self.poll.registry(), now);
+        }
+        if self.signals.is_some() {
+            self.tell_the_outside(now);
         }
         Ok(())
+    }
+
+    /// What the service manager and a replaced process hear from the loop
+    /// that owns the process's signals: the watchdog, the status, the start
+    /// of a stop; and how a binary upgrade in progress goes.
+    fn tell_the_outside(&mut self, now: Instant) {
+        readiness::watchdog(now);
+        if let Some(slot) = self.heartbeat {
+            readiness::status(&format!("serving {} connection(s)", slot.get(Counter::Active)), now);
+        }
+        if self.shutdown.phase() != Phase::Running {
+            readiness::stopping();
+        }
+        let Some(s) = &mut self.successor else { return };
+        match s.progress(now) {
+            Progress::Waiting => {}
+            Progress::Ready(pid) => {
+                log::info!("upgrade: pid {pid} serves now; this server drains");
+                readiness::handed_over(pid);
+                self.end_upgrade();
+                self.shutdown.drain();
+            }
+            Progress::Failed(why) => {
+                pidfile::upgrade_failed();
+                log::warn!("upgrade failed: {why}; this server goes on serving");
+                self.end_upgrade();
+            }
+        }
+    }
+
+    fn end_upgrade(&mut self) {
+        if let Some(s) = self.successor.take() {
+            let _ = self.poll.registry().deregister(&mut SourceFd(&s.fd().as_raw_fd()));
+        }
+    }
+
+    /// Starts a binary upgrade (SIGUSR2), handing the successor `listeners`;
+    /// this loop then watches it, and drains this server once it serves.
+    pub(crate) fn start_upgrade(&mut self, listeners: &[BorrowedFd<'_>]) {
+        if self.successor.is_some() {
+            log::info!("SIGUSR2: an upgrade is in progress already");
+            return;
+        }
+        if self.shutdown.phase() != Phase::Running {
+            log::info!("SIGUSR2: the server is stopping; no upgrade");
+            return;
+        }
+        pidfile::upgrade_begins();
+        match Successor::start(listeners) {
+            Ok(s) => {
+                let registered =
+                    self.poll.registry().register(&mut SourceFd(&s.fd().as_raw_fd()), UPGRADE, mio::Interest::READABLE);
+                if let Err(e) = registered {
+                    log::warn!("upgrade: cannot watch the successor's pipe: {e}; polling it");
+                }
+                self.successor = Some(s);
+            }
+            Err(e) => {
+                pidfile::upgrade_failed();
+                log::warn!("upgrade failed: cannot start the new binary: {e}; this server goes on serving");
+            }
+        }
+    }
+
+    /// The earliest chore of the poller's own: the metrics endpoint's
+    /// (a retry, a head's time limit), the watchdog, an upgrade's deadline.
+    fn chores(&mut self) -> Option<Instant> {
+        let metrics = self.metrics.as_mut().and_then(|m| m.deadline());
+        let watchdog = self.signals.as_ref().and_then(|_| readiness::next_watchdog());
+        let upgrade = self.successor.as_ref().map(Successor::deadline);
+        [metrics, watchdog, upgrade].into_iter().flatten().min()
+    }
+
+    /// How long a loop that wants to wake at `deadline` may sleep from
+    /// `now`: until then or the poller's own next chore, and at most
+    /// [`HEARTBEAT`]. (A loop that sleeps elsewhere, io_uring's, polls this
+    /// poll's fd and calls [`Poller::wait`] when it is readable or
+    /// [`Poller::due`].)
+    pub(crate) fn timeout(&mut self, deadline: Option<Instant>, now: Instant) -> Duration {
+        let deadline = [deadline, self.chores()].into_iter().flatten().min();
+        deadline.map_or(HEARTBEAT, |d| d.saturating_duration_since(now).min(HEARTBEAT))
+    }
+
+    /// Whether the poller has a chore of its own due at `now`.
+    pub(crate) fn due(&mut self, now: Instant) -> bool {
+        self.chores().is_some_and(|t| now >= t)
+    }
+
+    /// A loop that sleeps elsewhere (io_uring's) slept from `from` to `to`:
+    /// the time before `from` since the last wake-up was work (the busy
+    /// ratio), the sleep was not.
+    pub(crate) fn slept(&mut self, from: Instant, to: Instant) {
+        if let (Some(slot), Some(woke)) = (self.heartbeat, self.woke) {
+            slot.add_busy(from.saturating_duration_since(woke).as_micros() as u64);
+        }
+        self.woke = Some(to);
     }
 
     /// Records a heartbeat (every wake-up does).
@@ -139,6 +264,8 @@ impl Poller {
             self.notices.more += n.more;
             self.notices.fewer += n.fewer;
             self.notices.reap |= n.reap;
+            self.notices.upgrade += n.upgrade;
+            self.notices.reopen |= n.reopen;
         }
     }
 

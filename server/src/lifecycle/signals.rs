@@ -9,13 +9,15 @@
 //! and opens a self-pipe that the handler writes a byte to. The one loop
 //! per process that polls the pipe calls [`Signals::dispatch`], which takes
 //! the counts and applies them: stops move the [`Shutdown`] phase, the
-//! supervisor's signals come back as [`Notices`], and the rest are logged
-//! (rate-limited) with what they mean here. Other threads run with every
-//! signal masked ([`spawn_masked`]), so signals always reach the polling
-//! thread and never interrupt a worker.
+//! supervisor's signals come back as [`Notices`], SIGUSR1 calls the
+//! program's [`ReopenHook`] (its log file; logrotate's convention), and
+//! the rest are logged (rate-limited) with what they mean here. Other
+//! threads run with every signal masked ([`spawn_masked`]), so signals
+//! always reach the polling thread and never interrupt a worker.
 
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mio::unix::SourceFd;
@@ -50,7 +52,7 @@ impl Role {
     /// The column heading in README's table.
     pub(crate) fn heading(self) -> &'static str {
         match self {
-            Role::Single => "serial, thread, pool, event, reactor",
+            Role::Single => "serial, thread, pool, event, reactor, uring",
             Role::ForkParent => "fork: parent",
             Role::ForkChild => "fork: child",
             Role::Master => "prefork: master",
@@ -82,6 +84,14 @@ pub(crate) enum Meaning {
     MoreWorkers,
     /// One worker fewer.
     FewerWorkers,
+    /// A binary upgrade: start the new binary, hand it the listeners, drain
+    /// once it serves.
+    Upgrade,
+    /// Call the program's [`ReopenHook`] (it reopens its log file).
+    Reopen,
+    /// [`Reopen`](Meaning::Reopen) here, and forward the signal to every
+    /// child, so that one signal to a supervisor reaches every process.
+    ReopenForward,
     /// Handled, logged at info with this text (`{mode}` is replaced by the
     /// mode's name), and otherwise ignored.
     Noted(&'static str),
@@ -129,8 +139,17 @@ pub(crate) const TABLE: [(Signal, [Meaning; 5]); 12] = [
         ],
     ),
     (Signal::SIGWINCH, [Noted("terminal resized: nothing to do"); 5]),
-    (Signal::SIGUSR1, [Noted("no meaning in {mode} mode: ignored"); 5]),
-    (Signal::SIGUSR2, [Noted("no meaning in {mode} mode: ignored"); 5]),
+    (Signal::SIGUSR1, [Reopen, ReopenForward, Reopen, ReopenForward, Reopen]),
+    (
+        Signal::SIGUSR2,
+        [
+            Upgrade,
+            Upgrade,
+            Noted("ignored by a connection's process (the parent upgrades)"),
+            Upgrade,
+            Noted("ignored by a worker (the master upgrades)"),
+        ],
+    ),
     (Signal::SIGALRM, [Noted("no meaning in {mode} mode: ignored"); 5]),
     (Signal::SIGPIPE, [Ignored; 5]),
     (Signal::SIGCHLD, [Default, Reap, Default, Reap, Default]),
@@ -147,6 +166,22 @@ pub(crate) struct Notices {
     pub(crate) fewer: u32,
     /// A child exited.
     pub(crate) reap: bool,
+    /// Binary upgrades asked for.
+    pub(crate) upgrade: u32,
+    /// SIGUSR1 came: forward it to every child.
+    pub(crate) reopen: bool,
+}
+
+/// What SIGUSR1 does in every process of a server: a function of the
+/// program's (the `server` binary reopens its `--log-file`), called on the
+/// thread that dispatches signals, between two polls.
+#[derive(Clone)]
+pub(crate) struct ReopenHook(pub(crate) Arc<dyn Fn() -> io::Result<()> + Send + Sync>);
+
+impl std::fmt::Debug for ReopenHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ReopenHook")
+    }
 }
 
 /// How often one signal's note is logged at most.
@@ -161,33 +196,55 @@ pub(crate) struct Signals {
     mode: &'static str,
     /// Per table row: when its note was last logged, and how many arrived since.
     noted: [(Option<Instant>, u64); TABLE.len()],
+    /// The program's SIGUSR1 hook, if it registered one.
+    reopen: Option<ReopenHook>,
 }
 
 impl Signals {
     /// Sets every signal's disposition for `role` and opens a new self-pipe.
     /// `mode` names the mode in notes.
     pub(crate) fn install(role: Role, mode: &'static str) -> io::Result<Signals> {
+        Signals::install_over(role, mode, None)
+    }
+
+    /// [`Signals::install`] in a process whose dispositions are those of
+    /// `inherited` (a forked child): only the signals whose disposition
+    /// differs are set (a fork child would otherwise make a dozen
+    /// sigaction calls to set what it inherited).
+    fn install_over(role: Role, mode: &'static str, inherited: Option<Role>) -> io::Result<Signals> {
         let (read, write) = nix::unistd::pipe2(OFlag::O_NONBLOCK | OFlag::O_CLOEXEC).map_err(io::Error::from)?;
         raw::set_pipe(write);
+        let disposition = |meanings: &[Meaning; 5], role: Role| match meanings[role.column()] {
+            Default => Disposition::Default,
+            Ignored => Disposition::Ignore,
+            _ => Disposition::Count,
+        };
         for (sig, meanings) in &TABLE {
-            let d = match meanings[role.column()] {
-                Default => Disposition::Default,
-                Ignored => Disposition::Ignore,
-                _ => Disposition::Count,
-            };
+            let d = disposition(meanings, role);
+            if inherited.is_some_and(|from| disposition(meanings, from) == d) {
+                continue;
+            }
             raw::set_disposition(*sig, d)?;
         }
-        Ok(Signals { read, role, mode, noted: [(None, 0); TABLE.len()] })
+        Ok(Signals { read, role, mode, noted: [(None, 0); TABLE.len()], reopen: None })
+    }
+
+    /// Registers what SIGUSR1 calls (kept in forked children).
+    pub(crate) fn set_reopen(&mut self, reopen: ReopenHook) {
+        self.reopen = Some(reopen);
     }
 
     /// In a freshly forked child (signals still blocked by `sys::fork`):
     /// drop the parent's pipe, forget signals counted before the fork, set
     /// the child's own dispositions and pipe, and only then let signals in.
     pub(crate) fn reinstall_in_child(self, role: Role, blocked: BlockedSignals) -> io::Result<Signals> {
-        let mode = self.mode;
+        let (mode, reopen, inherited) = (self.mode, self.reopen.clone(), self.role);
         drop(self);
         raw::clear();
-        let installed = Signals::install(role, mode);
+        let installed = Signals::install_over(role, mode, Some(inherited)).map(|mut s| {
+            s.reopen = reopen;
+            s
+        });
         blocked.release();
         installed
     }
@@ -245,11 +302,26 @@ impl Signals {
                 Reload => notices.reload += n,
                 MoreWorkers => notices.more += n,
                 FewerWorkers => notices.fewer += n,
+                Upgrade => notices.upgrade += n,
+                Reopen | ReopenForward => {
+                    self.reopen(row, *sig, n);
+                    notices.reopen |= meaning == ReopenForward;
+                }
                 Noted(text) => self.note(row, *sig, text, n),
                 Ignored | Default => {}
             }
         }
         notices
+    }
+
+    /// Calls the reopen hook once for `n` signals (they coalesce: one
+    /// reopen serves them all); logs the outcome, successes rate-limited.
+    fn reopen(&mut self, row: usize, sig: Signal, n: u32) {
+        match self.reopen.as_ref().map(|r| (r.0)()) {
+            None => self.note(row, sig, "nothing to reopen", n),
+            Some(Ok(())) => self.note(row, sig, "log file reopened", n),
+            Some(Err(e)) => log::warn!("{sig}: reopening the log file failed: {e}"),
+        }
     }
 
     fn note(&mut self, row: usize, sig: Signal, text: &str, n: u32) {
@@ -311,6 +383,9 @@ fn readme_table() -> String {
                 Reload => "rolling restart of the workers".to_string(),
                 MoreWorkers => "one worker more".to_string(),
                 FewerWorkers => "one worker fewer (never below 1)".to_string(),
+                Upgrade => "binary upgrade: start the new binary with the listeners, drain once it serves".to_string(),
+                Reopen => "reopen the log file (`--log-file`)".to_string(),
+                ReopenForward => "reopen the log file (`--log-file`), and forward to every child".to_string(),
                 Noted(t) => format!("logged: \"{}\"", t.replace("{mode}", "<mode>")),
                 Ignored => "ignored (`SIG_IGN`: writes to a closed peer fail with `EPIPE`)".to_string(),
                 Default => "default (ignored)".to_string(),
@@ -346,6 +421,16 @@ mod tests {
                     assert_eq!(*sig, Signal::SIGCHLD, "{sig} in {r:?} would keep its default action");
                 }
             }
+        }
+    }
+
+    #[test]
+    fn sigusr1_reopens_in_every_role_and_supervisors_forward_it() {
+        let (_, meanings) = TABLE.iter().find(|(sig, _)| *sig == Signal::SIGUSR1).expect("SIGUSR1 row");
+        for r in Role::ALL {
+            let supervises = matches!(r, Role::ForkParent | Role::Master);
+            let want = if supervises { ReopenForward } else { Reopen };
+            assert_eq!(meanings[r.column()], want, "SIGUSR1 in {r:?}");
         }
     }
 }

@@ -6,7 +6,9 @@
 //!   yes
 //! accept(2) -- error --> classify: retry | skip one | out of fds: shed + back off | unexpected: back off
 //!    |
-//! per-address limit -- over --> close at once (refused)
+//! PROXY protocol? -- untrusted peer --> close at once (refused)
+//!    |                 trusted --> the acceptor reads the header (`proxy`), then:
+//! per-address limit (of the header's address) -- over --> close at once (refused)
 //!    |
 //! socket options -- failed --> close (that socket is broken)
 //!    |
@@ -16,7 +18,9 @@
 //! [`AcceptPolicy::accept`] runs that once and says what happened
 //! ([`Outcome`]); a strategy calls it until it says to wait, and sleeps until
 //! the listener is readable, a place frees ([`crate::admission::Admission`]
-//! wakes it) or [`AcceptPolicy::deadline`]. The policy also remembers why it
+//! wakes it) or [`AcceptPolicy::deadline`]. Where the kernel accepts by
+//! itself (io_uring's multishot accept), [`AcceptPolicy::judge`] takes the
+//! result of that accept(2) through the rest of the same policy. The policy also remembers why it
 //! stopped (empty backlog, at the cap, backing off), so
 //! [`AcceptPolicy::should_try`] tells every loop when to try again.
 //!
@@ -42,7 +46,8 @@ use std::time::{Duration, Instant};
 
 use super::backlog::{self, BacklogWatch};
 use super::listener;
-use crate::admission::{Admit, Permit};
+use super::proxy::Pending;
+use crate::admission::{Admit, Permit, Reservation};
 use crate::context::Context;
 
 /// How long accepting pauses after the process ran out of fds or memory, or
@@ -134,6 +139,9 @@ pub(crate) struct Accepted<S> {
 pub(crate) enum Outcome<S> {
     /// A connection to serve.
     Accepted(Accepted<S>),
+    /// A connection from a trusted balancer: read its PROXY header, then
+    /// [`AcceptPolicy::admit`] it.
+    Header(Pending<S>),
     /// A connection failed or was refused: call again.
     Again,
     /// Nothing waits: sleep until the listener is readable.
@@ -165,6 +173,7 @@ pub(crate) struct AcceptPolicy {
     waiting: Waiting,
     exhausted: RateLog,
     unexpected: RateLog,
+    untrusted: RateLog,
     /// `--queue-timeout` on the backlog while at the cap.
     backlog: Option<BacklogWatch>,
 }
@@ -178,6 +187,7 @@ impl AcceptPolicy {
             waiting: Waiting::Ready,
             exhausted: RateLog::default(),
             unexpected: RateLog::default(),
+            untrusted: RateLog::default(),
             backlog: ctx.config.queue_timeout.map(BacklogWatch::new),
         }
     }
@@ -225,10 +235,70 @@ impl AcceptPolicy {
             w.reset();
         }
         self.waiting = Waiting::Ready;
-        let (stream, peer) = match accept_guarded(|| listener.accept()) {
+        match accept_guarded(|| listener.accept()) {
+            Ok(accepted) => self.admit(place, accepted),
+            Err(e) => self.failed(listener, &e, now),
+        }
+    }
+
+    /// Judges a connection the kernel already took from `listener`'s backlog
+    /// (io_uring's multishot accept), or its error, as if [`Self::accept`]
+    /// had just called accept(2): errors are classified by the same table,
+    /// the place, the per-address limit and the socket options are the
+    /// same. A strategy keeps such an accept armed only while the semaphore
+    /// has room for a whole backlog; a connection that finds it full anyway
+    /// (a sibling loop took the places meanwhile) is closed and counted as
+    /// refused.
+    pub(crate) fn judge<L: Listen>(
+        &mut self,
+        accepted: io::Result<(L::Stream, SocketAddr)>,
+        listener: &L,
+        now: Instant,
+    ) -> Outcome<L::Stream> {
+        let accepted = match accepted {
             Ok(accepted) => accepted,
             Err(e) => return self.failed(listener, &e, now),
         };
+        match self.ctx.admission.reserve() {
+            Some(place) => self.admit(place, accepted),
+            None => {
+                log::debug!("{}: accepted by the kernel past the cap, closed", accepted.1);
+                self.ctx.refused(1);
+                Outcome::Again
+            }
+        }
+    }
+
+    /// Whether accepting pauses at `now` (a back-off).
+    pub(crate) fn paused(&self, now: Instant) -> bool {
+        matches!(self.waiting, Waiting::Until(t) if now < t)
+    }
+
+    /// Whether the policy waits for the listener to become readable.
+    pub(crate) fn wants_readiness(&self) -> bool {
+        self.waiting == Waiting::Readiness
+    }
+
+    /// The rest of the policy for an accepted connection with its place:
+    /// with `--proxy-protocol`, the peer must be trusted, and its header
+    /// comes first ([`Outcome::Header`]); then [`Self::finish`].
+    fn admit<S: AsFd>(&mut self, place: Reservation, (stream, peer): (S, SocketAddr)) -> Outcome<S> {
+        if let Some(proxy) = &self.ctx.config.proxy {
+            if !proxy.trusts(peer.ip()) {
+                if self.untrusted.due(Instant::now()) {
+                    log::warn!("{peer}: not in --proxy-from, closed{}", self.untrusted.suppressed());
+                }
+                self.ctx.refused(1);
+                return Outcome::Again;
+            }
+            return Outcome::Header(Pending { stream, via: peer, place });
+        }
+        self.finish(stream, peer, place)
+    }
+
+    /// The last steps for a connection from `peer` (the socket's, or the one
+    /// its PROXY header named): its address's limit, then socket options.
+    pub(crate) fn finish<S: AsFd>(&mut self, stream: S, peer: SocketAddr, place: Reservation) -> Outcome<S> {
         let permit = match self.ctx.admission.admit(place, peer.ip()) {
             Admit::Yes(p) => p,
             Admit::OverPerIp => {
@@ -451,6 +521,55 @@ mod tests {
         for e in [EBADF, EINVAL, ENOTSOCK, EFAULT] {
             assert_eq!(classify(&err(e)), Class::Unexpected, "{e}");
         }
+    }
+
+    fn context(max_conns: usize) -> Context {
+        let mut config = crate::config::Config::new(crate::config::Mode::Uring);
+        config.max_conns = max_conns;
+        let service =
+            crate::serve::Service::Protocol(switchyard_common::protocol::factory_of::<switchyard_common::UpperEcho>());
+        Context::new(std::sync::Arc::new(config), service, crate::process::scoreboard::Slot::leaked(), None)
+    }
+
+    /// The kernel's accepts (io_uring) go through the same policy: an error
+    /// is classified by the table, a connection takes a place, and one that
+    /// finds the semaphore full is closed and counted as refused.
+    #[test]
+    fn judge_applies_the_policy_to_accepts_made_by_the_kernel() {
+        use crate::process::scoreboard::Counter;
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.set_nonblocking(true).unwrap();
+        let ctx = context(1);
+        let mut p = AcceptPolicy::new(&ctx, AtCap::Wait);
+        let now = Instant::now();
+        let accepted = |l: &std::net::TcpListener| {
+            let c = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+            let got = loop {
+                match std::net::TcpListener::accept(l) {
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => std::thread::yield_now(),
+                    other => break other.unwrap(),
+                }
+            };
+            (c, got)
+        };
+
+        assert!(matches!(p.judge(Err(err(nix::errno::Errno::ECONNABORTED)), &l, now), Outcome::Again));
+        assert_eq!(ctx.slot.get(Counter::AcceptErrors), 1, "a skipped connection counts as an accept error");
+        assert!(!p.paused(now));
+
+        let (_c1, first) = accepted(&l);
+        let Outcome::Accepted(one) = p.judge(Ok(first), &l, now) else {
+            panic!("the first connection was not admitted")
+        };
+        assert!(!ctx.admission.has_room(), "the admitted connection holds the only place");
+        let (_c2, second) = accepted(&l);
+        assert!(matches!(p.judge(Ok(second), &l, now), Outcome::Again), "past the cap");
+        assert_eq!(ctx.slot.get(Counter::Refused), 1, "closed past the cap, counted as refused");
+        drop(one);
+        assert!(ctx.admission.has_room(), "the place came back");
+
+        assert!(matches!(p.judge(Err(err(nix::errno::Errno::EINVAL)), &l, now), Outcome::Paused));
+        assert!(p.paused(now) && !p.paused(now + BACKOFF), "an unexpected error backs off for {BACKOFF:?}");
     }
 
     #[test]

@@ -3,7 +3,13 @@
 //! per process, each event loop its own) and calls the same three things:
 //! [`Acceptor::accept`] for the next connection, [`Acceptor::wait`] to sleep
 //! until there may be one (or a signal, a metrics request, a deadline), and
-//! [`Acceptor::close`] when the drain's grace begins.
+//! [`Acceptor::on_stage`] as a stop goes on.
+//!
+//! With `--proxy-protocol`, a connection is handed over only once its
+//! header came (`proxy`): until then it waits here, watched in the same
+//! poll under tokens of the acceptor's own, with its deadline among the
+//! acceptor's. A loop that stops waits for them too ([`Acceptor::is_idle`]),
+//! until the grace ends.
 
 use std::io;
 use std::os::fd::AsRawFd;
@@ -12,17 +18,21 @@ use std::time::Instant;
 use mio::Events;
 
 use super::accept::{AcceptPolicy, Accepted, AtCap, Listen, Outcome};
+use super::proxy::Headers;
 use crate::context::Context;
 use crate::lifecycle::deadlines::{Deadlines, Timer};
+use crate::lifecycle::drain::Stage;
 use crate::lifecycle::poller::{Poller, LISTENER};
 
 /// A listener, its policy, and its poll.
 #[derive(Debug)]
-pub(crate) struct Acceptor<L> {
+pub(crate) struct Acceptor<L: Listen> {
     /// The poll (the owner registers its own sources here, and waits in it).
     pub(crate) poller: Poller,
     listener: Option<L>,
     policy: AcceptPolicy,
+    /// Connections waiting for their PROXY header.
+    headers: Headers<L::Stream>,
     ctx: Context,
 }
 
@@ -32,23 +42,56 @@ impl<L: Listen + AsRawFd> Acceptor<L> {
     pub(crate) fn new(listener: L, poller: Poller, ctx: &Context, at_cap: AtCap) -> io::Result<Acceptor<L>> {
         poller.listen(&listener)?;
         ctx.admission.wake_on_room(poller.waker());
-        Ok(Acceptor { poller, listener: Some(listener), policy: AcceptPolicy::new(ctx, at_cap), ctx: ctx.clone() })
+        Ok(Acceptor {
+            poller,
+            listener: Some(listener),
+            policy: AcceptPolicy::new(ctx, at_cap),
+            headers: Headers::new(ctx),
+            ctx: ctx.clone(),
+        })
     }
 
-    /// Closes the listener: new clients are refused from now on.
-    pub(crate) fn close(&mut self) {
+    /// The stop reached `stage`: at the grace the listener closes (new
+    /// clients are refused from then on); once the grace is over,
+    /// connections still waiting for their PROXY header are closed (they
+    /// sent nothing the server owes an answer to).
+    pub(crate) fn on_stage(&mut self, stage: Stage) {
+        match stage {
+            Stage::Serving => {}
+            Stage::Grace => self.close(),
+            Stage::Flush | Stage::Over => {
+                self.close();
+                self.headers.close_all(self.poller.registry());
+            }
+        }
+    }
+
+    fn close(&mut self) {
         if let Some(l) = self.listener.take() {
             self.poller.unlisten(&l);
         }
     }
 
+    /// Whether no connection waits here (for its PROXY header).
+    pub(crate) fn is_idle(&self) -> bool {
+        self.headers.is_empty()
+    }
+
     /// The next connection through the policy, or `None` when the loop
     /// should sleep (nothing waits, at the cap, backing off, closed).
     pub(crate) fn accept(&mut self, now: Instant) -> Option<Accepted<L::Stream>> {
-        let l = self.listener.as_ref()?;
+        if let Some(c) = self.headers.arrived(&mut self.policy, self.poller.registry(), now) {
+            return Some(c);
+        }
         while self.policy.should_try(now) {
+            let l = self.listener.as_ref()?;
             match self.policy.accept(l, now) {
                 Outcome::Accepted(c) => return Some(c),
+                Outcome::Header(p) => {
+                    if let Some(c) = self.headers.first_look(p, &mut self.policy, self.poller.registry(), now) {
+                        return Some(c);
+                    }
+                }
                 Outcome::Again => {}
                 Outcome::Empty | Outcome::Full | Outcome::Paused => break,
             }
@@ -72,10 +115,11 @@ impl<L: Listen + AsRawFd> Acceptor<L> {
         }
     }
 
-    /// When the policy wants to be asked again without an event.
+    /// When the policy, or a connection waiting for its header, wants the
+    /// acceptor asked again without an event.
     pub(crate) fn deadline(&self, now: Instant) -> Option<Instant> {
-        self.listener.as_ref()?;
-        self.policy.deadline(now)
+        let policy = self.listener.as_ref().and_then(|_| self.policy.deadline(now));
+        [policy, self.headers.deadline()].into_iter().flatten().min()
     }
 
     /// Sleeps until an event or the earliest of `timers` (with the policy's
@@ -85,8 +129,18 @@ impl<L: Listen + AsRawFd> Acceptor<L> {
     pub(crate) fn wait(&mut self, events: &mut Events, timers: &mut Deadlines) -> io::Result<()> {
         timers.set(Timer::Accept, self.deadline(Instant::now()));
         self.poller.wait(events, timers.earliest())?;
-        if events.iter().any(|ev| ev.token() == LISTENER) {
-            self.policy.readable();
+        if self.poller.take_notices().upgrade > 0 {
+            // SIGUSR2: the successor gets this listener; the poll watches it.
+            if let Some(l) = &self.listener {
+                let fd = l.as_fd();
+                self.poller.start_upgrade(&[fd]);
+            }
+        }
+        for ev in events.iter() {
+            if ev.token() == LISTENER {
+                self.policy.readable();
+            }
+            self.headers.on_event(ev);
         }
         let ctx = &self.ctx;
         self.poller.serve_metrics(|| ctx.page());

@@ -31,6 +31,9 @@ impl std::fmt::Display for Ended {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Ended::Exited(code) => write!(f, "exited with status {code}"),
+            Ended::Killed(nix::sys::signal::Signal::SIGKILL) => {
+                f.write_str("killed by SIGKILL (the kernel OOM killer does this; check dmesg)")
+            }
             Ended::Killed(sig) => write!(f, "killed by {sig}"),
         }
     }
@@ -154,6 +157,14 @@ impl<T> Children<T> {
     pub(crate) fn stop_all(&mut self, sig: Signal, kill_at: Instant) {
         for c in &mut self.live {
             c.stop(sig, kill_at);
+        }
+    }
+
+    /// Sends `sig` to every child, asking nothing more of it (a forwarded
+    /// SIGUSR1).
+    pub(crate) fn signal_all(&self, sig: Signal) {
+        for c in &self.live {
+            let _ = kill(c.pid, sig);
         }
     }
 

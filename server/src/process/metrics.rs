@@ -26,8 +26,12 @@ use slab::Slab;
 
 use super::scoreboard::{now_ms, Counter, Slot};
 
-/// Requests in flight at most; more wait in the backlog.
-const MAX_CLIENTS: usize = 16;
+/// Connections held at most. At the cap the oldest is closed to make room,
+/// so a scrape always gets in, however many idle or slow clients hold
+/// connections open.
+pub(crate) const MAX_CLIENTS: usize = 4096;
+/// How long a client may take to send its request head.
+const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
 /// Request heads longer than this are refused.
 const MAX_HEAD: usize = 8 * 1024;
 /// How long after a failed accept the endpoint tries again.
@@ -36,7 +40,7 @@ const RETRY: Duration = Duration::from_millis(100);
 /// Counters of workers that have exited, so totals never go down.
 #[derive(Debug, Default, Clone, Copy)]
 pub(crate) struct Retired {
-    /// By counter, in the order of [`Counter::ALL`] (the gauge stays 0).
+    /// By counter, in the order of [`Counter::ALL`] (the gauges stay 0).
     totals: [u64; Counter::ALL.len()],
 }
 
@@ -44,7 +48,7 @@ impl Retired {
     /// Adds an exiting worker's counters.
     pub(crate) fn add(&mut self, s: Slot) {
         for (i, c) in Counter::ALL.into_iter().enumerate() {
-            if c != Counter::Active {
+            if !c.is_gauge() {
                 self.totals[i] += s.get(c);
             }
         }
@@ -59,6 +63,8 @@ struct Client {
     wants_page: bool,
     reply: Vec<u8>,
     sent: usize,
+    /// Its place in `order`.
+    seq: u64,
 }
 
 /// The endpoint: a listener and the requests being answered.
@@ -67,6 +73,11 @@ pub(crate) struct Metrics {
     listener: TcpListener,
     base: Token,
     clients: Slab<Client>,
+    /// The clients in the order they came (the order of their head
+    /// deadlines): (deadline, key, seq); entries of clients already gone
+    /// are skipped when they come up.
+    order: std::collections::VecDeque<(Instant, usize, u64)>,
+    seq: u64,
     /// When to accept again after a failed accept.
     retry_at: Option<Instant>,
 }
@@ -78,7 +89,7 @@ impl Metrics {
             .map_err(|e| io::Error::new(e.kind(), format!("metrics: cannot bind {addr}: {e}")))?;
         registry.register(&mut listener, base, Interest::READABLE)?;
         log::info!("metrics on http://{}/metrics", listener.local_addr()?);
-        Ok(Metrics { listener, base, clients: Slab::new(), retry_at: None })
+        Ok(Metrics { listener, base, clients: Slab::new(), order: Default::default(), seq: 0, retry_at: None })
     }
 
     /// Whether `token` belongs to this endpoint.
@@ -111,16 +122,41 @@ impl Metrics {
         }
     }
 
-    /// When [`Metrics::retry`] is due (after a failed accept).
-    pub(crate) fn retry_at(&self) -> Option<Instant> {
-        self.retry_at
+    /// When [`Metrics::tick`] is due: a retry after a failed accept, or the
+    /// head deadline of the oldest client.
+    pub(crate) fn deadline(&mut self) -> Option<Instant> {
+        self.drop_stale();
+        let head = self.order.front().map(|(t, _, _)| *t);
+        [self.retry_at, head].into_iter().flatten().min()
     }
 
-    /// Accepts again if a failed accept asked for it and its time came.
-    pub(crate) fn retry(&mut self, registry: &Registry, now: Instant) {
+    /// Closes clients whose head is overdue, and accepts again if a failed
+    /// accept asked for it.
+    pub(crate) fn tick(&mut self, registry: &Registry, now: Instant) {
+        loop {
+            self.drop_stale();
+            match self.order.front() {
+                Some(&(t, key, _)) if now >= t => {
+                    self.order.pop_front();
+                    log::debug!("metrics: a client sent no request within {HEAD_TIMEOUT:?}; closed");
+                    self.drop_client(key, registry);
+                }
+                _ => break,
+            }
+        }
         if self.retry_at.is_some_and(|t| now >= t) {
             self.retry_at = None;
             self.accept(registry);
+        }
+    }
+
+    /// Forgets the front entries of clients that are gone.
+    fn drop_stale(&mut self) {
+        while let Some(&(_, key, seq)) = self.order.front() {
+            if self.clients.get(key).is_some_and(|c| c.seq == seq) {
+                return;
+            }
+            self.order.pop_front();
         }
     }
 
@@ -143,30 +179,39 @@ impl Metrics {
     }
 
     fn drop_client(&mut self, key: usize, registry: &Registry) {
-        let was_full = self.clients.len() == MAX_CLIENTS;
-        let mut c = self.clients.remove(key);
-        let _ = registry.deregister(&mut c.stream);
-        if was_full {
-            // The listener is edge-triggered: requests that queued while
-            // every place was taken raise no new event.
-            self.accept(registry);
+        if let Some(mut c) = self.clients.try_remove(key) {
+            let _ = registry.deregister(&mut c.stream);
         }
     }
 
     fn accept(&mut self, registry: &Registry) {
-        while self.clients.len() < MAX_CLIENTS {
+        loop {
+            if self.clients.len() >= MAX_CLIENTS {
+                // Full: the oldest client goes, so that the newest (a
+                // scrape, as likely as not) gets in.
+                self.drop_stale();
+                match self.order.pop_front() {
+                    Some((_, key, _)) => self.drop_client(key, registry),
+                    None => return,
+                }
+            }
             match self.listener.accept() {
                 Ok((mut stream, _)) => {
                     let entry = self.clients.vacant_entry();
-                    let token = Token(self.base.0 + 1 + entry.key());
+                    let key = entry.key();
+                    let token = Token(self.base.0 + 1 + key);
                     if registry.register(&mut stream, token, Interest::READABLE | Interest::WRITABLE).is_ok() {
+                        self.seq += 1;
+                        let seq = self.seq;
                         entry.insert(Client {
                             stream,
                             head: Vec::new(),
                             wants_page: false,
                             reply: Vec::new(),
                             sent: 0,
+                            seq,
                         });
+                        self.order.push_back((Instant::now() + HEAD_TIMEOUT, key, seq));
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
@@ -269,7 +314,42 @@ fn reply(status: &str, ctype: &str, body: &str) -> Vec<u8> {
 /// count into the same shared slot).
 pub(crate) fn render_process(slot: Slot) -> String {
     let uptime = Duration::from_millis(now_ms().saturating_sub(slot.started_ms()));
-    render(&[(std::process::id(), slot)], Retired::default(), 0, 0, uptime)
+    let me = std::process::id();
+    render(&[WorkerLine { pid: me, slot, rss: rss_bytes(me), busy: None }], &Supervision::default(), uptime)
+}
+
+/// The resident memory of process `pid` (`/proc/PID/statm`), in bytes.
+pub(crate) fn rss_bytes(pid: u32) -> Option<u64> {
+    let statm = std::fs::read_to_string(format!("/proc/{pid}/statm")).ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    let page = nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE).ok().flatten().unwrap_or(4096) as u64;
+    Some(pages * page)
+}
+
+/// One worker (or the one process) on the page.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct WorkerLine {
+    /// Its pid.
+    pub(crate) pid: u32,
+    /// Its counters.
+    pub(crate) slot: Slot,
+    /// Its resident memory, if known.
+    pub(crate) rss: Option<u64>,
+    /// The share of the last moments its loop was not waiting, if measured.
+    pub(crate) busy: Option<f64>,
+}
+
+/// What a supervisor adds to the page.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct Supervision {
+    /// Counters of workers that have exited.
+    pub(crate) retired: Retired,
+    /// Workers started.
+    pub(crate) spawns: u64,
+    /// Workers that exited.
+    pub(crate) deaths: u64,
+    /// Rolling restarts given up because a new worker died before serving.
+    pub(crate) reload_failures: u64,
 }
 
 /// One worker's counters, each read once, so that a page's totals always
@@ -294,15 +374,25 @@ const COUNTERS: [(&str, &str, &str); Counter::ALL.len()] = [
         "Connections closed unserved (--max-conns-per-ip, --queue-timeout, out of fds).",
     ),
     ("handler_errors_total", "counter", "Connection handlers that returned an error or panicked."),
+    (
+        "proxy_header_errors_total",
+        "counter",
+        "Connections closed for their PROXY header (malformed, missing, late, too long).",
+    ),
+    (
+        "client_addresses",
+        "gauge",
+        "Client addresses with a connection open now, the PROXY header's when there is one (with --max-conns-per-ip).",
+    ),
 ];
 
-/// The exposition text for `workers` (pid, slot), plus master-level figures.
-pub(crate) fn render(workers: &[(u32, Slot)], retired: Retired, spawns: u64, deaths: u64, uptime: Duration) -> String {
+/// The exposition text for `workers`, plus the supervisor's figures.
+pub(crate) fn render(workers: &[WorkerLine], sup: &Supervision, uptime: Duration) -> String {
     let snaps: Vec<Snapshot> = workers
         .iter()
-        .map(|(pid, s)| Snapshot { pid: *pid, values: Counter::ALL.map(|c| s.get(c)), silent_ms: s.silent_ms() })
+        .map(|w| Snapshot { pid: w.pid, values: Counter::ALL.map(|c| w.slot.get(c)), silent_ms: w.slot.silent_ms() })
         .collect();
-    let base = retired.totals;
+    let base = sup.retired.totals;
     let mut out = String::with_capacity(4096);
     for (i, (name, kind, help)) in COUNTERS.iter().enumerate() {
         let _ = writeln!(out, "# HELP switchyard_{name} {help}\n# TYPE switchyard_{name} {kind}");
@@ -328,11 +418,27 @@ pub(crate) fn render(workers: &[(u32, Slot)], retired: Retired, spawns: u64, dea
     }
     let _ = writeln!(
         out,
+        "# HELP switchyard_worker_rss_bytes Resident memory of the worker.\n# TYPE switchyard_worker_rss_bytes gauge"
+    );
+    for w in workers {
+        if let Some(rss) = w.rss {
+            let _ = writeln!(out, "switchyard_worker_rss_bytes{{pid=\"{}\"}} {rss}", w.pid);
+        }
+    }
+    let _ = writeln!(out, "# HELP switchyard_worker_busy_ratio Share of the last half second the worker's loop was not waiting for events (serial workers: serving a client).\n# TYPE switchyard_worker_busy_ratio gauge");
+    for w in workers {
+        if let Some(busy) = w.busy {
+            let _ = writeln!(out, "switchyard_worker_busy_ratio{{pid=\"{}\"}} {busy:.3}", w.pid);
+        }
+    }
+    let _ = writeln!(
+        out,
         "# HELP switchyard_workers Worker processes alive.\n# TYPE switchyard_workers gauge\nswitchyard_workers {}",
         workers.len()
     );
-    let _ = writeln!(out, "# HELP switchyard_worker_spawns_total Workers started.\n# TYPE switchyard_worker_spawns_total counter\nswitchyard_worker_spawns_total {spawns}");
-    let _ = writeln!(out, "# HELP switchyard_worker_deaths_total Workers that exited.\n# TYPE switchyard_worker_deaths_total counter\nswitchyard_worker_deaths_total {deaths}");
+    let _ = writeln!(out, "# HELP switchyard_worker_spawns_total Workers started.\n# TYPE switchyard_worker_spawns_total counter\nswitchyard_worker_spawns_total {}", sup.spawns);
+    let _ = writeln!(out, "# HELP switchyard_worker_deaths_total Workers that exited.\n# TYPE switchyard_worker_deaths_total counter\nswitchyard_worker_deaths_total {}", sup.deaths);
+    let _ = writeln!(out, "# HELP switchyard_reload_failures_total Rolling restarts given up because a new worker died before serving.\n# TYPE switchyard_reload_failures_total counter\nswitchyard_reload_failures_total {}", sup.reload_failures);
     let _ = writeln!(out, "# HELP switchyard_uptime_seconds Seconds since the server started.\n# TYPE switchyard_uptime_seconds gauge\nswitchyard_uptime_seconds {:.3}", uptime.as_secs_f64());
     out
 }

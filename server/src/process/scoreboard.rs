@@ -42,11 +42,16 @@ pub(crate) enum Counter {
     Refused = 9,
     /// Handlers that returned an error or panicked.
     HandlerErrors = 10,
+    /// Connections closed for their PROXY header.
+    ProxyErrors = 12,
+    /// Client addresses with a connection open now (kept with
+    /// `--max-conns-per-ip`).
+    Addresses = 13,
 }
 
 impl Counter {
     /// Every counter, in page order.
-    pub(crate) const ALL: [Counter; 7] = [
+    pub(crate) const ALL: [Counter; 9] = [
         Counter::Accepted,
         Counter::Active,
         Counter::BytesIn,
@@ -54,13 +59,22 @@ impl Counter {
         Counter::AcceptErrors,
         Counter::Refused,
         Counter::HandlerErrors,
+        Counter::ProxyErrors,
+        Counter::Addresses,
     ];
+
+    /// Whether it is a level (what is open now) rather than a count.
+    pub(crate) fn is_gauge(self) -> bool {
+        matches!(self, Counter::Active | Counter::Addresses)
+    }
 }
 
 const PID: usize = 0;
 const STATE: usize = 1;
 const STARTED_MS: usize = 2;
 const HEARTBEAT_MS: usize = 3;
+/// Microseconds the process's loop spent not waiting for events.
+const BUSY_US: usize = 11;
 /// Words per slot: the fields above and the counters, padded to two cache
 /// lines so that workers writing neighbouring slots do not share a line.
 const WORDS: usize = 16;
@@ -89,6 +103,7 @@ impl Slot {
         for c in Counter::ALL {
             self.0[c as usize].store(0, Relaxed);
         }
+        self.0[BUSY_US].store(0, Relaxed);
     }
 
     /// Marks the slot unused.
@@ -126,6 +141,17 @@ impl Slot {
     #[inline]
     pub(crate) fn beat(&self) {
         self.0[HEARTBEAT_MS].store(now_ms(), Relaxed);
+    }
+
+    /// Adds `us` microseconds of work (the loop was not waiting).
+    #[inline]
+    pub(crate) fn add_busy(&self, us: u64) {
+        self.0[BUSY_US].fetch_add(us, Relaxed);
+    }
+
+    /// Microseconds of work so far.
+    pub(crate) fn busy_us(&self) -> u64 {
+        self.0[BUSY_US].load(Relaxed)
     }
 
     /// Milliseconds since the last heartbeat.

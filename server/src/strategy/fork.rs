@@ -11,7 +11,7 @@
 //! Stop: at the grace the parent closes the listener and forwards SIGTERM
 //! (each child drains its connection with its own deadline); children
 //! still alive when the flush grace ends are told to quit and killed a
-//! second later.
+//! second later. SIGUSR1 (reopen the log file) is forwarded to every child.
 
 use std::cell::RefCell;
 use std::io;
@@ -59,20 +59,23 @@ pub(crate) fn run(listener: TcpListener, signals: Signals, ctx: Context) -> io::
             }
         }
         for stage in drain.advance(&ctx.shutdown, now) {
+            acceptor.on_stage(stage);
             match stage {
                 Stage::Serving | Stage::Flush => {}
                 Stage::Grace => {
-                    acceptor.close();
                     let kill_at = ctx.shutdown.deadline().unwrap_or(now) + FLUSH_GRACE;
                     children.stop_all(Signal::SIGTERM, kill_at);
                 }
                 Stage::Over => children.quit_all(now),
             }
         }
+        if acceptor.poller.take_notices().reopen {
+            children.signal_all(Signal::SIGUSR1);
+        }
         if children.kill_overdue(now) > 0 {
             log::info!("killed the children still serving");
         }
-        if !drain.serving() && children.is_empty() {
+        if !drain.serving() && children.is_empty() && acceptor.is_idle() {
             return Ok(());
         }
         if let Some(conn) = acceptor.accept(now) {

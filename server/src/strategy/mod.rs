@@ -9,6 +9,7 @@
 //! | `pool/` | a fixed thread pool fed by a bounded queue |
 //! | `event/` | one thread, one event loop (mio), connections as state machines |
 //! | `reactor.rs` | one event loop per thread, each with its own SO_REUSEPORT listener |
+//! | `uring.rs` | one thread, one io_uring: completions instead of readiness |
 //! | `prefork/` | a master that forks worker processes, each running one of the above |
 //!
 //! Every strategy is the same life with a different way of giving
@@ -34,22 +35,36 @@ use crate::serve::Service;
 
 pub(crate) mod event;
 pub(crate) mod fork;
+mod idle;
 pub(crate) mod pool;
 pub(crate) mod prefork;
 pub(crate) mod reactor;
 pub(crate) mod serial;
 pub(crate) mod thread;
+pub(crate) mod uring;
 
-/// Runs the strategy of `ctx.config.mode` until the server stops.
-pub(crate) fn run(listener: std::net::TcpListener, signals: Signals, ctx: Context) -> io::Result<()> {
+/// Runs the strategy of `ctx.config.mode` until the server stops, on
+/// `listeners`: one, or one per loop or worker position when they were
+/// handed over that way (the strategies that serve one listener serve the
+/// first).
+pub(crate) fn run(mut listeners: Vec<std::net::TcpListener>, signals: Signals, ctx: Context) -> io::Result<()> {
+    match ctx.config.mode {
+        Mode::Reactor => return reactor::run(listeners, signals, ctx),
+        Mode::Uring => return uring::run(listeners, signals, ctx),
+        Mode::Prefork => return prefork::run(listeners, signals, ctx),
+        _ => {}
+    }
+    if listeners.len() > 1 {
+        log::warn!("{} mode serves one listener: the first of the {} handed over", ctx.config.mode, listeners.len());
+    }
+    let listener = listeners.swap_remove(0);
     match ctx.config.mode {
         Mode::Serial => serial::run(listener, signals, ctx),
         Mode::Fork => fork::run(listener, signals, ctx),
         Mode::Thread => thread::run(listener, signals, ctx),
         Mode::Pool => pool::run(listener, signals, ctx),
         Mode::Event => event::run(listener, signals, ctx),
-        Mode::Reactor => reactor::run(listener, signals, ctx),
-        Mode::Prefork => prefork::run(listener, signals, ctx),
+        Mode::Reactor | Mode::Uring | Mode::Prefork => unreachable!("served above"),
     }
 }
 
@@ -66,7 +81,13 @@ fn serve_blocking(sock: Sock, peer: SocketAddr, ctx: &Context, lookout: Option<S
             return;
         }
     };
-    let totals = match &ctx.service {
+    // Counted and logged while the socket is still held: in thread and pool
+    // modes its registry entry is what a stopping server waits for.
+    let finish = |t: Totals| {
+        log::trace!("{peer}: {} bytes in, {} out", t.bytes_in, t.bytes_out);
+        ctx.closed(t);
+    };
+    match &ctx.service {
         Service::Protocol(factory) => {
             let mut io = io;
             let mut proto = factory();
@@ -77,7 +98,7 @@ fn serve_blocking(sock: Sock, peer: SocketAddr, ctx: &Context, lookout: Option<S
                 Ok(end) => log::trace!("{peer}: ended: {end:?}"),
                 Err(e) => log::debug!("{peer}: {e}"),
             }
-            io.totals()
+            finish(io.totals());
         }
         Service::Handler(h) => {
             let io = Rc::new(RefCell::new(io));
@@ -85,11 +106,9 @@ fn serve_blocking(sock: Sock, peer: SocketAddr, ctx: &Context, lookout: Option<S
             let ran = catch_unwind(AssertUnwindSafe(|| block_on(future, &ctx.shutdown, lookout.as_ref())));
             handler_ended(ctx, peer, ran.map_err(|p| panic_message(p.as_ref())));
             let t = io.borrow().totals();
-            t
+            finish(t);
         }
-    };
-    log::trace!("{peer}: {} bytes in, {} out", totals.bytes_in, totals.bytes_out);
-    ctx.closed(totals);
+    }
 }
 
 /// Logs and counts how a handler ended: `Ok(None)` when the stop's last

@@ -23,7 +23,7 @@ use crate::context::Context;
 use crate::driver::blocking::Sock;
 use crate::driver::Totals;
 use crate::lifecycle::deadlines::{Deadlines, Timer};
-use crate::lifecycle::drain::{Drain, Registered, Registry, Stage};
+use crate::lifecycle::drain::{Drain, Registered, Registry};
 use crate::lifecycle::poller::Poller;
 use crate::lifecycle::signals::{spawn_masked, Signals};
 use crate::net::accept::AtCap;
@@ -55,12 +55,10 @@ pub(crate) fn run(listener: TcpListener, signals: Signals, ctx: Context) -> io::
     loop {
         let now = Instant::now();
         for stage in drain.advance(&ctx.shutdown, now) {
-            if stage == Stage::Grace {
-                acceptor.close();
-            }
+            acceptor.on_stage(stage);
             registry.on_stage(stage);
         }
-        if !drain.serving() && registry.is_empty() {
+        if !drain.serving() && registry.is_empty() && acceptor.is_idle() {
             break;
         }
         if let Some(limit) = ctx.config.queue_timeout {

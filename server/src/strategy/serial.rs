@@ -41,7 +41,7 @@ pub(crate) fn run(listener: TcpListener, signals: Signals, ctx: Context) -> io::
         for stage in drain.advance(&ctx.shutdown, now) {
             door.borrow_mut().on_stage(stage);
         }
-        if !drain.serving() {
+        if !drain.serving() && door.borrow().acceptor.is_idle() {
             return Ok(()); // between clients nothing is left to drain
         }
         let accepted = door.borrow_mut().acceptor.accept(now);
@@ -78,9 +78,7 @@ impl Lookout for Door {
     }
 
     fn on_stage(&mut self, stage: Stage) {
-        if stage == Stage::Grace {
-            self.acceptor.close();
-        }
+        self.acceptor.on_stage(stage);
     }
 
     fn due(&self, now: Instant) -> Option<Instant> {

@@ -2,14 +2,16 @@
 //! `SAFETY:` argument; the rest of the crate denies unsafe code. What needs
 //! it: fork (and proving its precondition), `_exit`, reading into a
 //! buffer's spare capacity, the shared memory of the scoreboard, one
-//! `epoll_ctl` flag mio lacks, and the signal handler ([`signal`]).
+//! `epoll_ctl` flag mio lacks, the signal handler ([`signal`]), and
+//! io_uring with its provided buffers ([`uring`]).
 //!
 //! This module depends on nothing else in the crate.
 
 pub(crate) mod signal;
+pub(crate) mod uring;
 
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 use std::sync::atomic::AtomicU64;
 
 use bytes::BytesMut;
@@ -38,12 +40,26 @@ impl BlockedSignals {
     }
 }
 
-/// Number of threads in this process, from `/proc/self/stat`.
+/// Number of threads in this process, from `/proc/self/stat`. It is read
+/// before every fork, so it costs one `pread` into a stack buffer: the file
+/// stays open (reopened in a process that inherited it, whose `self` was
+/// another process), and nothing is allocated (a fork parent's heap pages
+/// are shared with its children: every page it writes is copied).
 fn thread_count() -> io::Result<usize> {
-    let stat = std::fs::read_to_string("/proc/self/stat")?;
+    use std::os::unix::fs::FileExt;
+    static STAT: std::sync::Mutex<Option<(u32, std::fs::File)>> = std::sync::Mutex::new(None);
+    let pid = std::process::id();
+    let mut stat = STAT.lock().unwrap_or_else(|e| e.into_inner());
+    let file = match &*stat {
+        Some((p, f)) if *p == pid => f,
+        _ => &stat.insert((pid, std::fs::File::open("/proc/self/stat")?)).1,
+    };
+    let mut buf = [0u8; 1024];
+    let n = file.read_at(&mut buf, 0)?;
+    let text = std::str::from_utf8(&buf[..n]).map_err(|_| io::Error::other("/proc/self/stat is not UTF-8"))?;
     // Fields after the command name (which may hold spaces, so split after
     // its closing parenthesis): state is field 3, num_threads field 20.
-    stat.rsplit_once(')')
+    text.rsplit_once(')')
         .and_then(|(_, rest)| rest.split_whitespace().nth(17))
         .and_then(|n| n.parse().ok())
         .ok_or_else(|| io::Error::other("cannot read num_threads from /proc/self/stat"))
@@ -150,6 +166,131 @@ pub(crate) fn register_listener<L: AsRawFd>(poll: &mio::Poll, listener: &L, toke
         return Err(io::Error::last_os_error());
     }
     Ok(())
+}
+
+/// The listening sockets this process was handed under systemd's socket
+/// activation convention (`LISTEN_PID` is this process, `LISTEN_FDS` says
+/// how many, from fd 3 on; by systemd, or by the process this one
+/// replaces), with their names (`LISTEN_FDNAMES`). A single-threaded
+/// process (a server at start) also removes the variables, so that no child
+/// takes the fds for its own; a multi-threaded one cannot change its
+/// environment soundly and leaves them (then `LISTEN_PID` still names only
+/// this process, so a child ignores them). Each fd must be a listening TCP
+/// socket.
+pub(crate) fn take_listen_fds() -> io::Result<Vec<(std::net::TcpListener, String)>> {
+    use std::os::fd::{FromRawFd, OwnedFd};
+    let fds: Vec<(RawFd, String)> = if thread_count()? == 1 {
+        // SAFETY: the process has one thread (checked just above), so no
+        // other thread can read or write the environment while this call
+        // removes the variables: the precondition of `env::remove_var`.
+        unsafe { sd_notify::listen_fds_with_names_and_unset_env() }?.collect()
+    } else {
+        sd_notify::listen_fds_with_names()?.collect()
+    };
+    let mut listeners = Vec::with_capacity(fds.len());
+    for (fd, name) in fds {
+        // SAFETY: by the socket activation convention these fds were passed
+        // to this process for it to own (LISTEN_PID named it, and the
+        // variables are gone, so nothing else in it takes them); each is
+        // taken once, here.
+        let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+        let sock = socket2::Socket::from(owned);
+        if sock.r#type()? != socket2::Type::STREAM || !sock.is_listener()? {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("LISTEN_FDS passed fd {fd} ({name}), which is not a listening TCP socket"),
+            ));
+        }
+        listeners.push((std::net::TcpListener::from(sock), name));
+    }
+    Ok(listeners)
+}
+
+/// Starts `exe` with `args` as this server's successor (a binary upgrade):
+/// the listening sockets `fds` become its fds 3, 4, ... under systemd's
+/// convention (`LISTEN_FDS`, `LISTEN_FDNAMES`, and `LISTEN_PID` set to the
+/// new process's pid by a `/bin/sh` that then `exec`s it), and the write
+/// end of a new pipe becomes the fd after them, named by
+/// `SWITCHYARD_UPGRADE_READY_FD` (`ready_var`): the successor writes a line
+/// there once it serves. Returns the child and the read end.
+pub(crate) fn spawn_successor(
+    exe: &std::path::Path,
+    args: &[std::ffi::OsString],
+    dir: Option<&std::path::Path>,
+    fds: &[BorrowedFd<'_>],
+    ready_var: &str,
+) -> io::Result<(std::process::Child, std::fs::File)> {
+    use std::os::unix::process::CommandExt;
+    const FIRST: RawFd = 3;
+    /// Where the fds are parked before they are moved into place, above
+    /// any target number.
+    const PARK: RawFd = 64;
+    if fds.len() > 32 {
+        return Err(io::Error::other("more than 32 listening sockets to hand over"));
+    }
+    let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(io::Error::from)?;
+    let mut sources: Vec<RawFd> = fds.iter().map(|f| f.as_raw_fd()).collect();
+    sources.push(write.as_raw_fd());
+    let n = fds.len();
+    let mut cmd = std::process::Command::new("/bin/sh");
+    cmd.arg("-c")
+        .arg(r#"LISTEN_PID=$$; export LISTEN_PID; exec "$0" "$@""#)
+        .arg(exe)
+        .args(args)
+        .env("LISTEN_FDS", n.to_string())
+        .env("LISTEN_FDNAMES", vec!["switchyard"; n].join(":"))
+        .env(ready_var, (FIRST + n as RawFd).to_string())
+        .env_remove("LISTEN_PID")
+        .stdin(std::process::Stdio::null());
+    if let Some(d) = dir {
+        cmd.current_dir(d);
+    }
+    // SAFETY: the closure runs in the child between fork and exec, where
+    // only async-signal-safe calls are allowed: it only calls fcntl(2) and
+    // dup2(2) on fd numbers captured before the fork (`sources` is read,
+    // never allocated or freed, there). Parking every source above the
+    // targets first means no dup2 can overwrite a source not yet moved.
+    unsafe {
+        cmd.pre_exec(move || {
+            for (i, &fd) in sources.iter().enumerate() {
+                if libc::dup2(fd, PARK + i as RawFd) < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+            }
+            for i in 0..sources.len() {
+                // dup2 clears FD_CLOEXEC on the new fd: it survives exec.
+                if libc::dup2(PARK + i as RawFd, FIRST + i as RawFd) < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                libc::close(PARK + i as RawFd);
+            }
+            Ok(())
+        });
+    }
+    let child = cmd.spawn()?;
+    drop(write);
+    Ok((child, std::fs::File::from(read)))
+}
+
+/// Takes the fd named by the environment variable `var` (a pipe handed to
+/// this process by the one it replaces), if it is set to an open fd.
+pub(crate) fn take_inherited_fd(var: &str) -> Option<std::fs::File> {
+    use std::os::fd::{FromRawFd, OwnedFd};
+    let fd: RawFd = std::env::var(var).ok()?.parse().ok()?;
+    // The fd must be open (fcntl fails with EBADF otherwise), and is made
+    // close-on-exec so that no later child inherits it.
+    nix::fcntl::fcntl(
+        // SAFETY: only borrowed for this call; `fcntl` F_GETFD reads flags.
+        unsafe { BorrowedFd::borrow_raw(fd) },
+        nix::fcntl::FcntlArg::F_GETFD,
+    )
+    .ok()?;
+    // SAFETY: the fd was handed to this process (by the process it
+    // replaces, which named it in `var`) for it to own; it is taken once,
+    // here, and nothing else in the process refers to it.
+    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+    let _ = nix::fcntl::fcntl(&owned, nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC));
+    Some(std::fs::File::from(owned))
 }
 
 /// How many connections wait in the accept queue of a listening TCP socket

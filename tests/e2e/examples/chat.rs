@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::Signal;
 
 use super::{in_modes, start, stop};
-use crate::support::modes::{Mode, FORK, POOL, PREFORK_EVENT, SERIAL, THREAD};
+use crate::support::modes::{Mode, FORK, POOL, PREFORK_EVENT, SERIAL, THREAD, URING};
 use crate::support::programs::example;
 use crate::support::server::{run_program_to_exit, Server, EXIT_TIMEOUT};
 
@@ -205,12 +205,13 @@ fn sigterm_serves_members_through_the_grace_then_exits_0() {
 
 #[test]
 fn modes_without_one_shared_loop_are_refused() {
-    let cases: [(&Mode, &str); 5] = [
+    let cases: [(&Mode, &str); 6] = [
         (&THREAD, "blocks its thread in the socket read"),
         (&POOL, "blocks its thread in the socket read"),
         (&SERIAL, "blocks its thread in the socket read"),
         (&FORK, "processes do not share memory"),
         (&PREFORK_EVENT, "processes do not share memory"),
+        (&URING, "waits on readiness, which an io_uring loop does not have"),
     ];
     for (mode, why) in cases {
         let mut args = vec!["--mode", mode.name, "--listen", "127.0.0.1:0"];

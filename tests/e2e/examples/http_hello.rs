@@ -130,8 +130,9 @@ fn curl_session(mode: &Mode) {
 
 in_modes!(curl_session;
     serial: SERIAL, fork: FORK, thread: THREAD, pool: POOL, event: EVENT, reactor: REACTOR,
+    uring: URING, uring_rings: URING_RINGS,
     prefork_event: PREFORK_EVENT, prefork_serial: PREFORK_SERIAL, prefork_thread: PREFORK_THREAD,
-    prefork_pool: PREFORK_POOL,
+    prefork_pool: PREFORK_POOL, prefork_uring: PREFORK_URING,
 );
 
 /// Sends `request`, expects the responses with these status codes in this
@@ -205,7 +206,7 @@ HEAD / HTTP/1.1\r\nHost: a\r\n\r\nGET / HTTP/1.1\r\nHost: a\r\nConnection: close
     stop(server);
 }
 
-in_modes!(raw_requests; serial: SERIAL, thread: THREAD, event: EVENT, prefork_event: PREFORK_EVENT);
+in_modes!(raw_requests; serial: SERIAL, thread: THREAD, event: EVENT, uring: URING, prefork_event: PREFORK_EVENT);
 
 fn heads_bounded_in_time(mode: &Mode) {
     let server = start("http_hello", mode, &["--idle-timeout", "1"]);
@@ -251,7 +252,7 @@ fn heads_bounded_in_time(mode: &Mode) {
     stop(server);
 }
 
-in_modes!(heads_bounded_in_time; thread: THREAD, event: EVENT);
+in_modes!(heads_bounded_in_time; thread: THREAD, event: EVENT, uring: URING);
 
 fn wrk_load(mode: &Mode) {
     let server = start("http_hello", mode, &[]);
@@ -270,5 +271,6 @@ fn wrk_load(mode: &Mode) {
 }
 
 in_modes!(wrk_load;
-    fork: FORK, thread: THREAD, pool: POOL, event: EVENT, reactor: REACTOR, prefork_event: PREFORK_EVENT,
+    fork: FORK, thread: THREAD, pool: POOL, event: EVENT, reactor: REACTOR, uring: URING,
+    prefork_event: PREFORK_EVENT,
 );

@@ -315,8 +315,9 @@ fn redis_cli_session(mode: &Mode) {
 
 in_modes!(redis_cli_session;
     serial: SERIAL, fork: FORK, thread: THREAD, pool: POOL, event: EVENT, reactor: REACTOR,
+    uring: URING, uring_rings: URING_RINGS,
     prefork_event: PREFORK_EVENT, prefork_serial: PREFORK_SERIAL, prefork_thread: PREFORK_THREAD,
-    prefork_pool: PREFORK_POOL,
+    prefork_pool: PREFORK_POOL, prefork_uring: PREFORK_URING,
 );
 
 /// Requests per test of a `redis-benchmark` run.
@@ -369,8 +370,8 @@ fn redis_benchmark_load(mode: &Mode) {
 }
 
 in_modes!(redis_benchmark_load;
-    fork: FORK, thread: THREAD, pool: POOL, event: EVENT, reactor: REACTOR, prefork_event: PREFORK_EVENT,
-    prefork_thread: PREFORK_THREAD,
+    fork: FORK, thread: THREAD, pool: POOL, event: EVENT, reactor: REACTOR, uring: URING,
+    prefork_event: PREFORK_EVENT, prefork_thread: PREFORK_THREAD,
 );
 
 /// A prefork master with one event worker: one store.
@@ -412,7 +413,7 @@ fn shared_store(mode: &Mode) {
 
 in_modes!(shared_store;
     serial: SERIAL, fork: FORK, thread: THREAD, pool: POOL, event: EVENT, reactor: REACTOR,
-    prefork_one_worker: PREFORK_ONE_WORKER,
+    uring: URING, prefork_one_worker: PREFORK_ONE_WORKER,
 );
 
 fn limits(mode: &Mode) {
@@ -469,7 +470,7 @@ fn limits(mode: &Mode) {
     stop(server);
 }
 
-in_modes!(limits; thread: THREAD, event: EVENT, reactor: REACTOR);
+in_modes!(limits; thread: THREAD, event: EVENT, reactor: REACTOR, uring: URING);
 
 fn expiry(mode: &Mode) {
     let server = start("kv", mode, &[]);
@@ -495,7 +496,7 @@ fn expiry(mode: &Mode) {
     stop(server);
 }
 
-in_modes!(expiry; thread: THREAD, event: EVENT);
+in_modes!(expiry; thread: THREAD, event: EVENT, uring: URING);
 
 // ----- the parser, in process --------------------------------------------------
 

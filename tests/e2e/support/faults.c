@@ -22,6 +22,10 @@
  *                           than a loop's first look at an empty backlog
  *   when=connected          epoll_ctl_add: only connected sockets (a peer
  *                           name), not listeners, pipes or eventfds
+ *   when=exists:PATH        any function: only while the file PATH exists, so
+ *                           a test can turn a fault on after the server
+ *                           started (it must come last in its rule;
+ *                           PATH has no ',')
  *
  * FUNCTION is one of:
  *   accept4, accept         fail with -1 and errno
@@ -57,13 +61,14 @@ static const char *const hook_names[H_COUNT] = {
     "accept4", "accept", "setsockopt_nodelay", "fork", "pthread_create", "epoll_ctl_add",
 };
 
-enum when { W_ALWAYS, W_PENDING, W_CONNECTED };
+enum when { W_ALWAYS, W_PENDING, W_CONNECTED, W_EXISTS };
 
 struct rule {
     int active;
     int err;
     unsigned long first, every, count;
     enum when when;
+    char path[256];
 };
 
 static struct rule rules[H_COUNT];
@@ -125,7 +130,7 @@ static int parse_number(const char *s, size_t len, unsigned long *out) {
 /* One rule: [rule, rule+len). */
 static void parse_rule(const char *rule, size_t len) {
     const char *field = rule, *end = rule + len;
-    struct rule r = {1, 0, 1, 0, 1, W_ALWAYS};
+    struct rule r = {1, 0, 1, 0, 1, W_ALWAYS, {0}};
     int hook = -1;
     for (int n = 0; field <= end; n++) {
         const char *colon = memchr(field, ':', (size_t)(end - field));
@@ -144,12 +149,22 @@ static void parse_rule(const char *rule, size_t len) {
             if (r.err == 0)
                 die("unknown errno name", rule, len);
         } else if (flen > 5 && memcmp(field, "when=", 5) == 0) {
-            if (is(field + 5, flen - 5, "pending") && (hook == H_ACCEPT4 || hook == H_ACCEPT))
+            if (is(field + 5, flen - 5, "exists") && colon) {
+                /* The path is the rest of the rule. */
+                size_t plen = (size_t)(end - colon - 1);
+                if (plen == 0 || plen >= sizeof r.path)
+                    die("when=exists:PATH needs a path (under 256 bytes)", rule, len);
+                r.when = W_EXISTS;
+                memcpy(r.path, colon + 1, plen);
+                r.path[plen] = 0;
+                break;
+            } else if (is(field + 5, flen - 5, "pending") && (hook == H_ACCEPT4 || hook == H_ACCEPT))
                 r.when = W_PENDING;
             else if (is(field + 5, flen - 5, "connected") && hook == H_EPOLL_CTL_ADD)
                 r.when = W_CONNECTED;
             else
-                die("when=pending is for accept4 and accept, when=connected for epoll_ctl_add", rule, len);
+                die("when=pending is for accept4 and accept, when=connected for epoll_ctl_add, when=exists:PATH for any",
+                    rule, len);
         } else {
             const char *eq = memchr(field, '=', flen);
             unsigned long v;
@@ -223,6 +238,8 @@ static int counts(enum hook h, int fd) {
         return pending(fd);
     case W_CONNECTED:
         return connected(fd);
+    case W_EXISTS:
+        return access(rules[h].path, F_OK) == 0;
     default:
         return 1;
     }

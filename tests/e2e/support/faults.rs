@@ -10,6 +10,12 @@
 //! starts a server with it. The shim is compiled here once per run of the
 //! test binary (`cc`, bounded in time) into `CARGO_TARGET_TMPDIR`, under a
 //! name that hashes its source and flags, so later runs reuse it.
+//!
+//! io_uring cannot be failed that way (the io-uring crate makes its calls
+//! through `syscall(2)`, and a ring's accepts happen in the kernel):
+//! `no_uring.c` runs the server under a seccomp filter that denies
+//! io_uring_setup(2) instead, as a container runtime's default profile does
+//! ([`no_uring`], `Launch::deny_io_uring`).
 
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
@@ -32,29 +38,44 @@ const BUILD_TIMEOUT: Duration = Duration::from_secs(60);
 /// The shim's shared object, built on first use.
 pub fn library() -> &'static Path {
     static LIBRARY: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    match LIBRARY.get_or_init(build) {
+    match LIBRARY.get_or_init(|| build(SOURCE, &FLAGS, "faults", "so")) {
         Ok(path) => path,
         Err(e) => panic!("building the fault-injection shim: {e}"),
     }
 }
 
-/// Compiles `faults.c` unless a build of this very source exists.
-fn build() -> Result<PathBuf, String> {
+/// `no_uring ERRNO PROGRAM ARGS...` (`no_uring.c`, beside this file): runs
+/// PROGRAM under a seccomp filter that fails io_uring_setup(2) with ERRNO,
+/// as container runtimes do. Built on first use.
+pub fn no_uring() -> &'static Path {
+    static PROGRAM: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    match PROGRAM.get_or_init(|| build(include_str!("no_uring.c"), &PROGRAM_FLAGS, "no_uring", "bin")) {
+        Ok(path) => path,
+        Err(e) => panic!("building no_uring: {e}"),
+    }
+}
+
+/// Compiler flags of `no_uring`.
+const PROGRAM_FLAGS: [&str; 5] = ["-O2", "-Wall", "-Wextra", "-Werror", "-std=gnu11"];
+
+/// Compiles `source` with `flags` into `CARGO_TARGET_TMPDIR` unless a build
+/// of this very source exists (named `NAME-HASH.EXT`).
+fn build(source: &str, flags: &[&str], name: &str, ext: &str) -> Result<PathBuf, String> {
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR"));
     let mut h = DefaultHasher::new();
-    (SOURCE, FLAGS).hash(&mut h);
-    let stem = format!("faults-{:016x}", h.finish());
-    let so = dir.join(format!("{stem}.so"));
-    if so.exists() {
-        return Ok(so);
+    (source, flags).hash(&mut h);
+    let stem = format!("{name}-{:016x}", h.finish());
+    let out = dir.join(format!("{stem}.{ext}"));
+    if out.exists() {
+        return Ok(out);
     }
     // Unique names while building: another test binary may build at once.
     let unique = format!("{stem}.{}", std::process::id());
-    let (src, tmp) = (dir.join(format!("{unique}.c")), dir.join(format!("{unique}.so")));
+    let (src, tmp) = (dir.join(format!("{unique}.c")), dir.join(format!("{unique}.{ext}")));
     std::fs::create_dir_all(dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
-    std::fs::write(&src, SOURCE).map_err(|e| format!("write {}: {e}", src.display()))?;
+    std::fs::write(&src, source).map_err(|e| format!("write {}: {e}", src.display()))?;
     let mut cc = Command::new("cc");
-    cc.args(FLAGS).arg("-o").arg(&tmp).arg(&src).arg("-ldl");
+    cc.args(flags).arg("-o").arg(&tmp).arg(&src).arg("-ldl");
     let built = run_bounded(cc, BUILD_TIMEOUT);
     let _ = std::fs::remove_file(&src);
     let built = built?;
@@ -62,8 +83,8 @@ fn build() -> Result<PathBuf, String> {
         let _ = std::fs::remove_file(&tmp);
         return Err(format!("cc {}: {}\n{}", built.status, built.stdout, built.stderr));
     }
-    std::fs::rename(&tmp, &so).map_err(|e| format!("rename {} to {}: {e}", tmp.display(), so.display()))?;
-    Ok(so)
+    std::fs::rename(&tmp, &out).map_err(|e| format!("rename {} to {}: {e}", tmp.display(), out.display()))?;
+    Ok(out)
 }
 
 /// Makes `cmd` run with the shim preloaded and `spec` in [`SPEC_VAR`].

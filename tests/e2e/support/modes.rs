@@ -43,6 +43,9 @@ macro_rules! every_mode {
             pool / POOL: Mode { name: "pool", concurrent: true, forks: false, args: &[] },
             event / EVENT: Mode { name: "event", concurrent: true, forks: false, args: &[] },
             reactor / REACTOR: Mode { name: "reactor", concurrent: true, forks: false, args: &["--threads", "2"] },
+            uring / URING: Mode { name: "uring", concurrent: true, forks: false, args: &[] },
+            // Two rings on two threads, each with its own SO_REUSEPORT listener.
+            uring_rings / URING_RINGS: Mode { name: "uring", concurrent: true, forks: false, args: &["--threads", "2"] },
             prefork_event / PREFORK_EVENT: Mode {
                 name: "prefork", concurrent: true, forks: true, args: &["--workers", "2", "--worker", "event"]
             },
@@ -55,6 +58,9 @@ macro_rules! every_mode {
             },
             prefork_pool / PREFORK_POOL: Mode {
                 name: "prefork", concurrent: true, forks: true, args: &["--workers", "2", "--worker", "pool"]
+            },
+            prefork_uring / PREFORK_URING: Mode {
+                name: "prefork", concurrent: true, forks: true, args: &["--workers", "2", "--worker", "uring"]
             },
             prefork_reuseport / PREFORK_REUSEPORT: Mode {
                 name: "prefork",

@@ -8,9 +8,8 @@
 //! of the server's stderr).
 
 use std::collections::HashSet;
-use std::io::{self, BufRead, BufReader, Read};
+use std::io::{BufRead, BufReader, Read};
 use std::net::{SocketAddr, TcpStream};
-use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{mpsc, Arc, Mutex};
 use std::thread;
@@ -34,27 +33,34 @@ pub const EXIT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Bytes of server stderr kept for failure reports.
 const LOG_KEEP: usize = 64 * 1024;
 
-/// How to start a server: its program, mode, extra flags, limits, faults.
+/// How to start a server: its mode, extra flags, limits, faults.
 /// [`Server::start`] is the common case.
 pub struct Launch<'a> {
-    program: PathBuf,
     mode: &'a Mode,
     extra: &'a [&'a str],
     ulimit: Option<String>,
     faults: Option<String>,
+    env: Vec<(String, String)>,
+    program: Option<std::path::PathBuf>,
+    wrapper: Vec<String>,
+    bare: bool,
+    deny_io_uring: Option<i32>,
 }
 
 impl<'a> Launch<'a> {
     /// `server --mode NAME --listen 127.0.0.1:0 ARGS... EXTRA...`.
     pub fn new(mode: &'a Mode, extra: &'a [&'a str]) -> Launch<'a> {
-        Launch { program: PathBuf::from(env!("CARGO_BIN_EXE_server")), mode, extra, ulimit: None, faults: None }
-    }
-
-    /// Another program with the `server` command line (an example built on
-    /// `switchyard::server_cli`) instead of `server`.
-    pub fn program(mut self, program: &Path) -> Self {
-        self.program = program.to_path_buf();
-        self
+        Launch {
+            mode,
+            extra,
+            ulimit: None,
+            faults: None,
+            env: Vec::new(),
+            program: None,
+            wrapper: Vec::new(),
+            bare: false,
+            deny_io_uring: None,
+        }
     }
 
     /// Under a shell `ulimit ULIMIT` (for example `-v 32000`): the shell
@@ -70,6 +76,41 @@ impl<'a> Launch<'a> {
         self.ulimit(&format!("-n {nofile}"))
     }
 
+    /// Runs `program` (a copy of the server binary) instead of the built one.
+    pub fn program(mut self, program: &std::path::Path) -> Self {
+        self.program = Some(program.to_path_buf());
+        self
+    }
+
+    /// Runs the server through `wrapper` (a program that `exec`s its
+    /// arguments, such as `systemd-socket-activate -l ADDR`): the pid stays
+    /// the server's.
+    pub fn wrapped(mut self, wrapper: &[&str]) -> Self {
+        self.wrapper = wrapper.iter().map(|s| s.to_string()).collect();
+        self
+    }
+
+    /// With `key=value` in the server's environment.
+    pub fn env(mut self, key: &str, value: &str) -> Self {
+        self.env.push((key.to_string(), value.to_string()));
+        self
+    }
+
+    /// Without `--mode`, `--listen` and the mode's flags: the configuration
+    /// comes from the environment (`SWITCHYARD_*`) and `extra` only; the
+    /// start-up line must still name the mode.
+    pub fn environment_only(mut self) -> Self {
+        self.bare = true;
+        self
+    }
+
+    /// Under a seccomp filter that fails io_uring_setup(2) with `errno`
+    /// (see [`faults::no_uring`]).
+    pub fn deny_io_uring(mut self, errno: i32) -> Self {
+        self.deny_io_uring = Some(errno);
+        self
+    }
+
     /// With the syscall faults of `spec` injected (see [`faults`]).
     pub fn faults(mut self, spec: &str) -> Self {
         self.faults = Some(spec.to_string());
@@ -80,20 +121,48 @@ impl<'a> Launch<'a> {
     pub fn start(self) -> Server {
         raise_nofile();
         let claim = machine::claim();
-        let server = &self.program;
-        let mut cmd = match &self.ulimit {
-            None => Command::new(server),
-            Some(limit) => {
+        let cmd = self.command();
+        Server::launch(self.mode, cmd, claim)
+    }
+
+    /// Runs it to its exit (bounded: [`EXIT_TIMEOUT`]), for a server that
+    /// must refuse to start.
+    pub fn run_to_exit(self) -> Finished {
+        let cmd = self.command();
+        run_bounded(cmd, EXIT_TIMEOUT).unwrap_or_else(|e| panic!("{} {:?}: {e}", self.mode.name, self.extra))
+    }
+
+    fn command(&self) -> Command {
+        let built = std::path::Path::new(env!("CARGO_BIN_EXE_server"));
+        let server = self.program.as_deref().unwrap_or(built);
+        let mut cmd = match (&self.ulimit, self.wrapper.split_first(), self.deny_io_uring) {
+            (None, Some((wrapper, args)), None) => {
+                let mut w = Command::new(wrapper);
+                w.args(args).arg(server);
+                w
+            }
+            (None, None, None) => Command::new(server),
+            (None, None, Some(errno)) => {
+                let mut c = Command::new(faults::no_uring());
+                c.arg(errno.to_string()).arg(server);
+                c
+            }
+            (Some(limit), None, None) => {
                 let mut sh = Command::new("/bin/sh");
                 sh.arg("-c").arg(format!("ulimit {limit} && exec \"$0\" \"$@\"")).arg(server);
                 sh
             }
+            _ => panic!("a ulimit, a wrapper and a seccomp filter: one at a time"),
         };
-        cmd.args(["--mode", self.mode.name, "--listen", "127.0.0.1:0"]).args(self.mode.args).args(self.extra);
+        if !self.bare {
+            cmd.args(["--mode", self.mode.name, "--listen", "127.0.0.1:0"]).args(self.mode.args);
+        }
+        cmd.args(self.extra);
         if let Some(spec) = &self.faults {
             faults::inject(&mut cmd, spec);
         }
-        Server::launch(self.mode, cmd, claim)
+        cmd.envs(self.env.iter().map(|(k, v)| (k, v)));
+        cmd
     }
 }
 
@@ -125,6 +194,11 @@ pub struct Server {
     /// The first [`LOG_KEEP`] bytes of stderr, never trimmed (start-up
     /// lines such as `metrics on ...` stay findable however long the run).
     log_head: Arc<Mutex<Vec<u8>>>,
+    /// Every line the server (and any successor of a binary upgrade, which
+    /// shares its stdout) printed on stdout.
+    stdout: Arc<Mutex<Vec<String>>>,
+    /// Who handed it its listening socket, as its start-up line says.
+    pub inherited: Option<String>,
     /// Its share of the machine (see [`machine`]), released after it is
     /// killed.
     _claim: Claim,
@@ -148,15 +222,25 @@ impl Server {
         spawn_log_drain(child.stderr.take().expect("stderr piped"), log.clone(), log_head.clone());
         let stdout = child.stdout.take().expect("stdout piped");
         let (tx, rx) = mpsc::channel();
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let all = lines.clone();
         thread::Builder::new()
             .name(format!("server-{pid}-stdout"))
             .spawn(move || {
                 let mut r = BufReader::new(stdout);
                 let mut line = String::new();
-                let first = r.read_line(&mut line).map(|_| line);
+                let first = r.read_line(&mut line).map(|_| line.clone());
+                all.lock().unwrap().push(line.clone());
                 let _ = tx.send(first);
-                // Keep the pipe open and drained for the server's lifetime.
-                let _ = io::copy(&mut r, &mut io::sink());
+                // Keep the pipe open and drained for the server's lifetime
+                // (and its successors'), keeping what they print.
+                loop {
+                    line.clear();
+                    match r.read_line(&mut line) {
+                        Ok(0) | Err(_) => break,
+                        Ok(_) => all.lock().unwrap().push(line.clone()),
+                    }
+                }
             })
             .expect("spawn stdout reader");
         // From here on the guard owns the process: a failed start kills it.
@@ -168,6 +252,8 @@ impl Server {
             status: None,
             log,
             log_head,
+            stdout: lines,
+            inherited: None,
             _claim: claim,
         };
         let line = match rx.recv_timeout(START_TIMEOUT) {
@@ -178,8 +264,15 @@ impl Server {
                 panic!("no `listening on` line within {START_TIMEOUT:?} (exit status: {status:?})")
             }
         };
-        server.addr = parse_listening_line(&line, mode.name, pid);
+        let (addr, inherited) = parse_listening_line(&line, mode.name, pid);
+        server.addr = addr;
+        server.inherited = inherited;
         server
+    }
+
+    /// Every line on stdout so far.
+    pub fn stdout_lines(&self) -> Vec<String> {
+        self.stdout.lock().unwrap().clone()
     }
 
     /// The server's stderr so far (tail).
@@ -379,10 +472,17 @@ impl Drop for Server {
 
 /// Parses `listening on 127.0.0.1:PORT mode=MODE pid=PID\n`, checking
 /// every part.
-fn parse_listening_line(line: &str, mode: &str, pid: i32) -> SocketAddr {
+fn parse_listening_line(line: &str, mode: &str, pid: i32) -> (SocketAddr, Option<String>) {
     let bad = |why: &str| -> ! { panic!("bad start-up line {line:?}: {why}") };
     let Some(body) = line.strip_suffix('\n') else { bad("no newline (missing, or not flushed)") };
     let Some(rest) = body.strip_prefix("listening on ") else { bad("does not start with `listening on `") };
+    let (rest, inherited) = match rest.split_once(" (socket from ") {
+        Some((rest, from)) => {
+            let Some(from) = from.strip_suffix(')') else { bad("unclosed `(socket from ...`") };
+            (rest, Some(from.to_string()))
+        }
+        None => (rest, None),
+    };
     let parts: Vec<&str> = rest.split(' ').collect();
     let [addr, m, p] = parts[..] else { bad("expected `ADDR mode=MODE pid=PID`") };
     let addr: SocketAddr = addr.parse().unwrap_or_else(|_| bad("address does not parse"));
@@ -395,7 +495,7 @@ fn parse_listening_line(line: &str, mode: &str, pid: i32) -> SocketAddr {
     if p != format!("pid={pid}") {
         bad(&format!("expected pid={pid}"));
     }
-    addr
+    (addr, inherited)
 }
 
 /// Copies a pipe into `log`, keeping the last [`LOG_KEEP`] bytes.
@@ -427,11 +527,18 @@ fn spawn_log_drain(mut pipe: impl Read + Send + 'static, log: Arc<Mutex<Vec<u8>>
 /// Runs `server ARGS...` expecting it to exit on its own within
 /// [`EXIT_TIMEOUT`]; it is killed and the test fails if it does not.
 pub fn run_to_exit(args: &[&str]) -> Finished {
-    run_program_to_exit(Path::new(env!("CARGO_BIN_EXE_server")), args)
+    run_to_exit_with(args, &[])
+}
+
+/// [`run_to_exit`] with `env` added to the server's environment.
+pub fn run_to_exit_with(args: &[&str], env: &[(&str, &str)]) -> Finished {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_server"));
+    cmd.args(args).envs(env.iter().copied());
+    run_bounded(cmd, EXIT_TIMEOUT).unwrap_or_else(|e| panic!("`server {}`: {e}", args.join(" ")))
 }
 
 /// [`run_to_exit`] for another program with the `server` command line.
-pub fn run_program_to_exit(program: &Path, args: &[&str]) -> Finished {
+pub fn run_program_to_exit(program: &std::path::Path, args: &[&str]) -> Finished {
     let mut cmd = Command::new(program);
     cmd.args(args);
     run_bounded(cmd, EXIT_TIMEOUT).unwrap_or_else(|e| panic!("`{} {}`: {e}", program.display(), args.join(" ")))

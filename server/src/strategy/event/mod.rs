@@ -21,8 +21,6 @@
 //! they close or the grace ends; then they stop reading and flush; what is
 //! left when the flush grace ends is dropped.
 
-mod idle;
-
 use std::io;
 use std::net::SocketAddr;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -34,6 +32,7 @@ use mio::net::TcpListener;
 use mio::{Events, Interest, Token};
 use slab::Slab;
 
+use super::idle::{HasLinks, IdleQueue, Links};
 use crate::admission::Permit;
 use crate::context::Context;
 use crate::driver::nonblocking::{Conn, Scratch, Status};
@@ -41,12 +40,11 @@ use crate::driver::Totals;
 use crate::handler::{self, Connection, LoopIo, Polled, RunQueue, Task};
 use crate::lifecycle::deadlines::{Deadlines, Timer};
 use crate::lifecycle::drain::{Drain, Stage};
-use crate::lifecycle::poller::{Poller, RESERVED};
+use crate::lifecycle::poller::{Poller, HEADERS};
 use crate::lifecycle::signals::Signals;
 use crate::net::accept::AtCap;
 use crate::net::acceptor::Acceptor;
 use crate::serve::Service;
-use idle::{HasLinks, IdleQueue, Links};
 
 /// Connections accepted per wake-up at most.
 pub(crate) const ACCEPT_BUDGET: usize = 256;
@@ -187,7 +185,7 @@ impl EventLoop {
             for stage in self.drain.advance(&self.ctx.shutdown, now) {
                 self.stop(stage);
             }
-            if !self.drain.serving() && self.conns.is_empty() {
+            if !self.drain.serving() && self.conns.is_empty() && self.acceptor.is_idle() {
                 return Ok(self.stats);
             }
             self.timers.set(Timer::Drain, self.drain.next_change(&self.ctx.shutdown));
@@ -213,7 +211,7 @@ impl EventLoop {
             }
             for ev in events.iter() {
                 let Token(key) = ev.token();
-                if key < RESERVED {
+                if key < HEADERS {
                     let closed = ev.is_read_closed() || ev.is_error();
                     match self.conns.get(key).map(|e| &e.kind) {
                         Some(Kind::Task { io, .. }) => io.on_event(ev.is_readable(), ev.is_writable(), closed),
@@ -240,10 +238,11 @@ impl EventLoop {
         match stage {
             Stage::Serving => {}
             Stage::Grace => {
-                self.acceptor.close();
+                self.acceptor.on_stage(stage);
                 log::debug!("loop {}: listener closed, {} connection(s) draining", self.stats.id, self.conns.len());
             }
             Stage::Flush => {
+                self.acceptor.on_stage(stage);
                 let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
                 for key in keys {
                     match &mut self.conns[key].kind {
@@ -259,6 +258,7 @@ impl EventLoop {
                 }
             }
             Stage::Over => {
+                self.acceptor.on_stage(stage);
                 let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
                 for key in keys {
                     self.close(key);

@@ -13,6 +13,7 @@
 //! | QUIT, second INT | immediate: workers told to quit, killed a second later |
 //! | HUP | rolling restart: new workers first, then the old ones drain (hard deadline: `--grace`) |
 //! | TTIN / TTOU | one worker more / one fewer (the oldest drains; never below 1) |
+//! | USR1 | reopen the log file, and forward USR1 to every worker (they reopen theirs) |
 //!
 //! Accept distribution: one inherited listener that every worker polls with
 //! EPOLLEXCLUSIVE (the kernel wakes one waiter per connection, no thundering
@@ -22,26 +23,38 @@
 //! Health: workers heartbeat into the scoreboard; one silent for
 //! `--worker-timeout` gets SIGABRT, then SIGKILL a second later, and is
 //! replaced. `--max-requests N --max-requests-jitter J` makes a worker drain
-//! and exit after N..=N+J connections; the master replaces it.
+//! and exit after N..=N+J connections; `--max-worker-memory` replaces a
+//! worker whose resident memory passed the limit (its replacement first).
+//!
+//! Reloads are health-checked: a rolling restart drains an old worker only
+//! once its replacements serve, and a new worker that dies before serving
+//! ends the reload, the old workers serving on. The master tells the
+//! service manager (`RELOADING=1`, then `READY=1` with the outcome), keeps
+//! the watchdog quiet only while its workers are healthy, and hands its
+//! listeners to its successor on SIGUSR2.
 
 mod worker;
 
 use std::io;
 use std::net::TcpListener;
+use std::os::fd::AsFd;
 use std::time::{Duration, Instant};
 
 use mio::Events;
 use nix::sys::signal::Signal;
 
+use crate::config::WorkerMode;
 use crate::context::Context;
 use crate::lifecycle::deadlines::{Deadlines, Timer};
 use crate::lifecycle::drain::{Drain, Stage, FLUSH_GRACE};
 use crate::lifecycle::poller::Poller;
+use crate::lifecycle::readiness;
 use crate::lifecycle::signals::Signals;
 use crate::net::listener::{self, BindOptions};
 use crate::process::children::{Children, Ended, Exit, QUIT_GRACE};
-use crate::process::metrics::{self, Retired};
-use crate::process::scoreboard::{Scoreboard, Slot, State};
+use crate::process::metrics::{self, Retired, Supervision, WorkerLine};
+use crate::process::scoreboard::{Counter, Scoreboard, State};
+use crate::serve::Service;
 use crate::sys::{self, Forked};
 use worker::Prepared;
 
@@ -53,9 +66,14 @@ pub(crate) const MAX_BOOT_FAILURES: u32 = 5;
 const HEALTH_SWEEP: Duration = Duration::from_millis(500);
 
 /// Runs the prefork master until the server stops.
-pub(crate) fn run(listener: TcpListener, signals: Signals, ctx: Context) -> io::Result<()> {
+pub(crate) fn run(listeners: Vec<TcpListener>, signals: Signals, ctx: Context) -> io::Result<()> {
     sys::ensure_single_threaded("prefork master")?;
-    let mut m = Master::new(listener, signals, ctx)?;
+    // Here, not in each worker: a worker that cannot run would only fail
+    // to boot (the kernel was probed by `Server::bind`).
+    if ctx.config.worker == WorkerMode::Uring && matches!(ctx.service, Service::Handler(_)) {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, super::uring::NO_HANDLERS));
+    }
+    let mut m = Master::new(listeners, signals, ctx)?;
     let mut events = Events::with_capacity(16);
     loop {
         let now = Instant::now();
@@ -93,10 +111,19 @@ pub(crate) fn run(listener: TcpListener, signals: Signals, ctx: Context) -> io::
 struct Worker {
     position: usize,
     slot: usize,
-    /// Replaced by a rolling restart: drains once the new ones run.
+    /// Replaced by a rolling restart (or for its memory): drains once the
+    /// new ones run.
     old: bool,
     /// Aborted for silence (`--worker-timeout`).
     aborted: bool,
+    /// The reload it was started by (0: none).
+    generation: u64,
+    /// Its resident memory limit (`--max-worker-memory` less a spread).
+    memory_limit: Option<u64>,
+    /// Busy microseconds at the last sweep, and the share since the one before.
+    busy_at_sweep: u64,
+    busy_ratio: Option<f64>,
+    rss: Option<u64>,
 }
 
 struct Master {
@@ -106,6 +133,13 @@ struct Master {
     board: Scoreboard,
     /// Where the server listens.
     addr: std::net::SocketAddr,
+    /// One SO_REUSEPORT socket per worker position (else one shared).
+    reuseport: bool,
+    /// The reload in progress (its generation), if any.
+    reloading: Option<u64>,
+    generations: u64,
+    reload_failures: u64,
+    last_sweep: Instant,
     /// Index = worker position; one socket (shared) or one per position
     /// (`None`: a position given up by SIGTTOU, re-bound when used again).
     listeners: Vec<Option<TcpListener>>,
@@ -124,24 +158,42 @@ struct Master {
 }
 
 impl Master {
-    fn new(listener: TcpListener, signals: Signals, ctx: Context) -> io::Result<Master> {
+    fn new(listeners: Vec<TcpListener>, signals: Signals, ctx: Context) -> io::Result<Master> {
         let cfg = &ctx.config;
         let poller = Poller::new(&ctx.shutdown, Some(signals), cfg.metrics, None)?;
         let target = cfg.workers.max(1);
         let board = Scoreboard::new((target * 4 + 16).min(4096))?;
+        // Sockets handed over one per position (a binary upgrade of a
+        // --reuseport master), or one that allows more beside it.
+        let reuse = listeners.len() > 1 || socket2::SockRef::from(&listeners[0]).reuse_port().unwrap_or(false);
+        let reuseport = cfg.reuseport && reuse;
+        if cfg.reuseport && !reuseport {
+            log::warn!("--reuseport: the socket handed over has no SO_REUSEPORT; the workers share it");
+        }
         log::info!(
             "prefork master {}: {} {} worker(s), {}",
             std::process::id(),
             target,
             cfg.worker,
-            if cfg.reuseport { "one SO_REUSEPORT socket per worker" } else { "one shared listener" }
+            if reuseport { "one SO_REUSEPORT socket per worker" } else { "one shared listener" }
         );
+        let addr = listeners[0].local_addr()?;
+        let listeners = if reuseport {
+            listeners.into_iter().map(Some).collect()
+        } else {
+            vec![listeners.into_iter().next().map(Some).unwrap_or(None)]
+        };
         Ok(Master {
-            addr: listener.local_addr()?,
+            addr,
+            reuseport,
+            reloading: None,
+            generations: 0,
+            reload_failures: 0,
+            last_sweep: Instant::now(),
             pid: nix::unistd::getpid(),
             poller,
             board,
-            listeners: vec![Some(listener)],
+            listeners,
             workers: Children::new(),
             target,
             boot_failures: 0,
@@ -174,6 +226,13 @@ impl Master {
             if !exit.info.aborted && how != Ended::Exited(0) {
                 self.boot_failures = 0;
             }
+        } else if let Some(generation) = self.reloading.filter(|g| exit.info.generation == *g) {
+            // The reload's new code does not start: give the reload up, the
+            // old workers serve on.
+            log::error!(
+                "reload failed: new worker {pid} {how} before it started serving; the old workers go on serving"
+            );
+            self.abort_reload(generation);
         } else {
             self.boot_failures += 1;
             let backoff = Duration::from_millis(100 << self.boot_failures.min(3));
@@ -207,14 +266,18 @@ impl Master {
     /// The supervisor's signals, heartbeats, deadlines, rolling restarts.
     fn supervise(&mut self, now: Instant) {
         let notices = self.poller.take_notices();
+        if notices.reopen {
+            self.workers.signal_all(Signal::SIGUSR1);
+        }
         if self.drain.serving() {
-            if notices.reload > 0 {
-                log::info!("SIGHUP: rolling restart of {} worker(s)", self.workers.len());
-                for w in self.workers.iter_mut() {
-                    w.info.old = true;
-                }
+            if notices.upgrade > 0 {
+                let fds: Vec<_> = self.listeners.iter().flatten().map(|l| l.as_fd()).collect();
+                self.poller.start_upgrade(&fds);
             }
-            let fewer = if notices.fewer > 0 && self.ctx.config.reuseport && !migrates_queued_connections() {
+            if notices.reload > 0 {
+                self.start_reload();
+            }
+            let fewer = if notices.fewer > 0 && self.reuseport && !migrates_queued_connections() {
                 log::info!(
                     "SIGTTOU: ignored with --reuseport: a worker's socket cannot leave the SO_REUSEPORT group \
                      without resetting the connections queued in it (the kernel moves them to a sibling only \
@@ -228,7 +291,11 @@ impl Master {
                 self.target = (self.target + notices.more as usize).saturating_sub(fewer as usize).max(1);
                 log::info!("workers: target now {}", self.target);
             }
+            if now >= self.last_sweep + HEALTH_SWEEP {
+                self.sweep(now);
+            }
             self.retire(now);
+            self.report(now);
         }
         if let Some(limit) = self.ctx.config.worker_timeout {
             for w in self.workers.iter_mut() {
@@ -244,6 +311,85 @@ impl Master {
         if self.respawn_after.is_some_and(|t| now >= t) {
             self.respawn_after = None;
         }
+    }
+
+    /// SIGHUP: every worker is replaced, new ones first.
+    fn start_reload(&mut self) {
+        if self.reloading.is_some() {
+            log::info!("SIGHUP: a rolling restart is in progress already");
+            return;
+        }
+        self.generations += 1;
+        self.reloading = Some(self.generations);
+        log::info!("SIGHUP: rolling restart of {} worker(s)", self.workers.len());
+        readiness::reloading();
+        for w in self.workers.iter_mut() {
+            w.info.old = true;
+        }
+    }
+
+    /// A new worker of reload `generation` died before serving: its
+    /// siblings drain, the old workers are kept.
+    fn abort_reload(&mut self, generation: u64) {
+        self.reload_failures += 1;
+        self.reloading = None;
+        let kill_at = Instant::now() + self.ctx.config.grace + FLUSH_GRACE;
+        for w in self.workers.iter_mut() {
+            if w.info.generation == generation && !w.told() {
+                w.stop(Signal::SIGTERM, kill_at);
+            } else if !w.told() {
+                w.info.old = false;
+            }
+        }
+        readiness::reloaded("reload failed: a new worker died before serving; the old workers go on serving");
+    }
+
+    /// Reads each worker's memory and busy time; replaces one over its
+    /// memory limit (its replacement starts first).
+    fn sweep(&mut self, now: Instant) {
+        let elapsed_us = now.duration_since(self.last_sweep).as_micros().max(1) as f64;
+        self.last_sweep = now;
+        for w in self.workers.iter_mut() {
+            let slot = self.board.slot(w.info.slot);
+            let busy = slot.busy_us();
+            w.info.busy_ratio = Some(((busy.saturating_sub(w.info.busy_at_sweep)) as f64 / elapsed_us).min(1.0));
+            w.info.busy_at_sweep = busy;
+            w.info.rss = metrics::rss_bytes(w.pid.as_raw() as u32);
+            if let (Some(limit), Some(rss)) = (w.info.memory_limit, w.info.rss) {
+                if rss > limit && !w.info.old && !w.told() {
+                    log::warn!(
+                        "worker {} uses {} MiB, over --max-worker-memory ({} MiB with its spread): replacing it",
+                        w.pid,
+                        rss >> 20,
+                        limit >> 20
+                    );
+                    w.info.old = true;
+                }
+            }
+        }
+    }
+
+    /// What the service manager hears: ready once every worker serves, a
+    /// reload's end, the status, and whether the watchdog may be fed.
+    fn report(&mut self, now: Instant) {
+        let board = &self.board;
+        let running = self
+            .workers
+            .iter()
+            .filter(|w| !w.info.old && !w.told() && board.slot(w.info.slot).state() == State::Running)
+            .count();
+        let healthy = running >= self.target && self.workers.iter().all(|w| !w.info.aborted);
+        readiness::set_healthy(healthy);
+        if running >= self.target {
+            readiness::ready(&format!("serving: {running} worker(s)"));
+            if self.reloading.is_some() && self.workers.iter().all(|w| !w.info.old || w.told()) {
+                self.reloading = None;
+                log::info!("rolling restart done: {running} new worker(s) serve");
+                readiness::reloaded(&format!("reloaded: {running} worker(s)"));
+            }
+        }
+        let conns: u64 = self.workers.iter().map(|w| board.slot(w.info.slot).get(Counter::Active)).sum();
+        readiness::status(&format!("{} worker(s), {conns} connection(s)", self.workers.len()), now);
     }
 
     /// Tells workers beyond the target (oldest first) and old workers whose
@@ -270,7 +416,7 @@ impl Master {
             };
             if drain && !w.told() {
                 log::info!("worker {}: draining", w.pid);
-                if !w.info.old && self.ctx.config.reuseport {
+                if !w.info.old && self.reuseport {
                     // Its position is given up: its socket closes now (the
                     // worker closes its copy as it drains), or the kernel
                     // would go on handing it connections nobody accepts.
@@ -301,7 +447,7 @@ impl Master {
         let slot_index = self.board.free_slot().ok_or_else(|| io::Error::other("scoreboard full"))?;
         let slot = self.board.slot(slot_index);
         slot.claim(0);
-        let index = if self.ctx.config.reuseport { position } else { 0 };
+        let index = if self.reuseport { position } else { 0 };
         if self.listeners.len() <= index {
             self.listeners.resize_with(index + 1, || None);
         }
@@ -320,7 +466,21 @@ impl Master {
         prep.slot.set_pid(pid.as_raw() as u32);
         self.spawned_total += 1;
         log::info!("worker {pid} started (position {})", prep.position);
-        self.workers.add(pid, Worker { position: prep.position, slot: prep.slot_index, old: false, aborted: false });
+        let memory_limit = self.ctx.config.max_worker_memory.map(|m| m - m / 10 * jitter(9, self.seq) / 9);
+        self.workers.add(
+            pid,
+            Worker {
+                position: prep.position,
+                slot: prep.slot_index,
+                old: false,
+                aborted: false,
+                generation: self.reloading.unwrap_or(0),
+                memory_limit,
+                busy_at_sweep: 0,
+                busy_ratio: None,
+                rss: None,
+            },
+        );
         // `prep.listener` (the child's copy) closes here in the master.
     }
 
@@ -345,9 +505,23 @@ impl Master {
     }
 
     fn render(&self) -> String {
-        let workers: Vec<(u32, Slot)> =
-            self.workers.iter().map(|w| (w.pid.as_raw() as u32, self.board.slot(w.info.slot))).collect();
-        metrics::render(&workers, self.retired, self.spawned_total, self.deaths_total, self.started.elapsed())
+        let workers: Vec<WorkerLine> = self
+            .workers
+            .iter()
+            .map(|w| WorkerLine {
+                pid: w.pid.as_raw() as u32,
+                slot: self.board.slot(w.info.slot),
+                rss: w.info.rss,
+                busy: w.info.busy_ratio,
+            })
+            .collect();
+        let sup = Supervision {
+            retired: self.retired,
+            spawns: self.spawned_total,
+            deaths: self.deaths_total,
+            reload_failures: self.reload_failures,
+        };
+        metrics::render(&workers, &sup, self.started.elapsed())
     }
 }
 

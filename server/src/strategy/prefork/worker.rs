@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use nix::unistd::Pid;
 
+use crate::config::Mode;
 use crate::context::Context;
 use crate::lifecycle::signals::{Role, Signals};
 use crate::process::children;
@@ -47,11 +48,14 @@ pub(super) fn run(
     let mut config = (*master.config).clone();
     config.mode = config.worker.mode();
     config.metrics = None;
+    if config.mode == Mode::Uring {
+        config.threads = 1; // one ring per worker, on the listener it was handed
+    }
     let ctx = Context::new(Arc::new(config), master.service.clone(), prep.slot, prep.max_requests);
     prep.slot.set_pid(std::process::id());
     prep.slot.beat();
     // The strategy marks the slot Running once it is set up (Context::ready).
-    match crate::strategy::run(prep.listener, signals, ctx) {
+    match crate::strategy::run(vec![prep.listener], signals, ctx) {
         Ok(()) => 0,
         Err(e) => {
             log::error!("worker {}: {e}", std::process::id());

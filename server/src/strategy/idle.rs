@@ -1,4 +1,4 @@
-//! The idle-timeout queue of an event loop: every connection has the same
+//! The idle-timeout queue of an event loop (`event` and `uring`): every connection has the same
 //! timeout, so ordering connections by last activity orders them by
 //! deadline. A doubly linked list threaded through the loop's slab (libev's
 //! trick for equal timeouts): touching a connection moves it to the tail in
@@ -7,8 +7,9 @@
 //! Times are milliseconds since the loop started (`u64`), taken once per
 //! poll wake-up.
 //!
-//! Caller: the event loop (`strategy::event`), which puts [`IdleQueue::next_in`]
-//! in its deadline table.
+//! Callers: the event loop (`strategy::event`) and the io_uring loop
+//! (`strategy::uring`), which put [`IdleQueue::next_in`] in their deadline
+//! tables.
 
 use slab::Slab;
 

@@ -1,0 +1,507 @@
+//! io_uring behind a small safe API, for the `uring` strategy: one ring, a
+//! ring of provided buffers that receives land in, and the few operations
+//! the strategy submits (multishot accept, multishot receive, poll, send,
+//! cancel). Everything the kernel may read or write while a request is in
+//! flight is owned by [`Uring`] for that time, which is what makes the
+//! submissions sound:
+//!
+//! - receive buffers live in one mapping owned by the ring; the kernel picks
+//!   a free one when data arrives. A filled buffer comes out as a [`Buf`]
+//!   (neither `Clone` nor `Copy`): its bytes are the owner's, and the kernel
+//!   gets the buffer back only through [`Uring::recycle`] (or once a send
+//!   from it completes), so no byte is ever written by the kernel while safe
+//!   code can see it;
+//! - what a send reads ([`Payload`]: a filled buffer, or bytes of the
+//!   caller's) moves into the ring for as long as the send is in flight and
+//!   comes back with its completion;
+//! - the mapping, and the payloads of sends still in flight, are never freed
+//!   when the ring is dropped, only leaked: a request that outlives the
+//!   ring's fd (the kernel tears a ring down asynchronously) cannot touch
+//!   freed memory. A loop drops its ring when its process or thread ends.
+//!
+//! File descriptors are passed by number: a request on an fd that was
+//! closed fails or, if the number was reused, acts on another socket; that
+//! is a bug of the caller's bookkeeping, not memory unsafety, and the
+//! strategy keeps each socket open until its last request has completed.
+//!
+//! [`probe`] checks once, at start, that the kernel offers what the strategy
+//! needs, and names the cause when it does not.
+
+use std::io;
+use std::net::TcpStream;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::time::Duration;
+
+use bytes::BytesMut;
+use io_uring::types::{BufRingEntry, CancelBuilder, Fd, SubmitArgs, Timespec};
+use io_uring::{cqueue, opcode, squeue, IoUring};
+use slab::Slab;
+
+/// Bytes per provided buffer: the most one receive completion carries.
+pub(crate) const BUF_SIZE: usize = 16 * 1024;
+/// The group id of the ring's provided buffers.
+const GROUP: u16 = 0;
+
+/// The kind of request, in the top bits of its user data.
+const KIND_SHIFT: u32 = 60;
+const ACCEPT: u64 = 1;
+const RECV: u64 = 2;
+const POLL: u64 = 3;
+const SEND: u64 = 4;
+const CANCEL: u64 = 5;
+/// Tags are the caller's, below this.
+pub(crate) const TAG_LIMIT: u64 = 1 << KIND_SHIFT;
+
+fn user_data(kind: u64, tag: u64) -> u64 {
+    debug_assert!(tag < TAG_LIMIT);
+    kind << KIND_SHIFT | tag
+}
+
+/// A provided buffer that a receive filled: its first `len` bytes are what
+/// arrived. Give it back with [`Uring::recycle`], or send from it.
+#[derive(Debug)]
+#[must_use = "a buffer not given back is lost to the ring"]
+pub(crate) struct Buf {
+    id: u16,
+    len: u32,
+    /// The mapping of the ring it came from (a buffer of one ring is never
+    /// read through another).
+    ring: NonNull<u8>,
+}
+
+impl Buf {
+    /// Bytes received into it.
+    pub(crate) fn len(&self) -> usize {
+        self.len as usize
+    }
+}
+
+/// What a send reads: a filled buffer (from `start` to its length), or
+/// bytes of the caller's (from `start` on).
+#[derive(Debug)]
+pub(crate) enum Payload {
+    /// A received buffer, transformed in place.
+    Buf {
+        /// The buffer.
+        buf: Buf,
+        /// Bytes of it already sent.
+        start: usize,
+    },
+    /// Bytes of the caller's.
+    Owned {
+        /// The bytes (their heap block does not move with the value).
+        data: BytesMut,
+        /// Bytes of them already sent.
+        start: usize,
+    },
+}
+
+impl Payload {
+    /// Bytes not sent yet.
+    pub(crate) fn remaining(&self) -> usize {
+        match self {
+            Payload::Buf { buf, start } => buf.len() - start,
+            Payload::Owned { data, start } => data.len() - start,
+        }
+    }
+
+    /// Marks `n` more bytes sent.
+    pub(crate) fn advance(&mut self, n: usize) {
+        match self {
+            Payload::Buf { start, .. } | Payload::Owned { start, .. } => *start += n,
+        }
+        debug_assert!(self.remaining() < usize::MAX / 2);
+    }
+}
+
+/// A finished (or, for multishot requests, progressing) request.
+#[derive(Debug)]
+pub(crate) enum Completion {
+    /// The multishot accept took a connection (or failed); `more`: it stays armed.
+    Accepted { tag: u64, result: io::Result<TcpStream>, more: bool },
+    /// The multishot receive got bytes (`Ok(Some)`), end-of-file (`Ok(None)`),
+    /// or failed; `more`: it stays armed.
+    Received { tag: u64, result: io::Result<Option<Buf>>, more: bool },
+    /// A send finished: how many bytes went, and the payload back.
+    Sent { tag: u64, result: io::Result<usize>, payload: Payload },
+    /// A poll fired (or failed, or was cancelled); `more`: it stays armed.
+    Polled { tag: u64, result: io::Result<()>, more: bool },
+}
+
+/// Why io_uring cannot serve here, for the start-up error.
+#[derive(Debug)]
+pub(crate) struct Unavailable(pub(crate) String);
+
+impl std::fmt::Display for Unavailable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// One io_uring with its provided buffers.
+pub(crate) struct Uring {
+    ring: IoUring,
+    bufs: BufRing,
+    /// Payloads of the sends in flight, with their callers' tags.
+    sends: Slab<(u64, Payload)>,
+}
+
+impl std::fmt::Debug for Uring {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Uring").field("buffers", &self.bufs.count).field("sends", &self.sends.len()).finish()
+    }
+}
+
+impl Drop for Uring {
+    fn drop(&mut self) {
+        // The kernel may still be finishing requests after the ring's fd
+        // closes: what it could touch is leaked, never freed (see above).
+        std::mem::forget(std::mem::take(&mut self.sends));
+    }
+}
+
+impl Uring {
+    /// A ring of `entries` submission slots (completions: four times that)
+    /// and `buffers` provided buffers of [`BUF_SIZE`] bytes (a power of two).
+    pub(crate) fn new(entries: u32, buffers: u16) -> io::Result<Uring> {
+        Uring::build(entries, buffers).map_err(|(_, e)| e)
+    }
+
+    /// [`Uring::new`], saying which step failed.
+    fn build(entries: u32, buffers: u16) -> Result<Uring, (Step, io::Error)> {
+        let ring = IoUring::builder()
+            .setup_cqsize(entries * 4)
+            .setup_single_issuer()
+            .setup_defer_taskrun()
+            .setup_submit_all()
+            .build(entries)
+            .map_err(|e| (Step::Setup, e))?;
+        let bufs = BufRing::new(buffers).map_err(|e| (Step::Buffers, e))?;
+        // SAFETY: the entries and buffers are one mapping owned by `bufs`,
+        // which is never unmapped (BufRing leaks it), so it stays valid for
+        // as long as the kernel may use it, past the ring's own life.
+        unsafe { ring.submitter().register_buf_ring_with_flags(bufs.map.as_ptr() as u64, bufs.count, GROUP, 0) }
+            .map_err(|e| (Step::Buffers, e))?;
+        Ok(Uring { ring, bufs, sends: Slab::new() })
+    }
+
+    fn push(&mut self, entry: squeue::Entry) -> io::Result<()> {
+        loop {
+            // SAFETY: every entry built in this file points only at memory
+            // this ring owns for the request's whole life (the provided
+            // buffers; a send's payload, moved into `sends` before the push)
+            // or at none.
+            if unsafe { self.ring.submission().push(&entry) }.is_ok() {
+                return Ok(());
+            }
+            // The submission queue is full: hand it to the kernel now.
+            self.ring.submit()?;
+        }
+    }
+
+    /// Arms a multishot accept on `listener`: each connection is a
+    /// [`Completion::Accepted`] with `tag`, its socket close-on-exec.
+    pub(crate) fn accept_multi(&mut self, listener: RawFd, tag: u64) -> io::Result<()> {
+        let e = opcode::AcceptMulti::new(Fd(listener)).flags(libc::SOCK_CLOEXEC).build();
+        self.push(e.user_data(user_data(ACCEPT, tag)))
+    }
+
+    /// Arms a multishot receive on `fd` into the provided buffers.
+    pub(crate) fn recv_multi(&mut self, fd: RawFd, tag: u64) -> io::Result<()> {
+        let e = opcode::RecvMulti::new(Fd(fd), GROUP).build();
+        self.push(e.user_data(user_data(RECV, tag)))
+    }
+
+    /// Polls `fd` for input: once, or (`multi`) every time it becomes readable.
+    pub(crate) fn poll_readable(&mut self, fd: RawFd, multi: bool, tag: u64) -> io::Result<()> {
+        let e = opcode::PollAdd::new(Fd(fd), libc::POLLIN as u32).multi(multi).build();
+        self.push(e.user_data(user_data(POLL, tag)))
+    }
+
+    /// Sends `payload` on `fd` (never raising SIGPIPE); it comes back with
+    /// the [`Completion::Sent`].
+    pub(crate) fn send(&mut self, fd: RawFd, payload: Payload, tag: u64) -> io::Result<()> {
+        let (ptr, len) = match &payload {
+            Payload::Buf { buf, .. } if buf.ring != self.bufs.map => panic!("a buffer of another ring"),
+            Payload::Buf { buf, start } => (self.bufs.addr(buf.id).wrapping_add(*start), buf.len() - start),
+            Payload::Owned { data, start } => (data[*start..].as_ptr(), data.len() - start),
+        };
+        let len = len.min(u32::MAX as usize) as u32;
+        // The payload's bytes stay where they are (a buffer of the mapping,
+        // or a BytesMut's heap block, which moving the value does not move;
+        // nothing can reach it to grow or free it while the ring holds it).
+        let slot = self.sends.insert((tag, payload));
+        let e = opcode::Send::new(Fd(fd), ptr, len).flags(libc::MSG_NOSIGNAL).build();
+        self.push(e.user_data(user_data(SEND, slot as u64)))
+    }
+
+    /// Cancels the accept, receive or poll armed with `tag` (its last
+    /// completion says so); a send is cancelled with [`Uring::cancel_fd`].
+    pub(crate) fn cancel(&mut self, kind: Kind, tag: u64) -> io::Result<()> {
+        let target = user_data(kind.bits(), tag);
+        self.push(opcode::AsyncCancel::new(target).build().user_data(user_data(CANCEL, 0)))
+    }
+
+    /// Cancels every request on `fd`.
+    pub(crate) fn cancel_fd(&mut self, fd: RawFd) -> io::Result<()> {
+        let e = opcode::AsyncCancel2::new(CancelBuilder::fd(Fd(fd)).all()).build();
+        self.push(e.user_data(user_data(CANCEL, 0)))
+    }
+
+    /// One `io_uring_enter`: submits everything queued and waits for at
+    /// least one completion, or `timeout`. A signal or the timeout ends the
+    /// wait early; that is not an error.
+    pub(crate) fn enter(&mut self, timeout: Option<Duration>) -> io::Result<()> {
+        let submitted = match timeout {
+            Some(t) => {
+                let ts = Timespec::new().sec(t.as_secs()).nsec(t.subsec_nanos());
+                self.ring.submitter().submit_with_args(1, &SubmitArgs::new().timespec(&ts))
+            }
+            None => self.ring.submitter().submit_and_wait(1),
+        };
+        match submitted {
+            Ok(_) => Ok(()),
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ETIME | libc::EINTR | libc::EBUSY)) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Takes every completion that is ready (no syscall).
+    pub(crate) fn completions(&mut self, out: &mut Vec<Completion>) {
+        let Uring { ring, bufs, sends } = self;
+        for cqe in ring.completion() {
+            if let Some(c) = decode(&cqe, bufs, sends) {
+                out.push(c);
+            }
+        }
+    }
+
+    /// The bytes of a filled buffer.
+    pub(crate) fn bytes_mut(&mut self, buf: &Buf) -> &mut [u8] {
+        assert_eq!(buf.ring, self.bufs.map, "a buffer of another ring");
+        // SAFETY: `buf` is the only token of this buffer (not Clone), held
+        // by the caller, so the kernel does not own the buffer now (it gets
+        // it back only through `recycle`), and the borrow of `self` keeps a
+        // second view of the same buffer from being made through the ring.
+        // The first `len` bytes were written by the receive.
+        unsafe { std::slice::from_raw_parts_mut(self.bufs.addr(buf.id) as *mut u8, buf.len()) }
+    }
+
+    /// Gives a buffer back to the kernel for later receives.
+    pub(crate) fn recycle(&mut self, buf: Buf) {
+        assert_eq!(buf.ring, self.bufs.map, "a buffer of another ring");
+        self.bufs.give(buf.id);
+    }
+
+    /// Provided buffers the kernel holds for receives now.
+    pub(crate) fn buffers_free(&self) -> usize {
+        self.bufs.free
+    }
+}
+
+/// What a completion means.
+fn decode(cqe: &cqueue::Entry, bufs: &mut BufRing, sends: &mut Slab<(u64, Payload)>) -> Option<Completion> {
+    let (kind, tag) = (cqe.user_data() >> KIND_SHIFT, cqe.user_data() & (TAG_LIMIT - 1));
+    let res = cqe.result();
+    let more = cqueue::more(cqe.flags());
+    let err = || io::Error::from_raw_os_error(-res);
+    Some(match kind {
+        ACCEPT => Completion::Accepted {
+            tag,
+            // SAFETY: a non-negative result of an accept is a new fd that
+            // nothing else owns.
+            result: if res >= 0 { Ok(TcpStream::from(unsafe { OwnedFd::from_raw_fd(res) })) } else { Err(err()) },
+            more,
+        },
+        RECV => {
+            let buf = cqueue::buffer_select(cqe.flags()).map(|id| Buf { id, len: res.max(0) as u32, ring: bufs.map });
+            let result = match (res, buf) {
+                (n, Some(b)) if n > 0 => {
+                    bufs.free -= 1;
+                    Ok(Some(b))
+                }
+                (n, None) if n > 0 => Err(io::Error::other("a receive completed without a buffer")),
+                (n, b) => {
+                    if let Some(b) = b {
+                        bufs.free -= 1;
+                        bufs.give(b.id); // a buffer picked for nothing
+                    }
+                    if n == 0 {
+                        Ok(None)
+                    } else {
+                        Err(err())
+                    }
+                }
+            };
+            Completion::Received { tag, result, more }
+        }
+        POLL => Completion::Polled { tag, result: if res >= 0 { Ok(()) } else { Err(err()) }, more },
+        SEND => {
+            let (tag, payload) = sends.try_remove(tag as usize)?;
+            Completion::Sent { tag, result: if res >= 0 { Ok(res as usize) } else { Err(err()) }, payload }
+        }
+        _ => return None, // a cancel's own completion
+    })
+}
+
+/// Which step of a ring's set-up failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Step {
+    Setup,
+    Buffers,
+}
+
+/// The kinds of request [`Uring::cancel`] can name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kind {
+    /// A multishot accept.
+    Accept,
+    /// A multishot receive.
+    Recv,
+    /// A poll.
+    Poll,
+}
+
+impl Kind {
+    fn bits(self) -> u64 {
+        match self {
+            Kind::Accept => ACCEPT,
+            Kind::Recv => RECV,
+            Kind::Poll => POLL,
+        }
+    }
+}
+
+/// The provided buffer ring: `count` entries (16 bytes each, the kernel's
+/// `io_uring_buf`) at the start of one page-aligned anonymous mapping, the
+/// buffers after them. The kernel consumes entries from its head; we add
+/// returned buffers at our tail. The mapping is populated when made: the
+/// kernel cycles through every buffer, so all of them are resident soon
+/// anyway, and a fixed cost paid at start does not show up later as memory
+/// that seems to grow with connections or traffic.
+struct BufRing {
+    map: NonNull<u8>,
+    buffers: usize,
+    count: u16,
+    tail: u16,
+    free: usize,
+}
+
+impl BufRing {
+    fn new(count: u16) -> io::Result<BufRing> {
+        assert!(count.is_power_of_two(), "the buffer ring's size is a power of two");
+        let entries = (count as usize * std::mem::size_of::<BufRingEntry>()).next_multiple_of(4096);
+        let len = entries + count as usize * BUF_SIZE;
+        use nix::sys::mman::{mmap_anonymous, MapFlags, ProtFlags};
+        // SAFETY: a fresh private anonymous mapping aliases nothing; no
+        // address hint, no fd. It is never unmapped (see the module docs).
+        let map = unsafe {
+            mmap_anonymous(
+                None,
+                std::num::NonZeroUsize::new(len).expect("non-zero"),
+                ProtFlags::PROT_READ | ProtFlags::PROT_WRITE,
+                MapFlags::MAP_PRIVATE | MapFlags::MAP_POPULATE,
+            )
+        }
+        .map_err(io::Error::from)?;
+        let mut ring = BufRing { map: map.cast(), buffers: entries, count, tail: 0, free: 0 };
+        for id in 0..count {
+            ring.give(id);
+        }
+        Ok(ring)
+    }
+
+    /// Where buffer `id` starts.
+    fn addr(&self, id: u16) -> *const u8 {
+        assert!(id < self.count, "buffer id {id} out of range");
+        // SAFETY: within the mapping: `buffers + count * BUF_SIZE` is its length.
+        unsafe { self.map.as_ptr().add(self.buffers + id as usize * BUF_SIZE) }
+    }
+
+    /// Puts buffer `id` at the tail, for the kernel to fill.
+    fn give(&mut self, id: u16) {
+        let base = self.map.as_ptr().cast::<BufRingEntry>();
+        let slot = (self.tail & (self.count - 1)) as usize;
+        // SAFETY: `slot < count`, so the entry is inside the mapping's entry
+        // area; the kernel reads only entries between its head and our tail,
+        // and this one is past the tail until the store below publishes it.
+        unsafe {
+            let e = &mut *base.add(slot);
+            e.set_addr(self.addr(id) as u64);
+            e.set_len(BUF_SIZE as u32);
+            e.set_bid(id);
+        }
+        self.tail = self.tail.wrapping_add(1);
+        self.free += 1;
+        // SAFETY: the tail is the `resv` field of entry 0, a properly aligned
+        // u16 inside the mapping, which the kernel reads concurrently: an
+        // atomic release store publishes the entry written above first.
+        unsafe {
+            let tail = BufRingEntry::tail(base).cast_mut();
+            (*tail.cast::<AtomicU16>()).store(self.tail, Ordering::Release);
+        }
+    }
+}
+
+/// Checks, once at start, that io_uring serves here as the strategy needs:
+/// a ring with the flags it sets up, provided buffer rings (Linux 5.19) and
+/// multishot receive (Linux 6.0), tried on a socket pair. The error names
+/// the cause: seccomp or `kernel.io_uring_disabled` (EPERM), no io_uring
+/// (ENOSYS), locked-memory limits (ENOMEM), an older kernel (EINVAL).
+pub(crate) fn probe() -> Result<(), Unavailable> {
+    let mut ring = Uring::build(8, 2).map_err(|(step, e)| Unavailable(setup_cause(step, &e)))?;
+    let (a, b) = std::os::unix::net::UnixStream::pair().map_err(|e| Unavailable(format!("socketpair: {e}")))?;
+    let fail = |what: &str, e: io::Error| Unavailable(format!("{what}: {e}"));
+    ring.recv_multi(a.as_raw_fd(), 0).map_err(|e| fail("multishot receive", e))?;
+    use std::io::Write;
+    (&b).write_all(b"x").map_err(|e| fail("socketpair", e))?;
+    let mut got = Vec::new();
+    for _ in 0..4 {
+        ring.enter(Some(Duration::from_secs(1))).map_err(|e| fail("io_uring_enter", e))?;
+        ring.completions(&mut got);
+        if !got.is_empty() {
+            break;
+        }
+    }
+    match got.pop() {
+        Some(Completion::Received { result: Ok(Some(buf)), more: true, .. }) => {
+            ring.recycle(buf);
+            Ok(())
+        }
+        Some(Completion::Received { result: Err(e), .. }) if e.raw_os_error() == Some(libc::EINVAL) => {
+            Err(Unavailable("this kernel has no multishot receive (Linux 6.0 or later has)".into()))
+        }
+        Some(Completion::Received { result: Err(e), .. }) => Err(fail("multishot receive", e)),
+        other => Err(Unavailable(format!("multishot receive did not stay armed ({other:?})"))),
+    }
+}
+
+/// The cause of a failed ring set-up, in words.
+fn setup_cause(step: Step, e: &io::Error) -> String {
+    if step == Step::Buffers {
+        return match e.raw_os_error() {
+            Some(libc::EINVAL) => "this kernel has no provided buffer rings (Linux 5.19 or later has)".into(),
+            _ => format!("registering the provided buffer ring: {e}"),
+        };
+    }
+    match e.raw_os_error() {
+        Some(libc::EPERM) => match std::fs::read_to_string("/proc/sys/kernel/io_uring_disabled").ok().as_deref().map(str::trim) {
+            Some("2") => "io_uring is disabled on this machine (sysctl kernel.io_uring_disabled = 2)".into(),
+            Some("1") => "io_uring is limited to the group kernel.io_uring_group (sysctl kernel.io_uring_disabled = 1)".into(),
+            _ => "io_uring_setup is not permitted (EPERM: a seccomp filter, as container runtimes install by default)"
+                .into(),
+        },
+        Some(libc::ENOSYS) => "this kernel has no io_uring (ENOSYS: built without it, or a seccomp filter hides it)".into(),
+        Some(libc::ENOMEM) => {
+            "not enough memory for the ring (ENOMEM: kernels before 5.12 count rings against RLIMIT_MEMLOCK, `ulimit -l`)"
+                .into()
+        }
+        Some(libc::EINVAL) => {
+            "this kernel lacks the ring set-up the strategy needs (EINVAL: single issuer and deferred task running need Linux 6.1)"
+                .into()
+        }
+        _ => format!("io_uring set-up failed: {e}"),
+    }
+}
