@@ -420,6 +420,62 @@ mod upgrade {
     every_mode!(upgrade_tests);
 }
 
+/// A successor signalled from the moment it exists (SIGUSR1 and SIGHUP, as
+/// a `pkill -USR1 server` from logrotate or a `pkill -HUP` would, before
+/// its handlers are in place) is not killed by them: it starts with them
+/// blocked, handles them once it can, and the upgrade completes. The new
+/// binary takes 0.5 s to start (a wrapper that sleeps, then execs the
+/// server), so the signals surely come before its handlers.
+#[test]
+fn a_successor_signalled_as_it_starts_is_not_killed() {
+    let dir = Scratch::new("upgrade-signalled");
+    let (copy, real) = (dir.0.join("server"), dir.0.join("server-real"));
+    std::fs::copy(env!("CARGO_BIN_EXE_server"), &copy).unwrap();
+    std::fs::copy(env!("CARGO_BIN_EXE_server"), &real).unwrap();
+    let server = Launch::new(&EVENT, &[]).program(&copy).start();
+    let slow = dir.0.join("slow");
+    let script = format!(
+        "#!/usr/bin/python3\nimport os, sys, time\ntime.sleep(0.5)\nos.execv({real:?}, [{real:?}] + sys.argv[1:])\n",
+        real = real.display().to_string()
+    );
+    std::fs::write(&slow, script).unwrap();
+    std::fs::set_permissions(&slow, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    std::fs::rename(&slow, &copy).unwrap();
+    let mut c = server.connect();
+    roundtrip(&mut c, b"before").unwrap();
+    server.signal(Signal::SIGUSR2);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let (mut successor, mut sent) = (None, 0u32);
+    while Instant::now() < deadline
+        && server.stdout_lines().iter().all(|l| !l.contains("(socket from the server it replaces)"))
+    {
+        for child in crate::support::procfs::descendants(server.pid) {
+            for sig in [Signal::SIGUSR1, Signal::SIGHUP] {
+                if signal_pid(child.pid, sig).is_ok() {
+                    sent += 1;
+                }
+            }
+            successor.get_or_insert(child.pid);
+        }
+    }
+    let line = poll_line(&server, "(socket from the server it replaces)", 1)
+        .unwrap_or_else(|| panic!("no successor served ({sent} signals sent to it)\n{}", server.log()));
+    let next = pid_of(&line);
+    let _guard = KillPid(next);
+    assert_eq!(successor, Some(next), "the signals went to another process");
+    assert!(sent > 0, "no signal reached the successor before it served");
+    roundtrip(&mut c, b"the old server drains").unwrap();
+    close_cleanly(&mut c).unwrap();
+    assert!(
+        poll_until(Duration::from_secs(15), || !alive(server.pid)),
+        "the old server did not exit\n{}",
+        server.log()
+    );
+    assert!(alive(next), "the successor died\n{}", server.log());
+    let mut d = TcpStream::connect(server.addr).unwrap();
+    roundtrip(&mut d, b"the successor serves").unwrap();
+}
+
 /// An upgrade to a binary that exits at start: the old server says why and
 /// goes on serving.
 #[test]

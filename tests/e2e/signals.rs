@@ -175,3 +175,31 @@ macro_rules! signal_tests {
     };
 }
 every_mode!(signal_tests);
+
+/// A server started with signals blocked (a supervisor's mask is inherited
+/// through exec; a binary upgrade starts its successor that way on purpose,
+/// so that a signal sent before its handlers are in place waits for them)
+/// lets the signals of its table in once it has handled them: SIGUSR1 is
+/// handled, SIGTERM stops it gracefully.
+#[test]
+fn signals_blocked_by_whoever_started_the_server_are_let_in() {
+    const BLOCK_THEN_EXEC: &str = "import os, signal, sys; \
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP, signal.SIGUSR1, signal.SIGTERM}); \
+        os.execv(sys.argv[1], sys.argv[1:])";
+    let mode = &crate::support::modes::EVENT;
+    let mut server =
+        crate::support::server::Launch::new(mode, &[]).wrapped(&["python3", "-c", BLOCK_THEN_EXEC]).start();
+    let mut c = server.connect();
+    roundtrip(&mut c, b"before the signals").unwrap();
+    server.signal(Signal::SIGUSR1);
+    let line = expected(mode, Signal::SIGUSR1).unwrap();
+    assert!(server.wait_log_line(&line, SETTLE_TIMEOUT).is_some(), "SIGUSR1 stayed blocked\n{}", server.log());
+    server.signal(Signal::SIGHUP);
+    let line = expected(mode, Signal::SIGHUP).unwrap();
+    assert!(server.wait_log_line(&line, SETTLE_TIMEOUT).is_some(), "SIGHUP stayed blocked\n{}", server.log());
+    roundtrip(&mut c, b"after them").unwrap();
+    close_cleanly(&mut c).unwrap();
+    server.signal(Signal::SIGTERM);
+    let status = server.wait_exit(Duration::from_secs(15));
+    assert!(status.is_some_and(|s| s.success()), "after SIGTERM: {status:?}\n{}", server.log());
+}

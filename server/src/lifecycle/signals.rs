@@ -201,10 +201,15 @@ pub(crate) struct Signals {
 }
 
 impl Signals {
-    /// Sets every signal's disposition for `role` and opens a new self-pipe.
-    /// `mode` names the mode in notes.
+    /// Sets every signal's disposition for `role` and opens a new self-pipe,
+    /// then lets the table's signals in: a process started with them
+    /// blocked (a binary upgrade's successor is, see [`handled`]) gets the
+    /// ones that came before, now that they have a meaning. `mode` names
+    /// the mode in notes.
     pub(crate) fn install(role: Role, mode: &'static str) -> io::Result<Signals> {
-        Signals::install_over(role, mode, None)
+        let installed = Signals::install_over(role, mode, None)?;
+        pthread_sigmask(SigmaskHow::SIG_UNBLOCK, Some(&handled()), None).map_err(io::Error::from)?;
+        Ok(installed)
     }
 
     /// [`Signals::install`] in a process whose dispositions are those of
@@ -340,6 +345,17 @@ impl Signals {
             *since = 0;
         }
     }
+}
+
+/// Every signal of the table: what a process about to be started as a
+/// successor has blocked until its handlers are in place (its default
+/// action for SIGHUP, SIGUSR1 or SIGTTIN would end or stop it in between).
+pub(crate) fn handled() -> SigSet {
+    let mut set = SigSet::empty();
+    for (sig, _) in &TABLE {
+        set.add(*sig);
+    }
+    set
 }
 
 /// Records a stop as if `sig` had arrived (for a stop asked for from inside

@@ -18,6 +18,7 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use crate::lifecycle::readiness::UPGRADE_READY_FD;
+use crate::lifecycle::signals::handled;
 use crate::sys;
 
 /// How long a successor may take to report that it serves.
@@ -82,7 +83,7 @@ impl Successor {
         let started = STARTED_AS.get().ok_or_else(|| io::Error::other("how the server was started is unknown"))?;
         let exe = &started.exe;
         let (child, ready) =
-            sys::spawn_successor(exe, &started.args, started.dir.as_deref(), listeners, UPGRADE_READY_FD)?;
+            sys::spawn_successor(exe, &started.args, started.dir.as_deref(), listeners, UPGRADE_READY_FD, &handled())?;
         nix::fcntl::fcntl(&ready, nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK))
             .map_err(io::Error::from)?;
         log::info!("upgrade: started {} as pid {}; waiting for it to serve", exe.display(), child.id());

@@ -208,50 +208,79 @@ pub(crate) fn take_listen_fds() -> io::Result<Vec<(std::net::TcpListener, String
 
 /// Starts `exe` with `args` as this server's successor (a binary upgrade):
 /// the listening sockets `fds` become its fds 3, 4, ... under systemd's
-/// convention (`LISTEN_FDS`, `LISTEN_FDNAMES`, and `LISTEN_PID` set to the
-/// new process's pid by a `/bin/sh` that then `exec`s it), and the write
-/// end of a new pipe becomes the fd after them, named by
+/// convention (`LISTEN_FDS`, `LISTEN_FDNAMES`, and `LISTEN_PID`: the new
+/// process's pid, written into its environment between fork and exec), and
+/// the write end of a new pipe becomes the fd after them, named by
 /// `SWITCHYARD_UPGRADE_READY_FD` (`ready_var`): the successor writes a line
-/// there once it serves. Returns the child and the read end.
+/// there once it serves. It starts with `blocked` blocked (the mask
+/// survives exec; no shell runs in between to clear it): a signal sent to
+/// it before its handlers are in place waits for them instead of taking its
+/// default action. Returns the child and the read end.
 pub(crate) fn spawn_successor(
     exe: &std::path::Path,
     args: &[std::ffi::OsString],
     dir: Option<&std::path::Path>,
     fds: &[BorrowedFd<'_>],
     ready_var: &str,
+    blocked: &SigSet,
 ) -> io::Result<(std::process::Child, std::fs::File)> {
+    use std::ffi::{CString, OsStr};
+    use std::os::unix::ffi::OsStrExt;
     use std::os::unix::process::CommandExt;
     const FIRST: RawFd = 3;
     /// Where the fds are parked before they are moved into place, above
     /// any target number.
     const PARK: RawFd = 64;
+    /// `LISTEN_PID=`, then room for the digits of any pid and a NUL.
+    const PID_AT: usize = "LISTEN_PID=".len();
     if fds.len() > 32 {
         return Err(io::Error::other("more than 32 listening sockets to hand over"));
     }
+    let c = |s: &[u8]| CString::new(s).map_err(|_| io::Error::other("a NUL byte in the command line or environment"));
     let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(io::Error::from)?;
     let mut sources: Vec<RawFd> = fds.iter().map(|f| f.as_raw_fd()).collect();
     sources.push(write.as_raw_fd());
     let n = fds.len();
-    let mut cmd = std::process::Command::new("/bin/sh");
-    cmd.arg("-c")
-        .arg(r#"LISTEN_PID=$$; export LISTEN_PID; exec "$0" "$@""#)
-        .arg(exe)
-        .args(args)
-        .env("LISTEN_FDS", n.to_string())
-        .env("LISTEN_FDNAMES", vec!["switchyard"; n].join(":"))
-        .env(ready_var, (FIRST + n as RawFd).to_string())
-        .env_remove("LISTEN_PID")
-        .stdin(std::process::Stdio::null());
+
+    // Everything exec needs, made before the fork (the child may not allocate).
+    let path = c(exe.as_os_str().as_bytes())?;
+    let argv: Vec<CString> =
+        std::iter::once(Ok(path.clone())).chain(args.iter().map(|a| c(a.as_bytes()))).collect::<io::Result<_>>()?;
+    let ours = ["LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES", ready_var];
+    let mut env: Vec<CString> = std::env::vars_os()
+        .filter(|(k, _)| !ours.iter().any(|o| k.as_os_str() == OsStr::new(o)))
+        .map(|(k, v)| c(&[k.as_bytes(), b"=", v.as_bytes()].concat()))
+        .collect::<io::Result<_>>()?;
+    env.push(c(format!("LISTEN_FDS={n}").as_bytes())?);
+    env.push(c(format!("LISTEN_FDNAMES={}", vec!["switchyard"; n].join(":")).as_bytes())?);
+    env.push(c(format!("{ready_var}={}", FIRST + n as RawFd).as_bytes())?);
+    let mut listen_pid = b"LISTEN_PID=".to_vec();
+    listen_pid.resize(PID_AT + 21, 0);
+    let pid_entry = listen_pid.as_mut_ptr() as usize;
+    let argv_ptrs: Vec<usize> = argv.iter().map(|a| a.as_ptr() as usize).chain([0]).collect();
+    let env_ptrs: Vec<usize> = env.iter().map(|e| e.as_ptr() as usize).chain([pid_entry, 0]).collect();
+    let blocked = *blocked;
+
+    let mut cmd = std::process::Command::new(exe);
+    cmd.stdin(std::process::Stdio::null());
     if let Some(d) = dir {
         cmd.current_dir(d);
     }
     // SAFETY: the closure runs in the child between fork and exec, where
-    // only async-signal-safe calls are allowed: it only calls fcntl(2) and
-    // dup2(2) on fd numbers captured before the fork (`sources` is read,
-    // never allocated or freed, there). Parking every source above the
-    // targets first means no dup2 can overwrite a source not yet moved.
+    // only async-signal-safe calls are allowed: sigprocmask(2), dup2(2),
+    // close(2), getpid(2) and execve(2), on fd numbers, a signal set and
+    // NUL-terminated strings and pointer arrays all made before the fork
+    // and owned by the closure (it allocates and frees nothing). The pid's
+    // digits go into the child's own copy of `listen_pid`, whose bytes
+    // past the digits are NUL. Parking every source above the targets
+    // first means no dup2 can overwrite a source not yet moved. execve
+    // returns only on failure, which is reported as the spawn's error.
     unsafe {
         cmd.pre_exec(move || {
+            let _owned = (&path, &argv, &env, &listen_pid);
+            if libc::sigprocmask(libc::SIG_BLOCK, blocked.as_ref(), std::ptr::null_mut()) < 0 {
+                return Err(io::Error::last_os_error());
+            }
             for (i, &fd) in sources.iter().enumerate() {
                 if libc::dup2(fd, PARK + i as RawFd) < 0 {
                     return Err(io::Error::last_os_error());
@@ -264,7 +293,27 @@ pub(crate) fn spawn_successor(
                 }
                 libc::close(PARK + i as RawFd);
             }
-            Ok(())
+            let digits = (pid_entry as *mut u8).add(PID_AT);
+            let mut pid = libc::getpid() as u32;
+            let mut len = 0;
+            let mut rev = [0u8; 10];
+            loop {
+                rev[len] = b'0' + (pid % 10) as u8;
+                len += 1;
+                pid /= 10;
+                if pid == 0 {
+                    break;
+                }
+            }
+            for i in 0..len {
+                *digits.add(i) = rev[len - 1 - i];
+            }
+            libc::execve(
+                path.as_ptr(),
+                argv_ptrs.as_ptr() as *const *const libc::c_char,
+                env_ptrs.as_ptr() as *const *const libc::c_char,
+            );
+            Err(io::Error::last_os_error())
         });
     }
     let child = cmd.spawn()?;
@@ -356,6 +405,40 @@ mod tests {
         drop(l.accept().unwrap());
         assert_eq!(waiting_clients(&l).unwrap(), 2);
         drop(clients);
+    }
+
+    #[test]
+    fn a_successor_starts_with_the_given_signals_blocked_and_its_own_pid() {
+        // The "successor" (python3, which leaves its mask alone, unlike a
+        // shell) writes its blocked mask (hex, bit N-1 for signal N), its
+        // pid and the environment it was given.
+        let out = std::env::temp_dir().join(format!("switchyard-successor-{}", std::process::id()));
+        let script = "import os, sys\n\
+            mask = [l for l in open('/proc/self/status') if l.startswith('SigBlk:')][0].split()[1]\n\
+            e = os.environ\n\
+            open(sys.argv[1], 'w').write(' '.join([mask, str(os.getpid()), e['LISTEN_PID'], e['LISTEN_FDS'], \
+            e['READY_FD'], e.get('PATH') or '-']))";
+        let args: Vec<std::ffi::OsString> =
+            ["-c", script, out.to_str().unwrap()].iter().map(std::ffi::OsString::from).collect();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut blocked = SigSet::empty();
+        blocked.add(nix::sys::signal::SIGUSR1);
+        blocked.add(nix::sys::signal::SIGHUP);
+        let python = std::path::Path::new("/usr/bin/python3");
+        let (mut child, _ready) =
+            spawn_successor(python, &args, None, &[listener.as_fd()], "READY_FD", &blocked).unwrap();
+        assert!(child.wait().unwrap().success());
+        let line = std::fs::read_to_string(&out).unwrap();
+        let _ = std::fs::remove_file(&out);
+        let fields: Vec<&str> = line.split(' ').collect();
+        let mask = u64::from_str_radix(fields[0], 16).unwrap();
+        let bit = |sig: nix::sys::signal::Signal| mask & (1 << (sig as i32 - 1)) != 0;
+        assert!(bit(nix::sys::signal::SIGUSR1) && bit(nix::sys::signal::SIGHUP), "{line}");
+        assert!(!bit(nix::sys::signal::SIGTERM) && !bit(nix::sys::signal::SIGUSR2), "only the given ones: {line}");
+        assert_eq!(fields[1], fields[2], "LISTEN_PID is the successor's pid: {line}");
+        assert_eq!(fields[1], child.id().to_string(), "{line}");
+        let path = std::env::var("PATH").unwrap();
+        assert_eq!(&fields[3..], ["1", "4", path.as_str()], "the rest of the environment is kept: {line}");
     }
 
     #[test]
