@@ -52,7 +52,7 @@ fn lock() -> std::sync::MutexGuard<'static, State> {
 }
 
 fn is_main() -> bool {
-    MAIN_PID.load(Ordering::Relaxed) == std::process::id()
+    MAIN_PID.load(Ordering::Relaxed) == crate::sys::pid()
 }
 
 /// Sends `states` to the service manager, if there is one. Callers hold
@@ -89,7 +89,7 @@ fn connect_manager() -> Option<UnixDatagram> {
 /// it replaces, if any) is told when it serves; the watchdog interval is
 /// read from the environment.
 pub(crate) fn init(upgrade_pipe: Option<File>) {
-    MAIN_PID.store(std::process::id(), Ordering::Relaxed);
+    MAIN_PID.store(crate::sys::pid(), Ordering::Relaxed);
     let manager = connect_manager();
     let mut s = lock();
     s.upgrade_pipe = upgrade_pipe;

@@ -40,6 +40,25 @@ impl BlockedSignals {
     }
 }
 
+/// This process's pid, cached (0: not read yet).
+static PID: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+/// This process's pid without a syscall (getpid(2) is one: glibc no longer
+/// caches it, and loops asked once per wake-up whether they are the main
+/// process). Renewed in the child by [`fork`], through which every fork of
+/// the server goes.
+pub(crate) fn pid() -> u32 {
+    use std::sync::atomic::Ordering::Relaxed;
+    match PID.load(Relaxed) {
+        0 => {
+            let pid = std::process::id();
+            PID.store(pid, Relaxed);
+            pid
+        }
+        pid => pid,
+    }
+}
+
 /// Number of threads in this process, from `/proc/self/stat`. It is read
 /// before every fork, so it costs one `pread` into a stack buffer: the file
 /// stays open (reopened in a process that inherited it, whose `self` was
@@ -48,7 +67,7 @@ impl BlockedSignals {
 fn thread_count() -> io::Result<usize> {
     use std::os::unix::fs::FileExt;
     static STAT: std::sync::Mutex<Option<(u32, std::fs::File)>> = std::sync::Mutex::new(None);
-    let pid = std::process::id();
+    let pid = pid();
     let mut stat = STAT.lock().unwrap_or_else(|e| e.into_inner());
     let file = match &*stat {
         Some((p, f)) if *p == pid => f,
@@ -94,7 +113,10 @@ pub(crate) fn fork() -> io::Result<Forked> {
     // run arbitrary code.
     let forked = unsafe { nix::unistd::fork() };
     match forked {
-        Ok(nix::unistd::ForkResult::Child) => Ok(Forked::Child(BlockedSignals(old))),
+        Ok(nix::unistd::ForkResult::Child) => {
+            PID.store(std::process::id(), std::sync::atomic::Ordering::Relaxed);
+            Ok(Forked::Child(BlockedSignals(old)))
+        }
         Ok(nix::unistd::ForkResult::Parent { child }) => {
             let _ = pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&old), None);
             Ok(Forked::Parent(child))
@@ -439,6 +461,12 @@ mod tests {
         assert_eq!(fields[1], child.id().to_string(), "{line}");
         let path = std::env::var("PATH").unwrap();
         assert_eq!(&fields[3..], ["1", "4", path.as_str()], "the rest of the environment is kept: {line}");
+    }
+
+    #[test]
+    fn the_cached_pid_is_the_process_id() {
+        assert_eq!(pid(), std::process::id());
+        assert_eq!(pid(), std::process::id(), "read from the cache");
     }
 
     #[test]
