@@ -575,8 +575,14 @@ fn a_reload_whose_workers_cannot_start_keeps_the_old_ones() {
     let spec = format!("pthread_create:EAGAIN:every=1:count=100000:when=exists:{}", flag.display());
     let server = Launch::new(&PREFORK_POOL, &["--metrics", "127.0.0.1:0", "--threads", "2"]).faults(&spec).start();
     let maddr = server.metrics_addr();
-    let before = scrape(maddr).per_pid("switchyard_worker_connections_accepted_total");
-    assert_eq!(before.len(), 2, "two workers before the reload");
+    // Both workers set up (their threads made) before the fault is armed:
+    // it is meant for the reload's new workers only.
+    let mut before = Default::default();
+    let serving = poll_until(SETTLE_TIMEOUT, || {
+        before = scrape(maddr).per_pid("switchyard_worker_serving");
+        before.len() == 2 && before.values().all(|&v| v == 1.0)
+    });
+    assert!(serving, "two workers serving before the reload: {before:?}\n{}", server.log());
     std::fs::write(&flag, "").unwrap();
     server.signal(Signal::SIGHUP);
     let said = server.wait_log_line("reload failed", Duration::from_secs(10));

@@ -24,7 +24,7 @@ use mio::net::{TcpListener, TcpStream};
 use mio::{Interest, Registry, Token};
 use slab::Slab;
 
-use super::scoreboard::{now_ms, Counter, Slot};
+use super::scoreboard::{now_ms, Counter, Slot, State};
 
 /// Connections held at most. At the cap the oldest is closed to make room,
 /// so a scrape always gets in, however many idle or slow clients hold
@@ -359,6 +359,7 @@ struct Snapshot {
     pid: u32,
     values: [u64; Counter::ALL.len()],
     silent_ms: u64,
+    serving: bool,
 }
 
 /// The counters of a page, in the order of [`Counter::ALL`].
@@ -390,7 +391,12 @@ const COUNTERS: [(&str, &str, &str); Counter::ALL.len()] = [
 pub(crate) fn render(workers: &[WorkerLine], sup: &Supervision, uptime: Duration) -> String {
     let snaps: Vec<Snapshot> = workers
         .iter()
-        .map(|w| Snapshot { pid: w.pid, values: Counter::ALL.map(|c| w.slot.get(c)), silent_ms: w.slot.silent_ms() })
+        .map(|w| Snapshot {
+            pid: w.pid,
+            values: Counter::ALL.map(|c| w.slot.get(c)),
+            silent_ms: w.slot.silent_ms(),
+            serving: w.slot.state() == State::Running,
+        })
         .collect();
     let base = sup.retired.totals;
     let mut out = String::with_capacity(4096);
@@ -415,6 +421,10 @@ pub(crate) fn render(workers: &[WorkerLine], sup: &Supervision, uptime: Duration
             s.pid,
             s.silent_ms as f64 / 1000.0
         );
+    }
+    let _ = writeln!(out, "# HELP switchyard_worker_serving Whether the worker is set up and serving (0 while it boots or drains).\n# TYPE switchyard_worker_serving gauge");
+    for s in &snaps {
+        let _ = writeln!(out, "switchyard_worker_serving{{pid=\"{}\"}} {}", s.pid, u8::from(s.serving));
     }
     let _ = writeln!(
         out,

@@ -48,6 +48,7 @@ use std::io;
 use std::net::{TcpListener, TcpStream};
 use std::os::fd::{AsFd, AsRawFd};
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
@@ -97,12 +98,21 @@ pub(crate) fn run(mut listeners: Vec<TcpListener>, signals: Signals, ctx: Contex
     }
     let rings = ctx.config.threads.max(listeners.len()).max(1);
     if rings > 1 {
+        // A ring is made on the thread that submits to it (it is set up
+        // single-issuer), and every ring (an fd of its own) exists before
+        // the first accepts: a flood of connections cannot leave a ring
+        // without its fd. Each thread reaches the barrier, made or not.
+        let made = Arc::new(Barrier::new(rings));
         return reactor::run_loops(
             listeners,
             signals,
             ctx,
             |listener, poller, _| Ok((listener, poller)),
-            move |i, (listener, poller), ctx| UringLoop::new(i, listener, poller, ctx, rings)?.run(),
+            move |i, (listener, poller), ctx| {
+                let ring = UringLoop::new(i, listener, poller, ctx, rings);
+                made.wait();
+                ring?.run()
+            },
         );
     }
     let listener = listeners.swap_remove(0);
