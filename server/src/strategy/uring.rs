@@ -265,22 +265,37 @@ impl UringLoop {
             }
             self.completions = completions;
             if poller_ready {
-                self.poller.wait(&mut self.events, Some(now))?;
-                if self.poller.take_notices().upgrade > 0 {
-                    // SIGUSR2 to the only ring (with more, the reactor's
-                    // frame owns the signals): the successor gets this
-                    // listener.
-                    if let Some(l) = &self.listener {
-                        self.poller.start_upgrade(&[l.as_fd()]);
-                    }
-                }
-                for ev in self.events.iter() {
-                    self.headers.on_event(ev);
-                }
-                let ctx = &self.ctx;
-                self.poller.serve_metrics(|| ctx.page());
+                self.poll_the_poller(now)?;
             }
             self.expire_idle();
+        }
+    }
+
+    /// Handles what the poller's poll has ready. The ring's multishot poll
+    /// of its epoll fd completes when an event is added, not while events
+    /// wait: so the poll is read until it has fewer than a batch left, or
+    /// events past the first batch (a flood of metrics clients, PROXY
+    /// headers) would wait for an unrelated wake-up.
+    fn poll_the_poller(&mut self, now: Instant) -> io::Result<()> {
+        loop {
+            self.poller.wait(&mut self.events, Some(now))?;
+            if self.poller.take_notices().upgrade > 0 {
+                // SIGUSR2 to the only ring (with more, the reactor's frame
+                // owns the signals): the successor gets this listener.
+                if let Some(l) = &self.listener {
+                    self.poller.start_upgrade(&[l.as_fd()]);
+                }
+            }
+            let mut n = 0;
+            for ev in self.events.iter() {
+                self.headers.on_event(ev);
+                n += 1;
+            }
+            let ctx = &self.ctx;
+            self.poller.serve_metrics(|| ctx.page());
+            if n < self.events.capacity() {
+                return Ok(());
+            }
         }
     }
 
