@@ -8,16 +8,15 @@ use std::io::Write;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::unix::net::UnixDatagram;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 
+use crate::support::load::Load;
 use crate::support::metrics::{scrape, try_scrape};
 use crate::support::modes::{every_mode, Mode, EVENT, PREFORK, PREFORK_EVENT, PREFORK_POOL};
-use crate::support::net::{close_cleanly, connect, dial, roundtrip, try_connect, unread};
+use crate::support::net::{close_cleanly, connect, roundtrip, try_connect, unread};
 use crate::support::process::{poll_until, signal_pid};
 use crate::support::procfs::proc_stat;
 use crate::support::server::{Launch, Server, SETTLE_TIMEOUT};
@@ -292,62 +291,6 @@ fn proc_status_uid(pid: i32) -> Option<u32> {
 
 // ----- binary upgrade ----------------------------------------------------------
 
-/// Clients that echo on while upgrades happen: each opens a connection,
-/// does 10 round trips (a pause between them), closes, again and again, for
-/// at most 60 s.
-struct Load {
-    stop: Arc<AtomicBool>,
-    trips: Arc<AtomicU64>,
-    errors: Arc<Mutex<Vec<String>>>,
-    threads: Vec<thread::JoinHandle<()>>,
-}
-
-impl Load {
-    fn start(addr: SocketAddr, clients: usize) -> Load {
-        let stop = Arc::new(AtomicBool::new(false));
-        let trips = Arc::new(AtomicU64::new(0));
-        let errors = Arc::new(Mutex::new(Vec::new()));
-        let threads = (0..clients)
-            .map(|c| {
-                let (stop, trips, errors) = (stop.clone(), trips.clone(), errors.clone());
-                thread::spawn(move || {
-                    let deadline = Instant::now() + Duration::from_secs(60);
-                    let mut conn = 0;
-                    while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
-                        conn += 1;
-                        let r = (|| {
-                            let mut s = dial(addr, Duration::from_secs(5)).map_err(|e| format!("connect: {e}"))?;
-                            for i in 0..10 {
-                                roundtrip(&mut s, format!("client {c} conn {conn} trip {i}").as_bytes())?;
-                                trips.fetch_add(1, Ordering::Relaxed);
-                                thread::sleep(Duration::from_millis(2)); // the client's think time
-                            }
-                            close_cleanly(&mut s)
-                        })();
-                        if let Err(e) = r {
-                            errors.lock().unwrap().push(format!("client {c}, connection {conn}: {e}"));
-                        }
-                    }
-                })
-            })
-            .collect();
-        Load { stop, trips, errors, threads }
-    }
-
-    fn progresses(&self, n: u64) -> bool {
-        let target = self.trips.load(Ordering::Relaxed) + n;
-        poll_until(SETTLE_TIMEOUT, || self.trips.load(Ordering::Relaxed) >= target)
-    }
-
-    fn finish(self) -> (u64, Vec<String>) {
-        self.stop.store(true, Ordering::Relaxed);
-        for t in self.threads {
-            t.join().unwrap();
-        }
-        (self.trips.load(Ordering::Relaxed), std::mem::take(&mut *self.errors.lock().unwrap()))
-    }
-}
-
 /// The pid in a `listening on ... pid=N` line.
 fn pid_of(line: &str) -> i32 {
     line.split_whitespace()
@@ -365,7 +308,7 @@ fn alive(pid: i32) -> bool {
 /// client sees an error or loses a byte (every round trip is checked).
 fn five_upgrades_lose_nothing(mode: &Mode) {
     let server = Server::start(mode, &["--grace", "10"]);
-    let load = Load::start(server.addr, 4);
+    let load = Load::start(server.addr, 4, 10, Duration::from_millis(2), Duration::from_secs(5));
     assert!(load.progresses(40), "{}: no traffic before the upgrades", mode.name);
     let mut pid = server.pid;
     let mut guards = Vec::new();

@@ -9,16 +9,14 @@
 //! The stops have their own tests (`modes`), and so has SIGUSR2, the binary
 //! upgrade (`operations`).
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use nix::sys::signal::Signal;
 
+use crate::support::load::Load;
 use crate::support::modes::{every_mode, Mode};
-use crate::support::net::{close_cleanly, roundtrip, try_connect};
-use crate::support::process::{exit_signal, poll_until, signal_pid};
+use crate::support::net::{close_cleanly, roundtrip, IO_TIMEOUT};
+use crate::support::process::{exit_signal, signal_pid};
 use crate::support::server::{Server, SETTLE_TIMEOUT};
 
 /// The signals sent, and what the server process logs for each (`{mode}`
@@ -65,64 +63,9 @@ const SENT: [Signal; 7] = [
     Signal::SIGALRM,
 ];
 
-/// Clients that echo until told to stop (at most 60 s): each opens a
-/// connection, does 20 round trips and closes it, again and again.
-struct Load {
-    stop: Arc<AtomicBool>,
-    trips: Arc<AtomicU64>,
-    errors: Arc<Mutex<Vec<String>>>,
-    threads: Vec<thread::JoinHandle<()>>,
-}
-
-impl Load {
-    fn start(server: &Server, clients: usize) -> Load {
-        let stop = Arc::new(AtomicBool::new(false));
-        let trips = Arc::new(AtomicU64::new(0));
-        let errors = Arc::new(Mutex::new(Vec::new()));
-        let threads = (0..clients)
-            .map(|c| {
-                let (stop, trips, errors, addr) = (stop.clone(), trips.clone(), errors.clone(), server.addr);
-                thread::spawn(move || {
-                    let deadline = Instant::now() + Duration::from_secs(60);
-                    let mut conn = 0;
-                    while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
-                        conn += 1;
-                        let r = (|| {
-                            let mut s = try_connect(addr).map_err(|e| format!("connect: {e}"))?;
-                            for i in 0..20 {
-                                roundtrip(&mut s, format!("client {c} conn {conn} trip {i}").as_bytes())?;
-                                trips.fetch_add(1, Ordering::Relaxed);
-                            }
-                            close_cleanly(&mut s)
-                        })();
-                        if let Err(e) = r {
-                            errors.lock().unwrap().push(format!("client {c}, connection {conn}: {e}"));
-                        }
-                    }
-                })
-            })
-            .collect();
-        Load { stop, trips, errors, threads }
-    }
-
-    /// Waits (bounded) until `n` more round trips were done.
-    fn progresses(&self, n: u64) -> bool {
-        let target = self.trips.load(Ordering::Relaxed) + n;
-        poll_until(SETTLE_TIMEOUT, || self.trips.load(Ordering::Relaxed) >= target)
-    }
-
-    fn finish(self) -> (u64, Vec<String>) {
-        self.stop.store(true, Ordering::Relaxed);
-        for t in self.threads {
-            t.join().unwrap();
-        }
-        (self.trips.load(Ordering::Relaxed), std::mem::take(&mut *self.errors.lock().unwrap()))
-    }
-}
-
 fn common_signals_neither_kill_nor_freeze(mode: &Mode) {
     let mut server = Server::start(mode, &["--grace", "5"]);
-    let load = Load::start(&server, 4);
+    let load = Load::start(server.addr, 4, 20, Duration::ZERO, IO_TIMEOUT);
     assert!(load.progresses(50), "{}: no traffic before the signals\n{}", mode.name, server.log());
     for sig in SENT {
         server.signal(sig);

@@ -11,6 +11,7 @@
 //! - [`process`]: bounded waits and runs, signals, the fd limit;
 //! - [`programs`]: the example programs (built by cargo) and the standard
 //!   tools of other projects (`redis-cli`, `curl`, `wrk`);
+//! - [`load`]: clients echoing in the background, their trips and errors;
 //! - [`machine`]: heavy tests run alone;
 //! - [`faults`]: syscall faults injected into a server (`faults.c`);
 //! - [`client`]: the `client` binary's runs and reports, and servers written
@@ -29,6 +30,7 @@
 
 pub mod client;
 pub mod faults;
+pub mod load;
 pub mod machine;
 pub mod metrics;
 pub mod modes;
