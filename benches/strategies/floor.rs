@@ -125,8 +125,12 @@ pub fn measure(p: &Programs, spec: &'static ModeSpec, o: &Opts) -> FloorRow {
     let killer = server.killer();
     let _watchdog = killer.arm(Duration::from_secs_f64((secs + 10.0) * 2.0 * pairs as f64 + 30.0));
     let addr = server.addr.to_string();
-    for _ in 0..pairs {
-        for tool in ["client", "loadgen"] {
+    for pair in 0..pairs {
+        // The order alternates, so that whatever the first run of a pair
+        // meets (a server that has just served the other tool's connections,
+        // a page cache or CPU frequency in some state) falls on both alike.
+        let order = if pair % 2 == 0 { ["client", "loadgen"] } else { ["loadgen", "client"] };
+        for tool in order {
             match one(p, server.pid, tool, secs, &addr) {
                 Ok(r) if tool == "client" => row.client.push(r),
                 Ok(r) => row.loadgen.push(r),

@@ -776,7 +776,7 @@ fn floor_markdown(res: &Results, s: &mut String) {
     let _ = writeln!(
         s,
         "The `client` binary (`-t 1`) and `benches/strategies/loadgen.rs` (one thread, mio, a fixed buffer per \
-         connection, bytes compared, one clock read per reply) take turns against one server, {} pair(s) of {secs:.0} s \
+         connection, bytes compared, one clock read per reply) take turns against one server (the first of a pair alternates), {} pair(s) of {secs:.0} s \
          runs; CPU is each process's whole user + system time (`getrusage` of the reaped child) per message it \
          completed. Medians; the ratio is the median of the pairwise ratios (their range in brackets).\n",
         res.floor[0].client.len()

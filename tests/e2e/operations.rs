@@ -27,12 +27,16 @@ fn free_port() -> SocketAddr {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
 }
 
-/// A directory of its own for one test, removed when dropped.
+/// A directory of its own for one test, removed when dropped (named
+/// after `name`, this process and a counter: tests of two rows of the
+/// mode table may pass the same name).
 struct Scratch(PathBuf);
 
 impl Scratch {
     fn new(name: &str) -> Scratch {
-        let p = std::env::temp_dir().join(format!("switchyard-ops-{name}-{}", std::process::id()));
+        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let p = std::env::temp_dir().join(format!("switchyard-ops-{name}-{}-{n}", std::process::id()));
         let _ = std::fs::remove_dir_all(&p);
         std::fs::create_dir_all(&p).unwrap();
         Scratch(p)
@@ -417,6 +421,93 @@ fn a_successor_signalled_as_it_starts_is_not_killed() {
     assert!(alive(next), "the successor died\n{}", server.log());
     let mut d = TcpStream::connect(server.addr).unwrap();
     roundtrip(&mut d, b"the successor serves").unwrap();
+}
+
+/// SIGUSR2 while an upgrade is under way starts no second one, and SIGUSR2
+/// to a server that drains after handing over starts none either: each is
+/// logged, nothing is lost, exactly one successor serves. The new binary
+/// is a wrapper that execs the server only once the test opens its gate,
+/// so the upgrade is surely in progress while the extra signals arrive.
+fn sigusr2_during_an_upgrade_starts_no_second_one(mode: &Mode) {
+    let dir = Scratch::new(&format!("upgrade-twice-{}", mode.name));
+    let (copy, real, gate) = (dir.0.join("server"), dir.0.join("server-real"), dir.0.join("gate"));
+    std::fs::copy(env!("CARGO_BIN_EXE_server"), &copy).unwrap();
+    std::fs::copy(env!("CARGO_BIN_EXE_server"), &real).unwrap();
+    let server = Launch::new(mode, &["--grace", "10"]).program(&copy).start();
+    let gated = dir.0.join("gated");
+    let script = format!(
+        "#!/usr/bin/python3\nimport os, sys, time\nwhile not os.path.exists({gate:?}): time.sleep(0.01)\n\
+         os.execv({real:?}, [{real:?}] + sys.argv[1:])\n",
+        gate = gate.display().to_string(),
+        real = real.display().to_string()
+    );
+    std::fs::write(&gated, script).unwrap();
+    std::fs::set_permissions(&gated, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    std::fs::rename(&gated, &copy).unwrap();
+    let mut c = server.connect();
+    roundtrip(&mut c, b"before").unwrap();
+    server.signal(Signal::SIGUSR2);
+    assert!(
+        server.wait_log_line("upgrade: started", SETTLE_TIMEOUT).is_some(),
+        "{}: no upgrade\n{}",
+        mode.name,
+        server.log()
+    );
+    for n in 1..=2 {
+        server.signal(Signal::SIGUSR2);
+        assert!(
+            poll_until(SETTLE_TIMEOUT, || log_count(&server, "SIGUSR2: an upgrade is in progress already") == n),
+            "{}: SIGUSR2 {n} during the upgrade not refused\n{}",
+            mode.name,
+            server.log()
+        );
+        roundtrip(&mut c, b"while it starts").unwrap();
+    }
+    std::fs::write(&gate, b"").unwrap();
+    let line = poll_line(&server, "(socket from the server it replaces)", 1)
+        .unwrap_or_else(|| panic!("{}: no successor served\n{}", mode.name, server.log()));
+    let next = pid_of(&line);
+    let _guard = KillPid(next);
+    assert!(server.wait_log_line("this server drains", SETTLE_TIMEOUT).is_some(), "{}\n{}", mode.name, server.log());
+    // The old server drains (it holds `c`): SIGUSR2 now starts nothing.
+    server.signal(Signal::SIGUSR2);
+    assert!(
+        server.wait_log_line("SIGUSR2: the server is stopping; no upgrade", SETTLE_TIMEOUT).is_some(),
+        "{}: SIGUSR2 while draining not refused\n{}",
+        mode.name,
+        server.log()
+    );
+    roundtrip(&mut c, b"the old server drains").unwrap();
+    close_cleanly(&mut c).unwrap();
+    assert!(
+        poll_until(Duration::from_secs(15), || !alive(server.pid)),
+        "{}: the old server did not exit\n{}",
+        mode.name,
+        server.log()
+    );
+    let mut d = TcpStream::connect(server.addr).unwrap();
+    roundtrip(&mut d, b"the successor serves").unwrap();
+    assert_eq!(log_count(&server, "upgrade: started"), 1, "{}: upgrades started\n{}", mode.name, server.log());
+    assert!(alive(next), "{}: the successor died\n{}", mode.name, server.log());
+}
+
+/// How many lines of the server's log (its stderr, the successors' too) contain `needle`.
+fn log_count(server: &Server, needle: &str) -> usize {
+    server.log().lines().filter(|l| l.contains(needle)).count()
+}
+
+macro_rules! upgrade_twice_tests {
+    ($id:ident, $konst:ident, $name:literal, $concurrent:tt, $forks:tt, $args:expr) => {
+        #[test]
+        fn $id() {
+            sigusr2_during_an_upgrade_starts_no_second_one(&crate::support::modes::$konst);
+        }
+    };
+}
+
+mod upgrade_twice {
+    use super::*;
+    every_mode!(upgrade_twice_tests);
 }
 
 /// An upgrade to a binary that exits at start: the old server says why and

@@ -7,7 +7,8 @@
 //! resizes its workers, SIGUSR1 finds nothing to reopen without
 //! `--log-file`, everyone else says what the signal means there).
 //! The stops have their own tests (`modes`), and so has SIGUSR2, the binary
-//! upgrade (`operations`).
+//! upgrade (`operations`: five in a row, and more sent while one is under
+//! way or while the old server drains).
 
 use std::time::Duration;
 

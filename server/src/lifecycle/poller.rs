@@ -189,6 +189,9 @@ impl Poller {
 
     /// Starts a binary upgrade (SIGUSR2), handing the successor `listeners`;
     /// this loop then watches it, and drains this server once it serves.
+    /// Every SIGUSR2 comes here, so that each one refused says why: an
+    /// upgrade already under way, or a server that stops (its listeners
+    /// are closed by then).
     pub(crate) fn start_upgrade(&mut self, listeners: &[BorrowedFd<'_>]) {
         if self.successor.is_some() {
             log::info!("SIGUSR2: an upgrade is in progress already");
@@ -196,6 +199,10 @@ impl Poller {
         }
         if self.shutdown.phase() != Phase::Running {
             log::info!("SIGUSR2: the server is stopping; no upgrade");
+            return;
+        }
+        if listeners.is_empty() {
+            log::warn!("SIGUSR2: no listening socket to hand over; no upgrade");
             return;
         }
         pidfile::upgrade_begins();

@@ -131,10 +131,9 @@ impl<L: Listen + AsRawFd> Acceptor<L> {
         self.poller.wait(events, timers.earliest())?;
         if self.poller.take_notices().upgrade > 0 {
             // SIGUSR2: the successor gets this listener; the poll watches it.
-            if let Some(l) = &self.listener {
-                let fd = l.as_fd();
-                self.poller.start_upgrade(&[fd]);
-            }
+            // (Draining, the listener is closed: the poller says no.)
+            let fds: Vec<_> = self.listener.iter().map(|l| l.as_fd()).collect();
+            self.poller.start_upgrade(&fds);
         }
         for ev in events.iter() {
             if ev.token() == LISTENER {

@@ -282,9 +282,8 @@ impl UringLoop {
             if self.poller.take_notices().upgrade > 0 {
                 // SIGUSR2 to the only ring (with more, the reactor's frame
                 // owns the signals): the successor gets this listener.
-                if let Some(l) = &self.listener {
-                    self.poller.start_upgrade(&[l.as_fd()]);
-                }
+                let fds: Vec<_> = self.listener.iter().map(|l| l.as_fd()).collect();
+                self.poller.start_upgrade(&fds);
             }
             let mut n = 0;
             for ev in self.events.iter() {

@@ -269,11 +269,12 @@ impl Master {
         if notices.reopen {
             self.workers.signal_all(Signal::SIGUSR1);
         }
+        if notices.upgrade > 0 {
+            // (Draining, the listeners are closed: the poller says no.)
+            let fds: Vec<_> = self.listeners.iter().flatten().map(|l| l.as_fd()).collect();
+            self.poller.start_upgrade(&fds);
+        }
         if self.drain.serving() {
-            if notices.upgrade > 0 {
-                let fds: Vec<_> = self.listeners.iter().flatten().map(|l| l.as_fd()).collect();
-                self.poller.start_upgrade(&fds);
-            }
             if notices.reload > 0 {
                 self.start_reload();
             }
