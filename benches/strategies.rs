@@ -250,8 +250,9 @@ impl Opts {
         }
         if o.quick {
             o.repeats = 1;
-            o.duration = Duration::from_millis(500);
-            o.warmup = Duration::from_millis(200);
+            // A smoke run of every code path (CI), not a measurement.
+            o.duration = Duration::from_millis(300);
+            o.warmup = Duration::from_millis(100);
             o.conns = vec![1, 10, 100];
             o.sizes = vec![64, 4096];
             o.idle_conns = 1000;
@@ -823,7 +824,7 @@ fn run_all(opts: Opts) -> Result<bool, String> {
     let mut syscall_rows = Vec::new();
     if (opts.syscalls && !only) || opts.syscalls_only {
         if syscalls::available() {
-            let (cells, secs): (&[usize], f64) = if opts.quick { (&[100], 0.5) } else { (&[100, 1000], 1.0) };
+            let (cells, secs): (&[usize], f64) = if opts.quick { (&[100], 0.3) } else { (&[100, 1000], 1.0) };
             eprintln!("syscalls per message (strace -c -f, 64 B, closed loop, {secs} s):");
             for &conns in cells {
                 for spec in modes.iter().filter(|s| s.max_clients.is_none_or(|m| conns <= m)) {
