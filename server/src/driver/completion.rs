@@ -14,7 +14,9 @@
 //!   path, for protocols that need it).
 //! - **Order.** Replies queue per connection; one send is in flight at a
 //!   time, and a short send is resumed from where it stopped before the
-//!   next reply goes.
+//!   next reply goes. What queued while a send was in flight goes in one
+//!   `sendmsg` (up to [`MAX_BATCH`] payloads: a 64 KiB message that came in
+//!   four buffers goes back in one send, not four in turn).
 //! - **Backpressure.** Above `max_buffer` unsent bytes the receive is
 //!   cancelled (the kernel keeps what arrives in the socket's buffer and the
 //!   peer's window closes); it is armed again once the output drained below
@@ -37,7 +39,7 @@ use bytes::BytesMut;
 use switchyard_common::{Protocol, Step};
 
 use super::Totals;
-use crate::sys::uring::{Buf, Kind, Payload, Uring};
+use crate::sys::uring::{Buf, Kind, Payload, Sent, Uring, MAX_BATCH};
 
 /// What a completion did, for the loop's bookkeeping.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -242,41 +244,52 @@ impl Conn {
         p.queue.push_back(Payload::Owned { data, start: 0 });
     }
 
-    /// A send completed: `result` bytes of `payload` went.
+    /// A send completed: `result` bytes of `payload` went (from its
+    /// first payload on).
     pub(crate) fn on_sent(
         &mut self,
         ring: &mut Uring,
         tag: u64,
         result: io::Result<usize>,
-        mut payload: Payload,
+        payload: Sent,
         max_buffer: usize,
     ) -> io::Result<Status> {
         self.sending = false;
         let mut st = Status::default();
         if self.closing {
-            release(ring, payload);
+            payload.each(|p| release(ring, p));
             return Ok(Status { done: true, ..st });
         }
         let n = match result {
-            Ok(0) if payload.remaining() > 0 => Err(io::ErrorKind::WriteZero.into()),
+            // Nothing empty is ever queued: a send that took nothing failed.
+            Ok(0) => Err(io::ErrorKind::WriteZero.into()),
             other => other,
         };
         let n = match n {
             Ok(n) => n,
             Err(e) => {
-                release(ring, payload);
+                payload.each(|p| release(ring, p));
                 return Err(e);
             }
         };
-        st.progressed = n > 0;
+        st.progressed = true;
         self.totals.bytes_out += n as u64;
-        payload.advance(n);
         let p = self.pending.as_mut().expect("a send in flight has its pending state");
         p.unsent -= n;
-        if payload.remaining() > 0 && !self.closing {
-            p.queue.push_front(payload); // a short send: the rest goes first
-        } else {
-            release(ring, payload);
+        // What did not go (a short send) goes first next time, in order.
+        let (mut left, mut rest) = (n, Vec::new());
+        payload.each(|mut one| {
+            let took = left.min(one.remaining());
+            one.advance(took);
+            left -= took;
+            if one.remaining() > 0 {
+                rest.push(one);
+            } else {
+                release(ring, one);
+            }
+        });
+        for one in rest.into_iter().rev() {
+            p.queue.push_front(one);
         }
         self.flush(ring, tag)?;
         if self.paused && self.unsent() <= max_buffer / 4 {
@@ -287,14 +300,24 @@ impl Conn {
         Ok(st)
     }
 
-    /// Sends the next reply if none is in flight; frees the pending state
-    /// once nothing waits.
+    /// Sends what is queued if no send is in flight (one payload by
+    /// `send`, several by one `sendmsg`); frees the pending state once
+    /// nothing waits.
     fn flush(&mut self, ring: &mut Uring, tag: u64) -> io::Result<()> {
         let Some(p) = self.pending.as_mut() else { return Ok(()) };
         if !self.sending && !self.closing {
-            if let Some(next) = p.queue.pop_front() {
-                ring.send(self.sock.as_raw_fd(), next, tag)?;
-                self.sending = true;
+            match p.queue.len() {
+                0 => {}
+                1 => {
+                    let next = p.queue.pop_front().expect("one queued");
+                    ring.send(self.sock.as_raw_fd(), next, tag)?;
+                    self.sending = true;
+                }
+                n => {
+                    let batch: Vec<Payload> = p.queue.drain(..n.min(MAX_BATCH)).collect();
+                    ring.send_many(self.sock.as_raw_fd(), batch, tag)?;
+                    self.sending = true;
+                }
             }
         }
         if !self.sending && p.queue.is_empty() && p.input.is_empty() {

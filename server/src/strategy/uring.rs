@@ -488,9 +488,12 @@ impl UringLoop {
             }
             Completion::Sent { tag, result, payload } => {
                 let Some(key) = self.key_of(tag) else {
-                    if let uring::Payload::Buf { buf, .. } = payload {
-                        self.ring.recycle(buf);
-                    }
+                    let ring = &mut self.ring;
+                    payload.each(|p| {
+                        if let uring::Payload::Buf { buf, .. } = p {
+                            ring.recycle(buf);
+                        }
+                    });
                     return Ok(false);
                 };
                 let max_buffer = self.ctx.config.max_buffer;

@@ -12,8 +12,9 @@
 //!   from it completes), so no byte is ever written by the kernel while safe
 //!   code can see it;
 //! - what a send reads ([`Payload`]: a filled buffer, or bytes of the
-//!   caller's) moves into the ring for as long as the send is in flight and
-//!   comes back with its completion;
+//!   caller's; several of them for one `sendmsg`, with the message header
+//!   and its iovecs in one heap block) moves into the ring for as long as
+//!   the send is in flight and comes back with its completion;
 //! - the mapping, and the payloads of sends still in flight, are never freed
 //!   when the ring is dropped, only leaked: a request that outlives the
 //!   ring's fd (the kernel tears a ring down asynchronously) cannot touch
@@ -41,6 +42,9 @@ use slab::Slab;
 
 /// Bytes per provided buffer: the most one receive completion carries.
 pub(crate) const BUF_SIZE: usize = 16 * 1024;
+/// The most payloads one send takes ([`Uring::send_many`]): a 64 KiB
+/// message that arrived in four buffers goes back in one `sendmsg`.
+pub(crate) const MAX_BATCH: usize = 16;
 /// The group id of the ring's provided buffers.
 const GROUP: u16 = 0;
 
@@ -116,6 +120,40 @@ impl Payload {
     }
 }
 
+/// The payloads of a finished send, in the order they were given.
+#[derive(Debug)]
+pub(crate) enum Sent {
+    /// One ([`Uring::send`]).
+    One(Payload),
+    /// Several ([`Uring::send_many`]).
+    Many(Vec<Payload>),
+}
+
+impl Sent {
+    /// Hands each payload to `f`, in order.
+    pub(crate) fn each(self, f: impl FnMut(Payload)) {
+        match self {
+            Sent::One(p) => std::iter::once(p).for_each(f),
+            Sent::Many(v) => v.into_iter().for_each(f),
+        }
+    }
+}
+
+/// A `sendmsg` in flight: its header points at its iovecs, which point at
+/// its payloads' bytes; all in one heap block that does not move while the
+/// kernel reads it.
+struct Batch {
+    msg: libc::msghdr,
+    iov: [libc::iovec; MAX_BATCH],
+    payloads: Vec<Payload>,
+}
+
+/// What a send in flight holds.
+enum InFlight {
+    One(Payload),
+    Many(Box<Batch>),
+}
+
 /// A finished (or, for multishot requests, progressing) request.
 #[derive(Debug)]
 pub(crate) enum Completion {
@@ -124,8 +162,8 @@ pub(crate) enum Completion {
     /// The multishot receive got bytes (`Ok(Some)`), end-of-file (`Ok(None)`),
     /// or failed; `more`: it stays armed.
     Received { tag: u64, result: io::Result<Option<Buf>>, more: bool },
-    /// A send finished: how many bytes went, and the payload back.
-    Sent { tag: u64, result: io::Result<usize>, payload: Payload },
+    /// A send finished: how many bytes went, and the payloads back.
+    Sent { tag: u64, result: io::Result<usize>, payload: Sent },
     /// A poll fired (or failed, or was cancelled); `more`: it stays armed.
     Polled { tag: u64, result: io::Result<()>, more: bool },
 }
@@ -145,7 +183,7 @@ pub(crate) struct Uring {
     ring: IoUring,
     bufs: BufRing,
     /// Payloads of the sends in flight, with their callers' tags.
-    sends: Slab<(u64, Payload)>,
+    sends: Slab<(u64, InFlight)>,
 }
 
 impl std::fmt::Debug for Uring {
@@ -191,8 +229,8 @@ impl Uring {
         loop {
             // SAFETY: every entry built in this file points only at memory
             // this ring owns for the request's whole life (the provided
-            // buffers; a send's payload, moved into `sends` before the push)
-            // or at none.
+            // buffers; a send's payloads, and a sendmsg's header and iovecs,
+            // moved into `sends` before the push) or at none.
             if unsafe { self.ring.submission().push(&entry) }.is_ok() {
                 return Ok(());
             }
@@ -223,18 +261,48 @@ impl Uring {
     /// Sends `payload` on `fd` (never raising SIGPIPE); it comes back with
     /// the [`Completion::Sent`].
     pub(crate) fn send(&mut self, fd: RawFd, payload: Payload, tag: u64) -> io::Result<()> {
-        let (ptr, len) = match &payload {
-            Payload::Buf { buf, .. } if buf.ring != self.bufs.map => panic!("a buffer of another ring"),
-            Payload::Buf { buf, start } => (self.bufs.addr(buf.id).wrapping_add(*start), buf.len() - start),
-            Payload::Owned { data, start } => (data[*start..].as_ptr(), data.len() - start),
-        };
+        let (ptr, len) = self.span(&payload);
         let len = len.min(u32::MAX as usize) as u32;
         // The payload's bytes stay where they are (a buffer of the mapping,
         // or a BytesMut's heap block, which moving the value does not move;
         // nothing can reach it to grow or free it while the ring holds it).
-        let slot = self.sends.insert((tag, payload));
+        let slot = self.sends.insert((tag, InFlight::One(payload)));
         let e = opcode::Send::new(Fd(fd), ptr, len).flags(libc::MSG_NOSIGNAL).build();
         self.push(e.user_data(user_data(SEND, slot as u64)))
+    }
+
+    /// Sends `payloads` (at most [`MAX_BATCH`]) on `fd` with one `sendmsg`,
+    /// in order; they come back with the [`Completion::Sent`], which says
+    /// how many bytes went in all (a short send stops anywhere in them).
+    pub(crate) fn send_many(&mut self, fd: RawFd, payloads: Vec<Payload>, tag: u64) -> io::Result<()> {
+        assert!(!payloads.is_empty() && payloads.len() <= MAX_BATCH, "1 to {MAX_BATCH} payloads per send");
+        let blank = libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 };
+        // SAFETY: msghdr is a plain C struct (pointers, lengths, flags and,
+        // on some targets, padding) for which all zeroes is a valid value:
+        // no name, no control data, no iovecs yet.
+        let msg: libc::msghdr = unsafe { std::mem::zeroed() };
+        let mut batch = Box::new(Batch { msg, iov: [blank; MAX_BATCH], payloads });
+        for i in 0..batch.payloads.len() {
+            let (ptr, len) = self.span(&batch.payloads[i]);
+            batch.iov[i] = libc::iovec { iov_base: ptr.cast_mut().cast(), iov_len: len };
+        }
+        batch.msg.msg_iov = batch.iov.as_mut_ptr();
+        batch.msg.msg_iovlen = batch.payloads.len() as _;
+        // The header, the iovecs and the payloads' bytes stay where they are
+        // while the ring holds the box: moving a Box does not move its block.
+        let msg: *const libc::msghdr = &batch.msg;
+        let slot = self.sends.insert((tag, InFlight::Many(batch)));
+        let e = opcode::SendMsg::new(Fd(fd), msg).flags(libc::MSG_NOSIGNAL as u32).build();
+        self.push(e.user_data(user_data(SEND, slot as u64)))
+    }
+
+    /// Where a payload's unsent bytes are, and how many.
+    fn span(&self, payload: &Payload) -> (*const u8, usize) {
+        match payload {
+            Payload::Buf { buf, .. } if buf.ring != self.bufs.map => panic!("a buffer of another ring"),
+            Payload::Buf { buf, start } => (self.bufs.addr(buf.id).wrapping_add(*start), buf.len() - start),
+            Payload::Owned { data, start } => (data[*start..].as_ptr(), data.len() - start),
+        }
     }
 
     /// Cancels the accept, receive or poll armed with `tag` (its last
@@ -302,7 +370,7 @@ impl Uring {
 }
 
 /// What a completion means.
-fn decode(cqe: &cqueue::Entry, bufs: &mut BufRing, sends: &mut Slab<(u64, Payload)>) -> Option<Completion> {
+fn decode(cqe: &cqueue::Entry, bufs: &mut BufRing, sends: &mut Slab<(u64, InFlight)>) -> Option<Completion> {
     let (kind, tag) = (cqe.user_data() >> KIND_SHIFT, cqe.user_data() & (TAG_LIMIT - 1));
     let res = cqe.result();
     let more = cqueue::more(cqe.flags());
@@ -339,7 +407,11 @@ fn decode(cqe: &cqueue::Entry, bufs: &mut BufRing, sends: &mut Slab<(u64, Payloa
         }
         POLL => Completion::Polled { tag, result: if res >= 0 { Ok(()) } else { Err(err()) }, more },
         SEND => {
-            let (tag, payload) = sends.try_remove(tag as usize)?;
+            let (tag, held) = sends.try_remove(tag as usize)?;
+            let payload = match held {
+                InFlight::One(p) => Sent::One(p),
+                InFlight::Many(batch) => Sent::Many(batch.payloads),
+            };
             Completion::Sent { tag, result: if res >= 0 { Ok(res as usize) } else { Err(err()) }, payload }
         }
         _ => return None, // a cancel's own completion
