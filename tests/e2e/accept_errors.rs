@@ -15,7 +15,7 @@ use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use crate::support::metrics::try_scrape;
-use crate::support::modes::{every_mode, Mode};
+use crate::support::modes::{per_mode, Mode};
 use crate::support::modes::{EVENT, FORK, PREFORK_EVENT, PREFORK_REUSEPORT, PREFORK_THREAD, REACTOR, THREAD};
 use crate::support::net::upper;
 use crate::support::process::poll_until;
@@ -251,37 +251,19 @@ mod cases {
     }
 }
 
-/// The row tests of one mode.
-macro_rules! accept_error_tests {
-    ($id:ident, $konst:ident, $name:literal, $concurrent:tt, $forks:tt, $args:expr) => {
-        mod $id {
-            use super::cases;
-            use crate::support::modes::$konst as MODE;
-
-            #[test]
-            fn interrupted_accepts_are_retried_and_not_counted() {
-                cases::interrupted_accepts_are_retried_and_not_counted(&MODE)
-            }
-            #[test]
-            fn connection_level_errors_are_skipped_and_counted() {
-                cases::connection_level_errors_are_skipped_and_counted(&MODE)
-            }
-            #[test]
-            fn fd_exhaustion_sheds_the_waiting_clients_and_backs_off() {
-                cases::fd_exhaustion_sheds_the_waiting_clients_and_backs_off(&MODE)
-            }
-            #[test]
-            fn unexpected_errors_back_off_and_are_retried() {
-                cases::unexpected_errors_back_off_and_are_retried(&MODE)
-            }
-            #[test]
-            fn a_socket_that_cannot_be_set_up_is_closed_alone() {
-                cases::a_socket_that_cannot_be_set_up_is_closed_alone(&MODE)
-            }
-        }
-    };
-}
-every_mode!(accept_error_tests);
+// The row tests of one mode (`accept_errors::<row>::<case>`).
+use cases::{
+    a_socket_that_cannot_be_set_up_is_closed_alone, connection_level_errors_are_skipped_and_counted,
+    fd_exhaustion_sheds_the_waiting_clients_and_backs_off, interrupted_accepts_are_retried_and_not_counted,
+    unexpected_errors_back_off_and_are_retried,
+};
+per_mode!(
+    interrupted_accepts_are_retried_and_not_counted,
+    connection_level_errors_are_skipped_and_counted,
+    fd_exhaustion_sheds_the_waiting_clients_and_backs_off,
+    unexpected_errors_back_off_and_are_retried,
+    a_socket_that_cannot_be_set_up_is_closed_alone,
+);
 
 /// The hand-over row, in every mode that hands connections over (serial and
 /// the pool have no hand-over that can fail: serial serves inline, the pool

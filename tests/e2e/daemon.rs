@@ -46,7 +46,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::Signal;
 
 use crate::support::machine::{self, Claim};
-use crate::support::modes::{every_mode, Mode, EVENT, PREFORK_EVENT};
+use crate::support::modes::{per_mode, Mode, EVENT, PREFORK_EVENT};
 use crate::support::net::{close_cleanly, connect, roundtrip, try_connect};
 use crate::support::process::{poll_until, run_bounded, signal_pid, Finished};
 use crate::support::procfs::{all_procs, descendants, fds, still_alive, ProcStat};
@@ -636,24 +636,4 @@ fn log_reopen_loses_no_line(mode: &Mode) {
     );
 }
 
-macro_rules! daemon_tests {
-    ($id:ident, $konst:ident, $name:literal, $concurrent:tt, $forks:tt, $args:expr) => {
-        mod $id {
-            use crate::support::modes::$konst as MODE;
-
-            #[test]
-            fn pid_file_lifecycle() {
-                super::pid_file_lifecycle(&MODE)
-            }
-            #[test]
-            fn daemon_detaches_once_listening() {
-                super::daemon_detaches_once_listening(&MODE)
-            }
-            #[test]
-            fn log_reopen_loses_no_line() {
-                super::log_reopen_loses_no_line(&MODE)
-            }
-        }
-    };
-}
-every_mode!(daemon_tests);
+per_mode!(pid_file_lifecycle, daemon_detaches_once_listening, log_reopen_loses_no_line);

@@ -10,7 +10,7 @@ use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use crate::support::metrics::try_scrape;
-use crate::support::modes::{every_mode, Mode};
+use crate::support::modes::{per_mode, Mode};
 use crate::support::net::{close_cleanly, dial, roundtrip};
 use crate::support::process::{poll_until, raise_nofile};
 use crate::support::server::Server;
@@ -46,12 +46,4 @@ fn a_scrape_gets_through_a_thousand_idle_clients(mode: &Mode) {
     drop((idle, slow));
 }
 
-macro_rules! metrics_tests {
-    ($id:ident, $konst:ident, $name:literal, $concurrent:tt, $forks:tt, $args:expr) => {
-        #[test]
-        fn $id() {
-            a_scrape_gets_through_a_thousand_idle_clients(&crate::support::modes::$konst);
-        }
-    };
-}
-every_mode!(metrics_tests);
+per_mode!(=> a_scrape_gets_through_a_thousand_idle_clients);

@@ -15,7 +15,7 @@ use nix::sys::signal::Signal;
 
 use crate::support::load::Load;
 use crate::support::metrics::{scrape, try_scrape};
-use crate::support::modes::{every_mode, Mode, EVENT, PREFORK, PREFORK_EVENT, PREFORK_POOL};
+use crate::support::modes::{per_mode, Mode, EVENT, PREFORK, PREFORK_EVENT, PREFORK_POOL};
 use crate::support::net::{close_cleanly, connect, roundtrip, try_connect, unread};
 use crate::support::process::{poll_until, signal_pid};
 use crate::support::procfs::proc_stat;
@@ -97,19 +97,7 @@ fn serves_a_socket_from_systemd(mode: &Mode) {
     assert!(status.is_some_and(|s| s.success()), "{}: {status:?}\n{}", mode.name, server.log());
 }
 
-macro_rules! activation_tests {
-    ($id:ident, $konst:ident, $name:literal, $concurrent:tt, $forks:tt, $args:expr) => {
-        #[test]
-        fn $id() {
-            serves_a_socket_from_systemd(&crate::support::modes::$konst);
-        }
-    };
-}
-
-mod socket_activation {
-    use super::*;
-    every_mode!(activation_tests);
-}
+per_mode!(socket_activation => serves_a_socket_from_systemd);
 
 // ----- sd_notify ---------------------------------------------------------------
 
@@ -353,19 +341,7 @@ fn poll_line(server: &Server, needle: &str, n: usize) -> Option<String> {
     found
 }
 
-macro_rules! upgrade_tests {
-    ($id:ident, $konst:ident, $name:literal, $concurrent:tt, $forks:tt, $args:expr) => {
-        #[test]
-        fn $id() {
-            five_upgrades_lose_nothing(&crate::support::modes::$konst);
-        }
-    };
-}
-
-mod upgrade {
-    use super::*;
-    every_mode!(upgrade_tests);
-}
+per_mode!(upgrade => five_upgrades_lose_nothing);
 
 /// A successor signalled from the moment it exists (SIGUSR1 and SIGHUP, as
 /// a `pkill -USR1 server` from logrotate or a `pkill -HUP` would, before
@@ -496,19 +472,7 @@ fn log_count(server: &Server, needle: &str) -> usize {
     server.log().lines().filter(|l| l.contains(needle)).count()
 }
 
-macro_rules! upgrade_twice_tests {
-    ($id:ident, $konst:ident, $name:literal, $concurrent:tt, $forks:tt, $args:expr) => {
-        #[test]
-        fn $id() {
-            sigusr2_during_an_upgrade_starts_no_second_one(&crate::support::modes::$konst);
-        }
-    };
-}
-
-mod upgrade_twice {
-    use super::*;
-    every_mode!(upgrade_twice_tests);
-}
+per_mode!(upgrade_twice => sigusr2_during_an_upgrade_starts_no_second_one);
 
 /// An upgrade to a binary that exits at start: the old server says why and
 /// goes on serving.

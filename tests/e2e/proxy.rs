@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use ppp::v2;
 
 use crate::support::metrics::scrape;
-use crate::support::modes::{every_mode, Mode, EVENT, PREFORK_EVENT, SERIAL, THREAD};
+use crate::support::modes::{per_mode, Mode, EVENT, PREFORK_EVENT, SERIAL, THREAD};
 use crate::support::net::{close_cleanly, read_echo, roundtrip};
 use crate::support::process::poll_until;
 use crate::support::server::Server;
@@ -170,22 +170,7 @@ fn untrusted_peers_are_refused(mode: &Mode) {
     assert_eq!(page.value("switchyard_proxy_header_errors_total"), 0.0, "{}", mode.name);
 }
 
-macro_rules! proxy_tests {
-    ($id:ident, $konst:ident, $name:literal, $concurrent:tt, $forks:tt, $args:expr) => {
-        mod $id {
-            #[test]
-            fn headers_name_the_client() {
-                super::headers_name_the_client(&crate::support::modes::$konst);
-            }
-
-            #[test]
-            fn untrusted_peers_are_refused() {
-                super::untrusted_peers_are_refused(&crate::support::modes::$konst);
-            }
-        }
-    };
-}
-every_mode!(proxy_tests);
+per_mode!(headers_name_the_client, untrusted_peers_are_refused);
 
 /// A connection that sends no header is closed when `HEADER_TIMEOUT` (5 s)
 /// ends, not before 4.9 s nor after 7 s, and counted; meanwhile (where the

@@ -15,7 +15,7 @@ use std::time::Duration;
 use nix::sys::signal::Signal;
 
 use crate::support::load::Load;
-use crate::support::modes::{every_mode, Mode};
+use crate::support::modes::{per_mode, Mode};
 use crate::support::net::{close_cleanly, roundtrip, IO_TIMEOUT};
 use crate::support::process::{exit_signal, signal_pid};
 use crate::support::server::{Server, SETTLE_TIMEOUT};
@@ -110,15 +110,7 @@ fn common_signals_neither_kill_nor_freeze(mode: &Mode) {
     );
 }
 
-macro_rules! signal_tests {
-    ($id:ident, $konst:ident, $name:literal, $concurrent:tt, $forks:tt, $args:expr) => {
-        #[test]
-        fn $id() {
-            common_signals_neither_kill_nor_freeze(&crate::support::modes::$konst);
-        }
-    };
-}
-every_mode!(signal_tests);
+per_mode!(=> common_signals_neither_kill_nor_freeze);
 
 /// A server started with signals blocked (a supervisor's mask is inherited
 /// through exec; a binary upgrade starts its successor that way on purpose,

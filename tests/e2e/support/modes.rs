@@ -129,6 +129,59 @@ macro_rules! every_mode {
 }
 pub(crate) use every_mode;
 
+/// Tests of a topic, one per row of the table of modes, for the common
+/// shapes (a topic with its own needs calls [`every_mode!`] itself):
+///
+/// - `per_mode!(case_a, case_b)`: `mod <row> { #[test] fn case_a() {
+///   super::case_a(&ROW) } ... }` beside the cases, so
+///   `cargo test --test e2e proxy::uring::case_a` runs one;
+/// - `per_mode!(module => case)`: `mod module { #[test] fn <row>() {
+///   super::case(&ROW) } ... }`, so `operations::upgrade::uring` runs one;
+/// - `per_mode!(=> case)`: `#[test] fn <row>() { case(&ROW) }` right
+///   there, so `signals::uring` runs one.
+macro_rules! per_mode {
+    (=> $case:ident) => {
+        macro_rules! row {
+            ($id:ident, $konst:ident, $name:literal, $concurrent:tt, $forks:tt, $args:expr) => {
+                #[test]
+                fn $id() {
+                    $case(&crate::support::modes::$konst)
+                }
+            };
+        }
+        crate::support::modes::every_mode!(row);
+    };
+    ($module:ident => $case:ident) => {
+        mod $module {
+            macro_rules! row {
+                ($id:ident, $konst:ident, $name:literal, $concurrent:tt, $forks:tt, $args:expr) => {
+                    #[test]
+                    fn $id() {
+                        super::$case(&crate::support::modes::$konst)
+                    }
+                };
+            }
+            crate::support::modes::every_mode!(row);
+        }
+    };
+    ($($case:ident),+ $(,)?) => {
+        macro_rules! row {
+            ($id:ident, $konst:ident, $name:literal, $concurrent:tt, $forks:tt, $args:expr) => {
+                mod $id {
+                    $(
+                        #[test]
+                        fn $case() {
+                            super::$case(&crate::support::modes::$konst)
+                        }
+                    )+
+                }
+            };
+        }
+        crate::support::modes::every_mode!(row);
+    };
+}
+pub(crate) use per_mode;
+
 /// The `pub const` of one row.
 macro_rules! mode_const {
     ($id:ident, $konst:ident, $name:literal, $concurrent:tt, $forks:tt, $args:expr) => {
