@@ -14,9 +14,10 @@
 //!   path, for protocols that need it).
 //! - **Order.** Replies queue per connection; one send is in flight at a
 //!   time, and a short send is resumed from where it stopped before the
-//!   next reply goes. What queued while a send was in flight goes in one
-//!   `sendmsg` (up to [`MAX_BATCH`] payloads: a 64 KiB message that came in
-//!   four buffers goes back in one send, not four in turn).
+//!   next reply goes. Replies are sent once the loop has handled the whole
+//!   batch of completions, and what queued by then goes in one `sendmsg`
+//!   (up to [`MAX_BATCH`] payloads: a 64 KiB message that came in four
+//!   buffers goes back in one send, not four in turn).
 //! - **Backpressure.** Above `max_buffer` unsent bytes the receive is
 //!   cancelled (the kernel keeps what arrives in the socket's buffer and the
 //!   peer's window closes); it is armed again once the output drained below
@@ -48,6 +49,10 @@ pub(crate) struct Status {
     pub(crate) progressed: bool,
     /// The receive ended for want of buffers: arm it again once some are back.
     pub(crate) starved: bool,
+    /// Replies wait: the loop sends them ([`Conn::send_queued`]) once it
+    /// has handled every completion of the batch, so that what arrived in
+    /// several buffers at once goes in one send.
+    pub(crate) queued: bool,
     /// Nothing more to do: close the connection.
     pub(crate) done: bool,
 }
@@ -190,7 +195,10 @@ impl Conn {
         if self.read_closed && self.receiving {
             self.cancel_recv(ring, tag)?;
         }
-        self.flush(ring, tag)?;
+        st.queued = !self.sending && self.pending.as_ref().is_some_and(|p| !p.queue.is_empty());
+        if !st.queued {
+            self.flush(ring, tag)?; // frees the pending state if nothing waits
+        }
         if self.unsent() >= max_buffer && !self.paused {
             self.paused = true;
             if self.receiving {
@@ -298,6 +306,13 @@ impl Conn {
         }
         st.done = self.finished();
         Ok(st)
+    }
+
+    /// Sends the replies that queued during a batch of completions (see
+    /// [`Status::queued`]).
+    pub(crate) fn send_queued(&mut self, ring: &mut Uring, tag: u64) -> io::Result<Status> {
+        self.flush(ring, tag)?;
+        Ok(Status { done: self.finished(), ..Status::default() })
     }
 
     /// Sends what is queued if no send is in flight (one payload by

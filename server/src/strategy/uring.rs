@@ -167,6 +167,8 @@ pub(crate) struct UringLoop {
     fresh: Vec<usize>,
     /// Connections whose receive ended for want of buffers.
     starved: Vec<u64>,
+    /// Connections with replies to send once the batch is handled.
+    queued: Vec<u64>,
     /// The copying path's output (split off into each reply).
     scratch: BytesMut,
     completions: Vec<Completion>,
@@ -208,6 +210,7 @@ impl UringLoop {
             idle: ctx.config.idle_timeout.map(|d| IdleQueue::new(d.as_millis().max(1) as u64)),
             fresh: Vec::new(),
             starved: Vec::new(),
+            queued: Vec::new(),
             scratch: BytesMut::new(),
             completions: Vec::with_capacity(1024),
             events: Events::with_capacity(64),
@@ -264,6 +267,7 @@ impl UringLoop {
                 poller_ready |= self.complete(c, now)?;
             }
             self.completions = completions;
+            self.send_queued();
             if poller_ready {
                 self.poll_the_poller(now)?;
             }
@@ -525,6 +529,9 @@ impl UringLoop {
                 if st.starved {
                     self.starved.push(tag);
                 }
+                if st.queued {
+                    self.queued.push(tag);
+                }
                 let conn = &self.conns[key].conn;
                 if st.done || conn.closing() {
                     self.close(key);
@@ -535,6 +542,18 @@ impl UringLoop {
                 }
             }
         }
+    }
+
+    /// Sends what the batch of completions queued: one send per connection
+    /// for everything that arrived in it.
+    fn send_queued(&mut self) {
+        let mut queued = std::mem::take(&mut self.queued);
+        for tag in queued.drain(..) {
+            let Some(key) = self.key_of(tag) else { continue };
+            let st = self.conns[key].conn.send_queued(&mut self.ring, tag);
+            self.after(key, tag, Ok(st));
+        }
+        self.queued = queued;
     }
 
     /// Arms the receives that ran out of buffers again, once some are back.
