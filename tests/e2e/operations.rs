@@ -343,6 +343,26 @@ fn poll_line(server: &Server, needle: &str, n: usize) -> Option<String> {
 
 per_mode!(upgrade => five_upgrades_lose_nothing);
 
+/// A server of `mode` started from a copy of the binary in `dir`, whose
+/// copy is then replaced by a Python wrapper that runs `first` (a line of
+/// Python: the wait before the new binary starts) and then execs a second
+/// copy: what a SIGUSR2 starts is that wrapper.
+fn server_with_slow_successor(dir: &Scratch, mode: &Mode, args: &[&str], first: &str) -> Server {
+    let (copy, real) = (dir.0.join("server"), dir.0.join("server-real"));
+    std::fs::copy(env!("CARGO_BIN_EXE_server"), &copy).unwrap();
+    std::fs::copy(env!("CARGO_BIN_EXE_server"), &real).unwrap();
+    let server = Launch::new(mode, args).program(&copy).start();
+    let wrapper = dir.0.join("wrapper");
+    let script = format!(
+        "#!/usr/bin/python3\nimport os, sys, time\n{first}\nos.execv({real:?}, [{real:?}] + sys.argv[1:])\n",
+        real = real.display().to_string()
+    );
+    std::fs::write(&wrapper, script).unwrap();
+    std::fs::set_permissions(&wrapper, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    std::fs::rename(&wrapper, &copy).unwrap();
+    server
+}
+
 /// A successor signalled from the moment it exists (SIGUSR1 and SIGHUP, as
 /// a `pkill -USR1 server` from logrotate or a `pkill -HUP` would, before
 /// its handlers are in place) is not killed by them: it starts with them
@@ -352,18 +372,7 @@ per_mode!(upgrade => five_upgrades_lose_nothing);
 #[test]
 fn a_successor_signalled_as_it_starts_is_not_killed() {
     let dir = Scratch::new("upgrade-signalled");
-    let (copy, real) = (dir.0.join("server"), dir.0.join("server-real"));
-    std::fs::copy(env!("CARGO_BIN_EXE_server"), &copy).unwrap();
-    std::fs::copy(env!("CARGO_BIN_EXE_server"), &real).unwrap();
-    let server = Launch::new(&EVENT, &[]).program(&copy).start();
-    let slow = dir.0.join("slow");
-    let script = format!(
-        "#!/usr/bin/python3\nimport os, sys, time\ntime.sleep(0.5)\nos.execv({real:?}, [{real:?}] + sys.argv[1:])\n",
-        real = real.display().to_string()
-    );
-    std::fs::write(&slow, script).unwrap();
-    std::fs::set_permissions(&slow, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    std::fs::rename(&slow, &copy).unwrap();
+    let server = server_with_slow_successor(&dir, &EVENT, &[], "time.sleep(0.5)");
     let mut c = server.connect();
     roundtrip(&mut c, b"before").unwrap();
     server.signal(Signal::SIGUSR2);
@@ -406,20 +415,9 @@ fn a_successor_signalled_as_it_starts_is_not_killed() {
 /// so the upgrade is surely in progress while the extra signals arrive.
 fn sigusr2_during_an_upgrade_starts_no_second_one(mode: &Mode) {
     let dir = Scratch::new(&format!("upgrade-twice-{}", mode.name));
-    let (copy, real, gate) = (dir.0.join("server"), dir.0.join("server-real"), dir.0.join("gate"));
-    std::fs::copy(env!("CARGO_BIN_EXE_server"), &copy).unwrap();
-    std::fs::copy(env!("CARGO_BIN_EXE_server"), &real).unwrap();
-    let server = Launch::new(mode, &["--grace", "10"]).program(&copy).start();
-    let gated = dir.0.join("gated");
-    let script = format!(
-        "#!/usr/bin/python3\nimport os, sys, time\nwhile not os.path.exists({gate:?}): time.sleep(0.01)\n\
-         os.execv({real:?}, [{real:?}] + sys.argv[1:])\n",
-        gate = gate.display().to_string(),
-        real = real.display().to_string()
-    );
-    std::fs::write(&gated, script).unwrap();
-    std::fs::set_permissions(&gated, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    std::fs::rename(&gated, &copy).unwrap();
+    let gate = dir.0.join("gate");
+    let wait = format!("while not os.path.exists({:?}): time.sleep(0.01)", gate.display().to_string());
+    let server = server_with_slow_successor(&dir, mode, &["--grace", "10"], &wait);
     let mut c = server.connect();
     roundtrip(&mut c, b"before").unwrap();
     server.signal(Signal::SIGUSR2);
