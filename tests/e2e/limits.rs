@@ -888,3 +888,68 @@ fn thread_stalled_server_does_not_idle_close_active_clients() {
 fn serial_stalled_server_does_not_idle_close_active_clients() {
     stalled_server_does_not_idle_close_active_clients(&SERIAL);
 }
+
+/// The stall the test above can only hit by chance, made to happen: the
+/// fault shim sleeps 3 s inside the loop's wait (`epoll_wait`, or
+/// `io_uring_enter` for uring) once it has returned, so the loop is stalled
+/// after its poll reported what was ready and before it reads its clock.
+/// Client A was served just before; its next bytes arrive during the stall,
+/// well within `--idle-timeout 2`, and the poll that returned did not report
+/// them. They must be echoed: idleness is judged as of a moment before the
+/// poll whose report the loop handled. (Judged with the clock read after
+/// the poll, A looked 3 s idle and was closed: this test failed so in both
+/// modes.)
+fn stall_after_the_poll_does_not_idle_close(mode: &Mode, hook: &str) {
+    let gate = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!(
+        "stall-after-poll-{}-{}",
+        mode.name,
+        std::process::id()
+    ));
+    let _ = std::fs::remove_file(&gate);
+    let spec = format!("{hook}:stall=3000:when=exists:{}", gate.display());
+    let server = Launch::new(mode, &["--idle-timeout", "2"]).faults(&spec).start();
+    let mut a = server.connect();
+    roundtrip(&mut a, b"served before the stall").unwrap_or_else(|e| panic!("{}: {e}", mode.name));
+    let served = Instant::now();
+    // Once every thread sleeps in the wait, the loop has handled all that
+    // serving A made (io_uring's send completion would stamp A afresh).
+    let waiting = format!(": {hook} (");
+    assert!(
+        poll_every(Duration::from_millis(1), Duration::from_secs(5), || {
+            server.where_blocked().split(", ").all(|t| t.contains(&waiting))
+        }),
+        "{}: the loop does not sleep in {hook}: {}",
+        mode.name,
+        server.where_blocked()
+    );
+    std::fs::write(&gate, b"").unwrap();
+    // A second client wakes the loop: its wait returns, and stalls.
+    let _b = server.connect();
+    assert!(
+        poll_every(Duration::from_millis(1), Duration::from_secs(5), || !gate.exists()),
+        "{}: the shim's stall never began\n{}",
+        mode.name,
+        server.log()
+    );
+    a.write_all(b"sent during the stall").unwrap();
+    let sent_after = served.elapsed();
+    assert!(sent_after < Duration::from_secs(1), "{}: the test itself took {sent_after:?} to write", mode.name);
+    read_echo(&mut a, b"sent during the stall").unwrap_or_else(|e| {
+        panic!(
+            "{}: a client that wrote {sent_after:?} after being served (idle timeout 2 s) lost its echo to a 3 s \
+             stall after the poll: {e}\n{}",
+            mode.name,
+            server.log()
+        )
+    });
+}
+
+#[test]
+fn event_stall_after_the_poll_does_not_idle_close() {
+    stall_after_the_poll_does_not_idle_close(&EVENT, "epoll_wait");
+}
+
+#[test]
+fn uring_stall_after_the_poll_does_not_idle_close() {
+    stall_after_the_poll_does_not_idle_close(&URING, "io_uring_enter");
+}

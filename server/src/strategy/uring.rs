@@ -175,7 +175,12 @@ pub(crate) struct UringLoop {
     events: Events,
     ctx: Context,
     epoch: Instant,
+    /// The time this iteration's activity is stamped with (read after
+    /// `io_uring_enter`).
     now_ms: u64,
+    /// The time read before the last `io_uring_enter`, as of which idleness
+    /// is judged (the event loop's rule: see `EventLoop::polled_ms`).
+    polled_ms: u64,
     drain: Drain,
     timers: Deadlines,
     stats: LoopStats,
@@ -217,6 +222,7 @@ impl UringLoop {
             ctx: ctx.clone(),
             epoch: Instant::now(),
             now_ms: 0,
+            polled_ms: 0,
             drain: Drain::new(),
             timers: Deadlines::new(),
             stats: LoopStats { id, ..LoopStats::default() },
@@ -247,6 +253,7 @@ impl UringLoop {
             let idle_in = self.idle.as_ref().and_then(|q| q.next_in(&mut self.conns, now_ms));
             self.timers.set(Timer::Idle, idle_in.map(|ms| now + Duration::from_millis(ms)));
             let timeout = self.poller.timeout(self.timers.earliest(), now);
+            self.polled_ms = now_ms;
             let before = Instant::now();
             self.ring.enter(Some(timeout))?;
             let now = Instant::now();
@@ -569,10 +576,11 @@ impl UringLoop {
         Ok(())
     }
 
-    /// Closes connections idle for the timeout as of `now_ms` (the event
-    /// loop's rule: the stamp of this iteration, not a fresh clock).
+    /// Closes connections idle for the timeout as of `polled_ms` (the event
+    /// loop's rule: a moment before the wait whose completions were handled,
+    /// not the stamp read after it, nor a fresh clock).
     fn expire_idle(&mut self) {
-        let now = self.now_ms;
+        let now = self.polled_ms;
         while let Some(key) = self.idle.as_ref().and_then(|q| q.expired(&mut self.conns, now)) {
             log::debug!("connection {key}: idle timeout");
             self.stats.idle_closed += 1;

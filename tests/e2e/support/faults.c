@@ -35,6 +35,19 @@
  *   pthread_create          return ERRNO as the result (errno untouched)
  *   epoll_ctl_add           epoll_ctl(epfd, EPOLL_CTL_ADD, ...) only
  *
+ *
+ * Stalls: for epoll_wait and io_uring_enter the second field is stall=MS
+ * instead of an errno. The real call is made, and a call the rule picks
+ * (judged when it returns) then sleeps MS milliseconds before returning its
+ * result: the process is stalled after the wait reported what was ready and
+ * before the server reads its clock. With when=exists:PATH the stall
+ * removes PATH as it begins, so a test sees that it began (and it happens
+ * once).
+ *   epoll_wait              the libc function (mio calls it)
+ *   io_uring_enter          syscall(SYS_io_uring_enter, ...) (the io-uring
+ *                           crate calls syscall(2)); every other syscall(2)
+ *                           goes straight to the real one
+ *
  * The spec is parsed once, in a constructor, before main; a bad spec
  * prints why on stderr and exits 127. The hooks themselves only read the
  * parsed rules and bump atomic counters: no malloc, no lock, so they are
@@ -47,25 +60,48 @@
 #include <netinet/tcp.h>
 #include <poll.h>
 #include <pthread.h>
+#include <stdarg.h>
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
 #include <sys/types.h>
+#include <time.h>
 #include <unistd.h>
 
-enum hook { H_ACCEPT4, H_ACCEPT, H_SETSOCKOPT_NODELAY, H_FORK, H_PTHREAD_CREATE, H_EPOLL_CTL_ADD, H_COUNT };
+#ifndef SYS_io_uring_enter
+#define SYS_io_uring_enter 426
+#endif
+
+enum hook {
+    H_ACCEPT4,
+    H_ACCEPT,
+    H_SETSOCKOPT_NODELAY,
+    H_FORK,
+    H_PTHREAD_CREATE,
+    H_EPOLL_CTL_ADD,
+    H_EPOLL_WAIT,
+    H_IO_URING_ENTER,
+    H_COUNT
+};
 
 static const char *const hook_names[H_COUNT] = {
-    "accept4", "accept", "setsockopt_nodelay", "fork", "pthread_create", "epoll_ctl_add",
+    "accept4", "accept", "setsockopt_nodelay", "fork", "pthread_create", "epoll_ctl_add", "epoll_wait", "io_uring_enter",
 };
+
+/* Whether hook h stalls (stall=MS) rather than failing with an errno. */
+static int stalls(int h) {
+    return h == H_EPOLL_WAIT || h == H_IO_URING_ENTER;
+}
 
 enum when { W_ALWAYS, W_PENDING, W_CONNECTED, W_EXISTS };
 
 struct rule {
     int active;
     int err;
+    unsigned long stall_ms;
     unsigned long first, every, count;
     enum when when;
     char path[256];
@@ -93,6 +129,8 @@ static int (*real_setsockopt)(int, int, int, const void *, socklen_t);
 static pid_t (*real_fork)(void);
 static int (*real_pthread_create)(pthread_t *, const pthread_attr_t *, void *(*)(void *), void *);
 static int (*real_epoll_ctl)(int, int, int, struct epoll_event *);
+static int (*real_epoll_wait)(int, struct epoll_event *, int, int);
+static long (*real_syscall)(long, ...);
 
 static void say(const char *s) {
     ssize_t r = write(2, s, strlen(s));
@@ -130,7 +168,7 @@ static int parse_number(const char *s, size_t len, unsigned long *out) {
 /* One rule: [rule, rule+len). */
 static void parse_rule(const char *rule, size_t len) {
     const char *field = rule, *end = rule + len;
-    struct rule r = {1, 0, 1, 0, 1, W_ALWAYS, {0}};
+    struct rule r = {1, 0, 0, 1, 0, 1, W_ALWAYS, {0}};
     int hook = -1;
     for (int n = 0; field <= end; n++) {
         const char *colon = memchr(field, ':', (size_t)(end - field));
@@ -142,6 +180,10 @@ static void parse_rule(const char *rule, size_t len) {
                     hook = h;
             if (hook < 0)
                 die("unknown function", rule, len);
+        } else if (n == 1 && stalls(hook)) {
+            if (flen <= 6 || memcmp(field, "stall=", 6) != 0 || !parse_number(field + 6, flen - 6, &r.stall_ms) ||
+                r.stall_ms == 0)
+                die("epoll_wait and io_uring_enter take stall=MS (MS >= 1), not an errno", rule, len);
         } else if (n == 1) {
             for (size_t e = 0; e < sizeof errnos / sizeof errnos[0]; e++)
                 if (is(field, flen, errnos[e].name))
@@ -184,7 +226,7 @@ static void parse_rule(const char *rule, size_t len) {
             break;
         field = colon + 1;
     }
-    if (r.err == 0)
+    if (r.err == 0 && r.stall_ms == 0)
         die("no errno", rule, len);
     if (rules[hook].active)
         die("a second rule for the same function", rule, len);
@@ -199,7 +241,10 @@ __attribute__((constructor)) static void faults_init(void) {
     real_pthread_create =
         (int (*)(pthread_t *, const pthread_attr_t *, void *(*)(void *), void *))dlsym(RTLD_NEXT, "pthread_create");
     real_epoll_ctl = (int (*)(int, int, int, struct epoll_event *))dlsym(RTLD_NEXT, "epoll_ctl");
-    if (!real_accept4 || !real_accept || !real_setsockopt || !real_fork || !real_pthread_create || !real_epoll_ctl) {
+    real_epoll_wait = (int (*)(int, struct epoll_event *, int, int))dlsym(RTLD_NEXT, "epoll_wait");
+    real_syscall = (long (*)(long, ...))dlsym(RTLD_NEXT, "syscall");
+    if (!real_accept4 || !real_accept || !real_setsockopt || !real_fork || !real_pthread_create || !real_epoll_ctl ||
+        !real_epoll_wait || !real_syscall) {
         say("faults.so: dlsym(RTLD_NEXT) did not find every real function\n");
         _exit(127);
     }
@@ -245,8 +290,8 @@ static int counts(enum hook h, int fd) {
     }
 }
 
-/* The errno this call of hook h (on fd, or -1) must fail with, or 0. */
-static int injected_on(enum hook h, int fd) {
+/* Whether the rule of hook h picks this call (on fd, or -1). */
+static int picked(enum hook h, int fd) {
     const struct rule *r = &rules[h];
     if (!r->active || !counts(h, fd))
         return 0;
@@ -263,7 +308,12 @@ static int injected_on(enum hook h, int fd) {
             return 0;
         index = k / r->every;
     }
-    return index < r->count ? r->err : 0;
+    return index < r->count;
+}
+
+/* The errno this call of hook h (on fd, or -1) must fail with, or 0. */
+static int injected_on(enum hook h, int fd) {
+    return picked(h, fd) ? rules[h].err : 0;
 }
 
 static int injected(enum hook h) {
@@ -324,4 +374,38 @@ int epoll_ctl(int epfd, int op, int fd, struct epoll_event *event) {
         }
     }
     return real_epoll_ctl(epfd, op, fd, event);
+}
+
+/* Sleeps the stall of hook h if its rule picks this call; errno kept. */
+static void stall_if_picked(enum hook h) {
+    int saved = errno;
+    if (picked(h, -1)) {
+        const struct rule *r = &rules[h];
+        if (r->when == W_EXISTS)
+            unlink(r->path);
+        struct timespec left = {(time_t)(r->stall_ms / 1000), (long)(r->stall_ms % 1000) * 1000000L};
+        while (nanosleep(&left, &left) == -1 && errno == EINTR)
+            ;
+    }
+    errno = saved;
+}
+
+int epoll_wait(int epfd, struct epoll_event *events, int maxevents, int timeout) {
+    int n = real_epoll_wait(epfd, events, maxevents, timeout);
+    stall_if_picked(H_EPOLL_WAIT);
+    return n;
+}
+
+/* syscall(2) takes at most six arguments after the number; reading six
+ * from the va_list is what glibc's own syscall() does. */
+long syscall(long number, ...) {
+    va_list ap;
+    va_start(ap, number);
+    long a1 = va_arg(ap, long), a2 = va_arg(ap, long), a3 = va_arg(ap, long);
+    long a4 = va_arg(ap, long), a5 = va_arg(ap, long), a6 = va_arg(ap, long);
+    va_end(ap);
+    long result = real_syscall(number, a1, a2, a3, a4, a5, a6);
+    if (number == SYS_io_uring_enter)
+        stall_if_picked(H_IO_URING_ENTER);
+    return result;
 }

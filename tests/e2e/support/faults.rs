@@ -1,8 +1,9 @@
 //! Syscall faults injected into a server: `faults.c`, beside this file, is
 //! an `LD_PRELOAD` shim that makes chosen calls of `accept4`, `accept`,
 //! `setsockopt(TCP_NODELAY)`, `fork`, `pthread_create` and
-//! `epoll_ctl(EPOLL_CTL_ADD)` fail with a chosen errno (the spec format is
-//! in its header). The server is a Rust binary linked dynamically with
+//! `epoll_ctl(EPOLL_CTL_ADD)` fail with a chosen errno, or stall a server
+//! for a while inside `epoll_wait` or `io_uring_enter` once the call has
+//! returned (the spec format is in its header). The server is a Rust binary linked dynamically with
 //! glibc, and std, mio and nix call these libc symbols, so the shim's
 //! definitions take their place.
 //!
@@ -11,8 +12,9 @@
 //! test binary (`cc`, bounded in time) into `CARGO_TARGET_TMPDIR`, under a
 //! name that hashes its source and flags, so later runs reuse it.
 //!
-//! io_uring cannot be failed that way (the io-uring crate makes its calls
-//! through `syscall(2)`, and a ring's accepts happen in the kernel):
+//! io_uring cannot be failed that way (a ring's accepts happen in the
+//! kernel; the shim only stalls the crate's `syscall(2)` of
+//! `io_uring_enter`):
 //! `no_uring.c` runs the server under a seccomp filter that denies
 //! io_uring_setup(2) instead, as a container runtime's default profile does
 //! ([`no_uring`], `Launch::deny_io_uring`).

@@ -255,6 +255,7 @@ fn syscall_name(nr: &str) -> String {
         (true, "232") => "epoll_wait",
         (true, "281") => "epoll_pwait",
         (true, "288") => "accept4",
+        (true, "426") => "io_uring_enter",
         (true, "441") => "epoll_pwait2",
         (_, "running") => "running",
         _ => return format!("syscall {nr}"),

@@ -140,7 +140,15 @@ pub(crate) struct EventLoop {
     tasks_started: u64,
     ctx: Context,
     epoch: Instant,
+    /// The time this iteration's activity is stamped with: read after the
+    /// poll, so a stall before it only makes connections look younger.
     now_ms: u64,
+    /// The time read before the last poll. Idleness is judged as of this
+    /// moment: whatever arrived before it was reported by that poll and has
+    /// been handled. A clock read after the poll could be later than its
+    /// report by any stall (a stop, a deschedule) and close a connection
+    /// whose bytes wait unreported.
+    polled_ms: u64,
     drain: Drain,
     timers: Deadlines,
     stats: LoopStats,
@@ -170,6 +178,7 @@ impl EventLoop {
             ctx: ctx.clone(),
             epoch: Instant::now(),
             now_ms: 0,
+            polled_ms: 0,
             drain: Drain::new(),
             timers: Deadlines::new(),
             stats: LoopStats { id, ..LoopStats::default() },
@@ -198,6 +207,7 @@ impl EventLoop {
             let now_ms = self.ms_since_epoch(now);
             let idle_in = self.idle.as_ref().and_then(|q| q.next_in(&mut self.conns, now_ms));
             self.timers.set(Timer::Idle, idle_in.map(|ms| now + std::time::Duration::from_millis(ms)));
+            self.polled_ms = now_ms;
             self.acceptor.wait(&mut events, &mut self.timers)?;
             let now = Instant::now();
             self.now_ms = self.ms_since_epoch(now);
@@ -391,12 +401,15 @@ impl EventLoop {
         self.acceptor.budget_used();
     }
 
-    /// Closes connections idle for the timeout as of `now_ms`, the time
-    /// this iteration's activity was stamped with. Not a fresh clock: a
-    /// process stalled (stopped, descheduled) between the poll and here
-    /// would otherwise close connections it just served.
+    /// Closes connections idle for the timeout as of `polled_ms`, a moment
+    /// before the poll whose events this iteration handled. Not the stamp
+    /// read after the poll, nor a fresh clock: a process stalled (stopped,
+    /// descheduled) after the poll returned would otherwise close a
+    /// connection whose bytes arrived during the stall, unreported. A
+    /// timeout that falls due during a poll is acted on one (non-sleeping)
+    /// poll later.
     fn expire_idle(&mut self) {
-        let now = self.now_ms;
+        let now = self.polled_ms;
         while let Some(key) = self.idle.as_ref().and_then(|q| q.expired(&mut self.conns, now)) {
             log::debug!("connection {key}: idle timeout");
             self.stats.idle_closed += 1;
