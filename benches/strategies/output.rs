@@ -26,13 +26,19 @@ pub struct Machine {
     pub uncommitted: Vec<String>,
 }
 
-fn cmd(prog: &str, args: &[&str]) -> String {
+/// What `prog args` printed, untrimmed (empty if it could not run).
+fn output_of(prog: &str, args: &[&str]) -> String {
     Command::new(prog)
         .args(args)
         .output()
         .ok()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
         .unwrap_or_default()
+}
+
+/// [`output_of`], trimmed: for one-line answers.
+fn cmd(prog: &str, args: &[&str]) -> String {
+    output_of(prog, args).trim().to_string()
 }
 
 impl Machine {
@@ -59,7 +65,8 @@ impl Machine {
         let root = crate::workspace_root();
         let root = root.to_str().unwrap_or(".");
         let commit = cmd("git", &["-C", root, "rev-parse", "--short", "HEAD"]);
-        let uncommitted = cmd("git", &["-C", root, "status", "--porcelain"])
+        // Each line is `XY PATH`; X may be a space, so the output is not trimmed.
+        let uncommitted = output_of("git", &["-C", root, "status", "--porcelain"])
             .lines()
             .map(|l| l.get(3..).unwrap_or(l).to_string())
             .filter(|path| !path.starts_with("docs/"))

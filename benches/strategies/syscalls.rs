@@ -69,26 +69,42 @@ impl Drop for Tracer {
     }
 }
 
+/// An `strace -c -f` of every process of `root`'s tree, once each has its
+/// tracer. `-f` follows what is forked after the attach; a process forked
+/// between the listing of the tree and the attach (a prefork master forks
+/// its workers once it listens) would be traced by nobody, so the tree is
+/// listed again once attached, and the attach made again if it grew.
+fn attach(root: u32, out: &Path) -> Result<Tracer, String> {
+    for _ in 0..5 {
+        let pids = procfs::tree_pids(root);
+        let mut cmd = Command::new("strace");
+        cmd.args(["-c", "-f", "-q", "-o"]).arg(out);
+        for pid in &pids {
+            cmd.arg("-p").arg(pid.to_string());
+        }
+        let tracer =
+            Tracer(cmd.stdout(Stdio::null()).stderr(Stdio::null()).spawn().map_err(|e| format!("strace: {e}"))?);
+        // Attached once every process listed has a tracer (bounded).
+        let t0 = Instant::now();
+        while !pids.iter().all(|&pid| procfs::traced(pid)) {
+            if t0.elapsed() > Duration::from_secs(10) {
+                return Err("strace did not attach within 10 s".into());
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        if procfs::tree_pids(root).iter().all(|&pid| procfs::traced(pid)) {
+            return Ok(tracer);
+        }
+    }
+    Err("the server's process tree kept changing while strace attached (5 tries)".into())
+}
+
 fn try_measure(p: &Programs, spec: &'static ModeSpec, r: &mut SyscallRow, secs: f64) -> Result<(), String> {
     let server = p.start(spec, &[])?;
     let killer = server.killer();
     let _watchdog = killer.arm(Duration::from_secs_f64(secs) + Duration::from_secs(60));
     let out = p.logs.join(format!("{}-{}-strace.txt", spec.name, r.conns));
-    let pids = procfs::tree_pids(server.pid);
-    let mut cmd = Command::new("strace");
-    cmd.args(["-c", "-f", "-q", "-o"]).arg(&out);
-    for pid in &pids {
-        cmd.arg("-p").arg(pid.to_string());
-    }
-    let tracer = Tracer(cmd.stdout(Stdio::null()).stderr(Stdio::null()).spawn().map_err(|e| format!("strace: {e}"))?);
-    // Attached once every process of the tree has a tracer (bounded).
-    let t0 = Instant::now();
-    while !pids.iter().all(|&pid| procfs::traced(pid)) {
-        if t0.elapsed() > Duration::from_secs(10) {
-            return Err("strace did not attach within 10 s".into());
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    let tracer = attach(server.pid, &out)?;
     let cfg = ClientConfig {
         timeout: Duration::from_secs(10),
         ..crate::closed_loop(server.addr, r.conns, r.size, Duration::from_secs_f64(secs), Duration::ZERO)
