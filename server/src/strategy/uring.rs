@@ -73,8 +73,9 @@ use crate::sys::uring::{self, Completion, Kind, Uring};
 
 /// Submission queue entries per ring (completions: four times as many).
 const ENTRIES: u32 = 1024;
-/// Provided buffers per ring (of `sys::uring::BUF_SIZE` bytes each).
-const BUFFERS: u16 = 1024;
+/// Bytes of provided buffers per ring: 256 of 64 KiB where the kernel
+/// consumes them incrementally, else 1,024 of 16 KiB.
+const BUFFER_MEMORY: usize = 16 << 20;
 
 /// Poll tags: the poller's epoll fd, and the listener (when accepting the
 /// event loop's way).
@@ -198,7 +199,12 @@ impl UringLoop {
         rings: usize,
     ) -> io::Result<UringLoop> {
         listener.set_nonblocking(true)?;
-        let mut ring = Uring::new(ENTRIES, BUFFERS)?;
+        let mut ring = Uring::new(ENTRIES, BUFFER_MEMORY)?;
+        log::debug!(
+            "ring {id}: {} KiB of provided buffers, {}",
+            BUFFER_MEMORY >> 10,
+            if ring.incremental() { "consumed incrementally (64 KiB each)" } else { "whole (16 KiB each)" }
+        );
         ring.poll_readable(poller.as_fd().as_raw_fd(), true, POLLER)?;
         ctx.admission.wake_on_room(poller.waker());
         Ok(UringLoop {
