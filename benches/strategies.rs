@@ -83,6 +83,9 @@ pub(crate) enum Kind {
     Tokio(&'static str),
     /// The C epoll baseline.
     C,
+    /// A Python program (`python3 SCRIPT ADDR`, the path from the
+    /// workspace root): measured one connection per message only.
+    Python(&'static str),
 }
 
 /// One server configuration under test.
@@ -104,7 +107,15 @@ const fn mode(name: &'static str, kind: Kind, max_clients: Option<usize>, why: &
     ModeSpec { name, kind, max_clients, why, idle }
 }
 
-use Kind::{Switchyard as S, Tokio, C};
+impl ModeSpec {
+    /// Measured in the one-connection-per-message section only (the
+    /// tutorial's Python server, for the fork target).
+    pub(crate) fn reconnect_only(&self) -> bool {
+        matches!(self.kind, Kind::Python(_))
+    }
+}
+
+use Kind::{Python, Switchyard as S, Tokio, C};
 
 /// Every mode, one line each. Prefork entries are probed first and skipped if the server lacks them.
 #[rustfmt::skip]
@@ -130,6 +141,8 @@ pub(crate) const MODES: &[ModeSpec] = &[
     mode("tokio-ct", Tokio("current_thread"), None, "", true),
     mode("tokio-mt", Tokio("multi_thread"), None, "", true),
     mode("c-epoll", C, None, "", true),
+    // The tutorial's process-per-connection server, beside fork.
+    mode("python-fork", Python("benches/python/fork_echo.py"), None, "", false),
 ];
 
 /// The baselines every figure is compared with.
@@ -411,6 +424,9 @@ impl Programs {
                 (self.me.clone(), vec![tokio_echo::SERVE_FLAG.to_string(), flavor.to_string(), listen])
             }
             Kind::C => (self.c.clone().ok_or("the C baseline did not compile")?, vec![listen]),
+            Kind::Python(script) => {
+                (PathBuf::from("python3"), vec![workspace_root().join(script).to_string_lossy().into_owned(), listen])
+            }
         })
     }
 
@@ -423,8 +439,13 @@ impl Programs {
 
 /// Compiles the C baseline with `cc -O2`.
 fn compile_c(out: &Path) -> Result<PathBuf, String> {
-    let src = workspace_root().join("benches/c/epoll_echo.c");
-    let exe = out.join("epoll_echo");
+    compile("epoll_echo", out)
+}
+
+/// Compiles `benches/c/NAME.c` with `cc -O2` into `out/NAME`.
+fn compile(name: &str, out: &Path) -> Result<PathBuf, String> {
+    let src = workspace_root().join(format!("benches/c/{name}.c"));
+    let exe = out.join(name);
     let st =
         Command::new("cc").args(["-O2", "-Wall", "-o"]).arg(&exe).arg(&src).status().map_err(|e| format!("cc: {e}"))?;
     if !st.success() {
@@ -625,6 +646,9 @@ pub(crate) struct Results {
     pub(crate) examples: examples::ExampleResults,
     pub(crate) syscalls: Vec<syscalls::SyscallRow>,
     pub(crate) balance: Vec<balance::BalanceRow>,
+    /// What a bare fork + `_exit` + `waitpid` costs here (`benches/c/fork_floor.c`),
+    /// µs of CPU: the median of three runs.
+    pub(crate) fork_floor_us: Option<f64>,
     pub(crate) started: String,
     /// The load averages when the run ended.
     pub(crate) load_end: String,
@@ -637,6 +661,32 @@ impl Results {
     pub(crate) fn find(&self, mode: &str, section: &Section, conns: usize, size: usize) -> Option<&Row> {
         self.rows.iter().find(|r| r.mode == mode && &r.section == section && r.conns == conns && r.size == size)
     }
+}
+
+/// The median CPU µs per fork + `_exit` + `waitpid` of three runs of
+/// `benches/c/fork_floor.c` with `forks` each (None, with a warning, if it
+/// cannot be built or run).
+fn fork_floor(out: &Path, forks: u32) -> Option<f64> {
+    let exe = compile("fork_floor", out).map_err(|e| eprintln!("warning: {e}")).ok()?;
+    let mut runs = Vec::new();
+    for _ in 0..3 {
+        let o = Command::new(&exe).arg(forks.to_string()).output().ok()?;
+        let line = String::from_utf8_lossy(&o.stdout).into_owned();
+        // "fork_floor: N forks, X us of CPU each (...), Y us wall each"
+        let x = line.split(", ").nth(1).and_then(|f| f.split_whitespace().next()).and_then(|x| x.parse::<f64>().ok());
+        match x {
+            Some(x) if o.status.success() => runs.push(x),
+            _ => {
+                eprintln!("warning: fork_floor: {}{}", line.trim(), String::from_utf8_lossy(&o.stderr).trim());
+                return None;
+            }
+        }
+    }
+    let m = median(runs);
+    eprintln!(
+        "  fork floor (benches/c/fork_floor.c, {forks} forks, 3 runs): {m:.1} µs of CPU per fork + _exit + waitpid"
+    );
+    Some(m)
 }
 
 /// Connections used by the fixed-rate, reconnect and work runs of `spec`.
@@ -730,6 +780,7 @@ fn run_all(opts: Opts) -> Result<bool, String> {
     }
     let mut rows = Vec::new();
     let mut idle_results = Vec::new();
+    let mut fork_floor_us = None;
     let only = opts.idle_only || opts.floor_only || opts.examples_only || opts.syscalls_only || opts.balance_only;
     if !only {
         eprintln!("closed loop ({} repeats of {:?} + {:?} warm-up):", opts.repeats, opts.duration, opts.warmup);
@@ -738,7 +789,7 @@ fn run_all(opts: Opts) -> Result<bool, String> {
                 if !opts.wants_cell(conns, size) {
                     continue;
                 }
-                for spec in &modes {
+                for spec in modes.iter().filter(|s| !s.reconnect_only()) {
                     if spec.max_clients.is_some_and(|m| conns > m) {
                         rows.push(na_row(spec, Section::Closed, conns, size, spec.why.to_string()));
                         continue;
@@ -749,7 +800,7 @@ fn run_all(opts: Opts) -> Result<bool, String> {
             }
         }
         eprintln!("fixed rate at 50% of each mode's closed-loop peak (64 B):");
-        for spec in &modes {
+        for spec in modes.iter().filter(|s| !s.reconnect_only()) {
             let conns = small_conns(spec);
             let peak = rows
                 .iter()
@@ -770,6 +821,9 @@ fn run_all(opts: Opts) -> Result<bool, String> {
         for spec in &modes {
             let r = Run { spec, conns: small_conns(spec), size: 64, rate: None, reconnect: true, work: None };
             rows.push(run_row(&p, &opts, &r, Section::Reconnect));
+        }
+        if modes.iter().any(|m| m.name == "fork") {
+            fork_floor_us = fork_floor(&opts.out, if opts.quick { 200 } else { 2000 });
         }
         eprintln!("work profiles (4 KiB messages):");
         for spec in &modes {
@@ -827,7 +881,7 @@ fn run_all(opts: Opts) -> Result<bool, String> {
             let (cells, secs): (&[usize], f64) = if opts.quick { (&[100], 0.3) } else { (&[100, 1000], 1.0) };
             eprintln!("syscalls per message (strace -c -f, 64 B, closed loop, {secs} s):");
             for &conns in cells {
-                for spec in modes.iter().filter(|s| s.max_clients.is_none_or(|m| conns <= m)) {
+                for spec in modes.iter().filter(|s| s.max_clients.is_none_or(|m| conns <= m) && !s.reconnect_only()) {
                     let r = syscalls::measure(&p, spec, conns, 64, secs);
                     match &r.failure {
                         Some(f) => eprintln!("  {:<15} {conns:>5} conns: FAILED: {f}", spec.name),
@@ -868,6 +922,7 @@ fn run_all(opts: Opts) -> Result<bool, String> {
         floor: floor_rows,
         syscalls: syscall_rows,
         balance: balance_rows,
+        fork_floor_us,
         load_end: output::Machine::describe().load,
         started,
         elapsed: t0.elapsed(),

@@ -283,7 +283,7 @@ pub fn markdown(res: &Results) -> String {
                 conns.iter().map(|c| format!("{c} conns")).collect::<Vec<_>>().join(" | ")
             );
             let _ = writeln!(s, "|---|{}", "---:|".repeat(conns.len()));
-            for m in &res.modes {
+            for m in res.modes.iter().filter(|m| !m.reconnect_only()) {
                 let cells: Vec<String> = conns
                     .iter()
                     .map(|&c| match res.find(m.name, &Section::Closed, c, size) {
@@ -587,17 +587,41 @@ fn uring_markdown(res: &Results, s: &mut String) {
             }
         }
     }
-    if let Some(r) = res.rows.iter().find(|r| r.mode == "fork" && r.section == Section::Reconnect) {
-        if r.median.failure.is_none() && r.na.is_none() {
-            let x = r.median.server_cpu_us_per_msg;
-            lines.push(format!(
-                "- fork: at most 150 µs of server CPU per connection with `--reconnect` — measured {}: {}; at least \
-                 10× the Python process-per-connection server's connections per second — not measured here (the \
-                 harness has no Python server).",
-                us(x),
-                verdict(x <= 150.0)
-            ));
-        }
+    let reconnect = |mode: &str| {
+        res.rows
+            .iter()
+            .find(|r| r.mode == mode && r.section == Section::Reconnect)
+            .filter(|r| r.median.failure.is_none() && r.na.is_none())
+    };
+    if let Some(r) = reconnect("fork") {
+        let x = r.median.server_cpu_us_per_msg;
+        let python = match reconnect("python-fork") {
+            Some(py) => {
+                let k = r.median.msgs_per_sec / py.median.msgs_per_sec;
+                format!(
+                    "measured {k:.1}× ({} against {} connections per second of `benches/python/fork_echo.py`, the \
+                     same number of client connections): {}",
+                    num(r.median.msgs_per_sec),
+                    num(py.median.msgs_per_sec),
+                    verdict(k >= 10.0)
+                )
+            }
+            None => "not measured in this run (no python-fork row)".to_string(),
+        };
+        let floor = match res.fork_floor_us {
+            Some(f) => format!(
+                " (on this machine a bare fork + `_exit` + `waitpid` of a C program, `benches/c/fork_floor.c`, \
+                 costs {} µs of CPU: the floor of any process per connection here)",
+                us(f)
+            ),
+            None => String::new(),
+        };
+        lines.push(format!(
+            "- fork: at most 150 µs of server CPU per connection with `--reconnect` — measured {} µs: {}{floor}; at \
+             least 10× the Python process-per-connection server's connections per second — {python}.",
+            us(x),
+            verdict(x <= 150.0)
+        ));
     }
     if lines.is_empty() {
         return;
@@ -985,6 +1009,7 @@ fn results_json(res: &Results) -> Value {
         "syscalls": res.syscalls.iter().map(|r| json!({"mode": r.mode, "conns": r.conns, "size": r.size, "messages": r.messages, "calls": r.calls, "per_msg": r.per_msg(), "failure": r.failure})).collect::<Vec<_>>(),
         "balance": res.balance.iter().map(|r| json!({"listener": r.listener, "threads": r.threads, "conns": r.conns, "per_worker": r.per_worker, "secs": r.secs, "failure": r.failure})).collect::<Vec<_>>(),
         "modes": res.modes.iter().map(|m| m.name).collect::<Vec<_>>(),
+        "fork_floor_us": res.fork_floor_us,
         "unavailable": res.unavailable.iter().map(|(n, w)| json!({"mode": n, "why": w})).collect::<Vec<_>>(),
         "rows": rows,
         "idle": idle,
