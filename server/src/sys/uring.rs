@@ -772,6 +772,25 @@ mod tests {
         assert_eq!((bufs.tail, bufs.free), (6, 3));
     }
 
+    /// Whole buffers, as a kernel without incremental consumption hands them
+    /// out: each completion is one piece of its own buffer, done at once, and
+    /// the buffer goes back with its piece.
+    #[test]
+    fn whole_buffers_go_back_with_their_one_piece() {
+        let mut bufs = BufRing::map(64 * BUF_SIZE_WHOLE).unwrap();
+        bufs.fill(BUF_SIZE_WHOLE, false);
+        assert_eq!((bufs.count, bufs.size, bufs.free, bufs.spare.len()), (64, BUF_SIZE_WHOLE, 16, 48));
+        let a = bufs.take(0, BUF_SIZE_WHOLE as u32, true);
+        let b = bufs.take(1, 10, true);
+        assert_eq!((a.off, b.off, bufs.free), (0, 0, 16), "each replaced from the spares at once");
+        assert_eq!(last_published(&bufs), 17);
+        bufs.release(b.id);
+        assert_eq!((bufs.free, last_published(&bufs)), (16, 17), "the kernel holds its target: buffer 1 is spare");
+        bufs.release(a.id);
+        let _c = bufs.take(2, 1, true);
+        assert_eq!(last_published(&bufs), 0, "the one back last goes first");
+    }
+
     /// The buffer of the ring's last published entry.
     fn last_published(bufs: &BufRing) -> u16 {
         let slot = (bufs.tail.wrapping_sub(1) & (bufs.count - 1)) as usize;
