@@ -437,11 +437,6 @@ impl Programs {
     }
 }
 
-/// Compiles the C baseline with `cc -O2`.
-fn compile_c(out: &Path) -> Result<PathBuf, String> {
-    compile("epoll_echo", out)
-}
-
 /// Compiles `benches/c/NAME.c` with `cc -O2` into `out/NAME`.
 fn compile(name: &str, out: &Path) -> Result<PathBuf, String> {
     let src = workspace_root().join(format!("benches/c/{name}.c"));
@@ -747,7 +742,7 @@ fn run_all(opts: Opts) -> Result<bool, String> {
     let _ = std::fs::remove_dir_all(&logs);
     std::fs::create_dir_all(&logs).map_err(|e| e.to_string())?;
     idle::raise_nofile();
-    let c = match compile_c(&opts.out) {
+    let c = match compile("epoll_echo", &opts.out) {
         Ok(c) => Some(c),
         Err(e) => {
             eprintln!("warning: {e}");

@@ -4,8 +4,9 @@
 //! trick for equal timeouts): touching a connection moves it to the tail in
 //! O(1), the head is the next to expire, and nothing scans all connections.
 //!
-//! Times are milliseconds since the loop started (`u64`), taken once per
-//! poll wake-up.
+//! Times are milliseconds since the loop started (`u64`). The loops stamp
+//! activity with the clock read after each poll and judge idleness as of
+//! the clock read before it (`EventLoop::polled_ms`).
 //!
 //! Callers: the event loop (`strategy::event`) and the io_uring loop
 //! (`strategy::uring`), which put [`IdleQueue::next_in`] in their deadline

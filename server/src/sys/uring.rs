@@ -640,17 +640,16 @@ impl BufRing {
         let s = &mut self.state[id as usize];
         s.pieces = s.pieces.checked_sub(1).expect("a piece given back twice");
         self.give_back_if_unused(id);
+        self.top_up();
     }
 
     /// Makes buffer `id` spare once the kernel is done with it and no piece
-    /// of it is out (and gives it to the kernel at once if it holds fewer
-    /// than its target).
+    /// of it is out (its callers then [`BufRing::top_up`]).
     fn give_back_if_unused(&mut self, id: u16) {
         let s = self.state[id as usize];
         if s.kernel_done && s.pieces == 0 {
             self.state[id as usize] = BufState::default();
             self.spare.push(id);
-            self.top_up();
         }
     }
 
