@@ -953,3 +953,115 @@ fn event_stall_after_the_poll_does_not_idle_close() {
 fn uring_stall_after_the_poll_does_not_idle_close() {
     stall_after_the_poll_does_not_idle_close(&URING, "io_uring_enter");
 }
+
+/// Clients whose handshake the kernel completed while the loop was not
+/// looking (they wait in the listener's queue, their requests sent) when a
+/// graceful stop comes: closing the listener would reset them, so the
+/// server takes them from the queue first and serves them like every other
+/// connection of the drain. The stop wakes the loop's wait (`hook`, in the
+/// thread named `thread*`), which the fault shim stalls for 2 s; the
+/// clients connect and write within that stall, so the loop learns of the
+/// stop before it sees them. (Before the fix, every mode closed the
+/// listener at once and every one of these clients read a reset: this test
+/// failed so in each mode it runs in. Serial is not among them: it holds one
+/// connection at a time, so its queue beyond the one it takes is reset as
+/// before.)
+fn stop_serves_the_connections_queued_in_the_backlog(mode: &Mode, hook: &str, thread: &str, flags: &[&str]) {
+    const CLIENTS: usize = 5;
+    let gate = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!(
+        "stop-with-backlog-{}-{}",
+        mode.name,
+        std::process::id()
+    ));
+    let _ = std::fs::remove_file(&gate);
+    let only = if thread.is_empty() { String::new() } else { format!(":thread={thread}") };
+    let spec = format!("{hook}:stall=2000{only}:when=exists:{}", gate.display());
+    let mut server = Launch::new(mode, &[&["--grace", "10"], flags].concat()).faults(&spec).start();
+    // Asleep: every thread in the wait, or (a pool's workers) on a futex.
+    let waiting = format!(": {hook} (");
+    assert!(
+        poll_every(Duration::from_millis(1), Duration::from_secs(5), || {
+            server.where_blocked().split(", ").all(|t| t.contains(&waiting) || t.contains(": futex ("))
+        }),
+        "{}: the server does not sleep in {hook}: {}",
+        mode.name,
+        server.where_blocked()
+    );
+    std::fs::write(&gate, b"").unwrap();
+    // The stop wakes the wait, which stalls.
+    server.signal(nix::sys::signal::Signal::SIGTERM);
+    assert!(
+        poll_every(Duration::from_millis(1), Duration::from_secs(5), || !gate.exists()),
+        "{}: the shim's stall never began\n{}",
+        mode.name,
+        server.log()
+    );
+    let stalled = Instant::now();
+    let mut clients: Vec<TcpStream> = (0..CLIENTS)
+        .map(|i| {
+            let mut c = server.connect();
+            c.write_all(format!("queued client {i}").as_bytes()).unwrap();
+            c
+        })
+        .collect();
+    let queued_in = stalled.elapsed();
+    assert!(
+        queued_in < Duration::from_secs(1),
+        "{}: the clients took {queued_in:?} to connect and write, too close to the 2 s stall's end to be queued",
+        mode.name
+    );
+    let mut failures = Vec::new();
+    for (i, c) in clients.iter_mut().enumerate() {
+        if let Err(e) = read_echo(c, format!("queued client {i}").as_bytes()) {
+            failures.push(format!("client {i}: {e}"));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{}: clients in the listener's queue when the stop came lost their request: {failures:?}\n{}",
+        mode.name,
+        server.log()
+    );
+    assert!(connection_refused(server.addr), "{}: the listener is still open during the drain", mode.name);
+    for c in &mut clients {
+        close_cleanly(c).unwrap();
+    }
+    let status = server.wait_exit(Duration::from_secs(10));
+    assert!(status.is_some_and(|s| s.success()), "{}: the drain ended with {status:?}\n{}", mode.name, server.log());
+}
+
+#[test]
+fn event_stop_serves_the_connections_queued_in_the_backlog() {
+    // One loop, which also takes the signals.
+    stop_serves_the_connections_queued_in_the_backlog(&EVENT, "epoll_wait", "", &[]);
+}
+
+#[test]
+fn thread_stop_serves_the_connections_queued_in_the_backlog() {
+    // One thread accepts and takes the signals.
+    stop_serves_the_connections_queued_in_the_backlog(&THREAD, "epoll_wait", "", &[]);
+}
+
+#[test]
+fn uring_stop_serves_the_connections_queued_in_the_backlog() {
+    // Under a cap smaller than a backlog the ring accepts with accept(2) on
+    // readiness, as the other modes do (a multishot accept, armed with more
+    // room, takes the queue into completions while the ring stalls).
+    stop_serves_the_connections_queued_in_the_backlog(&URING, "io_uring_enter", "", &["--max-conns", "100"]);
+}
+
+#[test]
+fn fork_stop_serves_the_connections_queued_in_the_backlog() {
+    stop_serves_the_connections_queued_in_the_backlog(&FORK, "epoll_wait", "", &[]);
+}
+
+#[test]
+fn pool_stop_serves_the_connections_queued_in_the_backlog() {
+    stop_serves_the_connections_queued_in_the_backlog(&POOL, "epoll_wait", "", &[]);
+}
+
+#[test]
+fn reactor_stop_serves_the_connections_queued_in_the_backlog() {
+    // The main thread takes the signal and wakes the loops: a loop's wait stalls.
+    stop_serves_the_connections_queued_in_the_backlog(&REACTOR, "epoll_wait", "loop-", &[]);
+}

@@ -15,7 +15,7 @@
 //!
 //! | stage | blocking (thread, pool) | event loops | lookout (serial, fork child) | fork parent, prefork master |
 //! |---|---|---|---|---|
-//! | Grace | close the listener | close the listener | close the listener | close listeners; SIGTERM the children |
+//! | Grace | take the listener's queue, close the listener | take the queue, close the listener | take the queue, close the listener | take the queue, close listeners; SIGTERM the children |
 //! | Flush | `shutdown(SHUT_RD)` every socket | stop reading every connection | stop reading | (the children flush) |
 //! | Over | `shutdown(SHUT_RDWR)` every socket | drop every connection | return | SIGQUIT what is left, SIGKILL a second later |
 //!

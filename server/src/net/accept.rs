@@ -249,15 +249,23 @@ impl AcceptPolicy {
     /// has room for a whole backlog; a connection that finds it full anyway
     /// (a sibling loop took the places meanwhile) is closed and counted as
     /// refused.
+    ///
+    /// `listener` is `None` once it has closed (the kernel's accept was
+    /// still running as the stop began): a connection is served all the
+    /// same, an error has nothing left to act on.
     pub(crate) fn judge<L: Listen>(
         &mut self,
         accepted: io::Result<(L::Stream, SocketAddr)>,
-        listener: &L,
+        listener: Option<&L>,
         now: Instant,
     ) -> Outcome<L::Stream> {
-        let accepted = match accepted {
-            Ok(accepted) => accepted,
-            Err(e) => return self.failed(listener, &e, now),
+        let accepted = match (accepted, listener) {
+            (Ok(accepted), _) => accepted,
+            (Err(e), Some(listener)) => return self.failed(listener, &e, now),
+            (Err(e), None) => {
+                log::debug!("accept after the listener closed: {e}");
+                return Outcome::Again;
+            }
         };
         match self.ctx.admission.reserve() {
             Some(place) => self.admit(place, accepted),
@@ -553,22 +561,22 @@ mod tests {
             (c, got)
         };
 
-        assert!(matches!(p.judge(Err(err(nix::errno::Errno::ECONNABORTED)), &l, now), Outcome::Again));
+        assert!(matches!(p.judge(Err(err(nix::errno::Errno::ECONNABORTED)), Some(&l), now), Outcome::Again));
         assert_eq!(ctx.slot.get(Counter::AcceptErrors), 1, "a skipped connection counts as an accept error");
         assert!(!p.paused(now));
 
         let (_c1, first) = accepted(&l);
-        let Outcome::Accepted(one) = p.judge(Ok(first), &l, now) else {
+        let Outcome::Accepted(one) = p.judge(Ok(first), Some(&l), now) else {
             panic!("the first connection was not admitted")
         };
         assert!(!ctx.admission.has_room(), "the admitted connection holds the only place");
         let (_c2, second) = accepted(&l);
-        assert!(matches!(p.judge(Ok(second), &l, now), Outcome::Again), "past the cap");
+        assert!(matches!(p.judge(Ok(second), Some(&l), now), Outcome::Again), "past the cap");
         assert_eq!(ctx.slot.get(Counter::Refused), 1, "closed past the cap, counted as refused");
         drop(one);
         assert!(ctx.admission.has_room(), "the place came back");
 
-        assert!(matches!(p.judge(Err(err(nix::errno::Errno::EINVAL)), &l, now), Outcome::Paused));
+        assert!(matches!(p.judge(Err(err(nix::errno::Errno::EINVAL)), Some(&l), now), Outcome::Paused));
         assert!(p.paused(now) && !p.paused(now + BACKOFF), "an unexpected error backs off for {BACKOFF:?}");
     }
 

@@ -10,7 +10,16 @@
 //! poll under tokens of the acceptor's own, with its deadline among the
 //! acceptor's. A loop that stops waits for them too ([`Acceptor::is_idle`]),
 //! until the grace ends.
+//!
+//! A stop closes the listener, and the kernel resets every connection still
+//! in its queue: a client (or a balancer that has not yet seen the server
+//! go) whose handshake completed, and which may have sent its request,
+//! would lose it. So at the grace the acceptor first takes what the queue
+//! holds, through the same policy (the cap, the per-address limit, PROXY
+//! headers), and hands those connections out as usual; only then does the
+//! listener close.
 
+use std::collections::VecDeque;
 use std::io;
 use std::os::fd::AsRawFd;
 use std::time::Instant;
@@ -33,6 +42,8 @@ pub(crate) struct Acceptor<L: Listen> {
     policy: AcceptPolicy,
     /// Connections waiting for their PROXY header.
     headers: Headers<L::Stream>,
+    /// Connections taken from the queue as the listener closed, not yet handed out.
+    taken: VecDeque<Accepted<L::Stream>>,
     ctx: Context,
 }
 
@@ -47,22 +58,48 @@ impl<L: Listen + AsRawFd> Acceptor<L> {
             listener: Some(listener),
             policy: AcceptPolicy::new(ctx, at_cap),
             headers: Headers::new(ctx),
+            taken: VecDeque::new(),
             ctx: ctx.clone(),
         })
     }
 
-    /// The stop reached `stage`: at the grace the listener closes (new
-    /// clients are refused from then on); once the grace is over,
-    /// connections still waiting for their PROXY header are closed (they
-    /// sent nothing the server owes an answer to).
+    /// The stop reached `stage`: at the grace the connections in the
+    /// listener's queue are taken (see the module docs) and the listener
+    /// closes (new clients are refused from then on); once the grace is
+    /// over, connections still waiting for their PROXY header are closed
+    /// (they sent nothing the server owes an answer to).
     pub(crate) fn on_stage(&mut self, stage: Stage) {
         match stage {
             Stage::Serving => {}
-            Stage::Grace => self.close(),
+            Stage::Grace => {
+                self.take_queue(Instant::now());
+                self.close();
+            }
             Stage::Flush | Stage::Over => {
                 self.close();
                 self.headers.close_all(self.poller.registry());
             }
+        }
+    }
+
+    /// Accepts what the listener's queue holds now, at most a backlog's
+    /// worth (a flood must not keep a stopping server accepting).
+    fn take_queue(&mut self, now: Instant) {
+        let Some(l) = self.listener.as_ref() else { return };
+        for _ in 0..self.ctx.config.backlog.max(1) {
+            match self.policy.accept(l, now) {
+                Outcome::Accepted(c) => self.taken.push_back(c),
+                Outcome::Header(p) => {
+                    if let Some(c) = self.headers.first_look(p, &mut self.policy, self.poller.registry(), now) {
+                        self.taken.push_back(c);
+                    }
+                }
+                Outcome::Again => {}
+                Outcome::Empty | Outcome::Full | Outcome::Paused => break,
+            }
+        }
+        if !self.taken.is_empty() {
+            log::debug!("took {} connection(s) from the queue as the listener closes", self.taken.len());
         }
     }
 
@@ -72,14 +109,18 @@ impl<L: Listen + AsRawFd> Acceptor<L> {
         }
     }
 
-    /// Whether no connection waits here (for its PROXY header).
+    /// Whether no connection waits here (for its PROXY header, or to be
+    /// handed out).
     pub(crate) fn is_idle(&self) -> bool {
-        self.headers.is_empty()
+        self.headers.is_empty() && self.taken.is_empty()
     }
 
     /// The next connection through the policy, or `None` when the loop
     /// should sleep (nothing waits, at the cap, backing off, closed).
     pub(crate) fn accept(&mut self, now: Instant) -> Option<Accepted<L::Stream>> {
+        if let Some(c) = self.taken.pop_front() {
+            return Some(c);
+        }
         if let Some(c) = self.headers.arrived(&mut self.policy, self.poller.registry(), now) {
             return Some(c);
         }
@@ -118,6 +159,9 @@ impl<L: Listen + AsRawFd> Acceptor<L> {
     /// When the policy, or a connection waiting for its header, wants the
     /// acceptor asked again without an event.
     pub(crate) fn deadline(&self, now: Instant) -> Option<Instant> {
+        if !self.taken.is_empty() {
+            return Some(now);
+        }
         let policy = self.listener.as_ref().and_then(|_| self.policy.deadline(now));
         [policy, self.headers.deadline()].into_iter().flatten().min()
     }

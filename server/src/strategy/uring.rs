@@ -324,7 +324,10 @@ impl UringLoop {
         match stage {
             Stage::Serving => {}
             Stage::Grace => {
+                // What the listener's queue holds is taken and served before
+                // it closes: closing resets it (see `net::acceptor`).
                 self.disarm_accept();
+                self.take_queue(Instant::now());
                 self.listener = None;
                 log::debug!("ring {}: listener closed, {} connection(s) draining", self.stats.id, self.conns.len());
             }
@@ -376,19 +379,8 @@ impl UringLoop {
             self.disarm_accept();
         }
         for _ in 0..ACCEPT_BUDGET {
-            let Some(listener) = &self.listener else { return };
-            if !self.policy.should_try(now) {
+            if !self.policy.should_try(now) || !self.accept_one(now) {
                 break;
-            }
-            match self.policy.accept(listener, now) {
-                Outcome::Accepted(c) => self.add(c),
-                Outcome::Header(p) => {
-                    if let Some(c) = self.headers.first_look(p, &mut self.policy, self.poller.registry(), now) {
-                        self.add(c);
-                    }
-                }
-                Outcome::Again => {}
-                Outcome::Empty | Outcome::Full | Outcome::Paused => break,
             }
         }
         if self.policy.should_try(now) {
@@ -399,6 +391,33 @@ impl UringLoop {
         {
             self.armed = Armed::Poll;
         }
+    }
+
+    /// Accepts what the listener's queue holds now, through the policy, at
+    /// most a backlog's worth.
+    fn take_queue(&mut self, now: Instant) {
+        for _ in 0..self.ctx.config.backlog.max(1) {
+            if !self.accept_one(now) {
+                break;
+            }
+        }
+    }
+
+    /// One accept(2) through the policy, its connection served; whether
+    /// more may wait.
+    fn accept_one(&mut self, now: Instant) -> bool {
+        let Some(listener) = &self.listener else { return false };
+        match self.policy.accept(listener, now) {
+            Outcome::Accepted(c) => self.add(c),
+            Outcome::Header(p) => {
+                if let Some(c) = self.headers.first_look(p, &mut self.policy, self.poller.registry(), now) {
+                    self.add(c);
+                }
+            }
+            Outcome::Again => {}
+            Outcome::Empty | Outcome::Full | Outcome::Paused => return false,
+        }
+        true
     }
 
     /// Cancels whatever the listener has armed.
@@ -470,9 +489,9 @@ impl UringLoop {
                 if matches!(&result, Err(e) if e.raw_os_error() == Some(libc::ECANCELED)) {
                     return Ok(false);
                 }
-                // As the listener closes, connections the kernel took just
-                // before are closed with it.
-                let Some(listener) = &self.listener else { return Ok(false) };
+                // A connection the kernel took as the listener closed is
+                // served all the same (see `stop`).
+                let listener = self.listener.as_ref();
                 // A peer that is gone before its name was asked for failed
                 // before it was ours, as ECONNABORTED says of accept(2).
                 let named = result.and_then(|s| match s.peer_addr() {

@@ -6,7 +6,7 @@
  *
  *   SWITCHYARD_FAULTS="accept4:ECONNABORTED:first=3:every=5:count=10,setsockopt_nodelay:EINVAL"
  *
- * A rule is FUNCTION:ERRNO[:first=N][:every=N][:count=N][:when=W] (defaults:
+ * A rule is FUNCTION:ERRNO[:first=N][:every=N][:count=N][:thread=NAME][:when=W] (defaults:
  * first=1, every=0, count=1, every call). Calls to FUNCTION in this process
  * (only those that meet `when`, if given) are numbered from 1;
  * calls first, first+every, first+2*every, ... fail with ERRNO, count of
@@ -14,6 +14,11 @@
  * function; every other call goes to the real one (dlsym RTLD_NEXT). The
  * counters are per process: a forked child inherits the parent's counts and
  * goes on from there on its own; an exec'd program starts again from 1.
+ *
+ * `thread=NAME` counts only calls made by a thread whose name (comm, as
+ * pthread_setname_np or std::thread::Builder::name sets it) starts with
+ * NAME, so a stall can pick a server's event loop ("loop-") rather than the
+ * main thread that waits beside it.
  *
  * `when` narrows which calls count:
  *   when=pending            accept4, accept: only calls made while a client
@@ -40,7 +45,8 @@
  * instead of an errno. The real call is made, and a call the rule picks
  * (judged when it returns) then sleeps MS milliseconds before returning its
  * result: the process is stalled after the wait reported what was ready and
- * before the server reads its clock. With when=exists:PATH the stall
+ * before the server reads its clock. A wait a signal interrupted (EINTR) is
+ * neither counted nor stalled: the stall falls on the wait that follows. With when=exists:PATH the stall
  * removes PATH as it begins, so a test sees that it began (and it happens
  * once).
  *   epoll_wait              the libc function (mio calls it)
@@ -65,6 +71,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
 #include <sys/types.h>
@@ -105,6 +112,8 @@ struct rule {
     unsigned long first, every, count;
     enum when when;
     char path[256];
+    /* thread=NAME: a prefix of the calling thread's name ("" for any). */
+    char thread[16];
 };
 
 static struct rule rules[H_COUNT];
@@ -168,7 +177,7 @@ static int parse_number(const char *s, size_t len, unsigned long *out) {
 /* One rule: [rule, rule+len). */
 static void parse_rule(const char *rule, size_t len) {
     const char *field = rule, *end = rule + len;
-    struct rule r = {1, 0, 0, 1, 0, 1, W_ALWAYS, {0}};
+    struct rule r = {1, 0, 0, 1, 0, 1, W_ALWAYS, {0}, {0}};
     int hook = -1;
     for (int n = 0; field <= end; n++) {
         const char *colon = memchr(field, ':', (size_t)(end - field));
@@ -207,6 +216,11 @@ static void parse_rule(const char *rule, size_t len) {
             else
                 die("when=pending is for accept4 and accept, when=connected for epoll_ctl_add, when=exists:PATH for any",
                     rule, len);
+        } else if (flen > 7 && memcmp(field, "thread=", 7) == 0) {
+            if (flen - 7 >= sizeof r.thread)
+                die("thread=NAME takes at most 15 bytes (a thread name's length)", rule, len);
+            memcpy(r.thread, field + 7, flen - 7);
+            r.thread[flen - 7] = 0;
         } else {
             const char *eq = memchr(field, '=', flen);
             unsigned long v;
@@ -276,8 +290,18 @@ static int connected(int fd) {
     return getpeername(fd, (struct sockaddr *)&peer, &len) == 0;
 }
 
+/* Whether the calling thread's name starts with prefix. */
+static int thread_named(const char *prefix) {
+    char name[16] = {0};
+    if (prctl(PR_GET_NAME, name, 0, 0, 0) != 0)
+        return 0;
+    return strncmp(name, prefix, strlen(prefix)) == 0;
+}
+
 /* Whether the rule of hook h counts a call on fd. */
 static int counts(enum hook h, int fd) {
+    if (rules[h].thread[0] && !thread_named(rules[h].thread))
+        return 0;
     switch (rules[h].when) {
     case W_PENDING:
         return pending(fd);
@@ -376,9 +400,14 @@ int epoll_ctl(int epfd, int op, int fd, struct epoll_event *event) {
     return real_epoll_ctl(epfd, op, fd, event);
 }
 
-/* Sleeps the stall of hook h if its rule picks this call; errno kept. */
-static void stall_if_picked(enum hook h) {
+/* Sleeps the stall of hook h if its rule picks this call (one that
+ * returned `failed` = -1 with EINTR is not counted: a signal's handler
+ * interrupted it, and the caller waits again at once, which is the call a
+ * test that stalls on a signal means); errno kept. */
+static void stall_if_picked(enum hook h, int failed) {
     int saved = errno;
+    if (failed && saved == EINTR)
+        return;
     if (picked(h, -1)) {
         const struct rule *r = &rules[h];
         if (r->when == W_EXISTS)
@@ -392,7 +421,7 @@ static void stall_if_picked(enum hook h) {
 
 int epoll_wait(int epfd, struct epoll_event *events, int maxevents, int timeout) {
     int n = real_epoll_wait(epfd, events, maxevents, timeout);
-    stall_if_picked(H_EPOLL_WAIT);
+    stall_if_picked(H_EPOLL_WAIT, n == -1);
     return n;
 }
 
@@ -406,6 +435,6 @@ long syscall(long number, ...) {
     va_end(ap);
     long result = real_syscall(number, a1, a2, a3, a4, a5, a6);
     if (number == SYS_io_uring_enter)
-        stall_if_picked(H_IO_URING_ENTER);
+        stall_if_picked(H_IO_URING_ENTER, result == -1);
     return result;
 }
