@@ -149,12 +149,11 @@ pub struct Clock {
 }
 
 impl Clock {
+    #[inline]
     fn raw() -> u64 {
-        use nix::time::{clock_gettime, ClockId};
-        // CLOCK_MONOTONIC cannot fail on Linux; 0 would only freeze the run's clock.
-        clock_gettime(ClockId::CLOCK_MONOTONIC)
-            .map(|t| t.tv_sec() as u64 * NANOS_PER_SEC + t.tv_nsec() as u64)
-            .unwrap_or(0)
+        // rustix calls the vDSO itself, inlined: no libc frame (see `conn::recv`).
+        let t = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
+        t.tv_sec as u64 * NANOS_PER_SEC + t.tv_nsec as u64
     }
 
     /// A clock whose zero is now.
@@ -256,6 +255,7 @@ impl<'a> Thread<'a> {
     }
 
     /// Adds the outcome of a call on connection `i` to the loop's bookkeeping.
+    #[inline(always)]
     fn settle(&mut self, i: usize, was_done: bool, r: Result<(), ErrorKind>, reg: &Registry) {
         let c = &mut self.conns[i];
         if let Err(kind) = r {
@@ -357,6 +357,7 @@ impl<'a> Thread<'a> {
     }
 
     /// Whether a message is due by `now`, or waits while a connection is free.
+    #[inline(always)]
     fn wants_dispatch(&self, now: u64) -> bool {
         !self.ctx.stopping
             && (self.next_due().is_some_and(|at| at <= now) || (!self.backlog.is_empty() && !self.free.is_empty()))
