@@ -159,7 +159,7 @@ impl Poller {
     fn tell_the_outside(&mut self, now: Instant) {
         readiness::watchdog(now);
         if let Some(slot) = self.heartbeat {
-            readiness::status(&format!("serving {} connection(s)", slot.get(Counter::Active)), now);
+            readiness::status(|| format!("serving {} connection(s)", slot.get(Counter::Active)), now);
         }
         if self.shutdown.phase() != Phase::Running {
             readiness::stopping();

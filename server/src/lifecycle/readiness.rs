@@ -33,6 +33,9 @@ static MAIN_PID: AtomicU32 = AtomicU32::new(0);
 static READY: AtomicBool = AtomicBool::new(false);
 static STOPPING: AtomicBool = AtomicBool::new(false);
 static HEALTHY: AtomicBool = AtomicBool::new(true);
+/// A service manager listens (`NOTIFY_SOCKET` connected): the loops that
+/// call [`status`] and [`watchdog`] on every wake-up skip the lock without one.
+static MANAGED: AtomicBool = AtomicBool::new(false);
 
 struct State {
     /// The write end of the replaced process's readiness pipe.
@@ -93,6 +96,7 @@ pub(crate) fn init(upgrade_pipe: Option<File>) {
     let manager = connect_manager();
     let mut s = lock();
     s.upgrade_pipe = upgrade_pipe;
+    MANAGED.store(manager.is_some(), Ordering::Relaxed);
     s.manager = manager;
     s.watchdog = sd_notify::watchdog_enabled();
     s.next_watchdog = s.watchdog.map(|w| Instant::now() + w / 2);
@@ -145,19 +149,23 @@ pub(crate) fn handed_over(pid: u32) {
     }
 }
 
-/// Sends `STATUS=text` if it changed and a second passed since the last.
-pub(crate) fn status(text: &str, now: Instant) {
-    if !is_main() {
+/// Sends `STATUS=text` if a second passed since the last and it changed.
+/// `text` is made only then: the loops call this on every wake-up.
+pub(crate) fn status(text: impl FnOnce() -> String, now: Instant) {
+    if !is_main() || !MANAGED.load(Ordering::Relaxed) {
         return;
     }
     let mut s = lock();
-    let due =
-        s.last_status.as_ref().is_none_or(|(t, last)| last != text && now.duration_since(*t) >= Duration::from_secs(1));
-    if due {
-        s.last_status = Some((now, text.to_string()));
-        drop(s);
-        notify(&[NotifyState::Status(text)]);
+    if s.last_status.as_ref().is_some_and(|(t, _)| now.duration_since(*t) < Duration::from_secs(1)) {
+        return;
     }
+    let text = text();
+    if s.last_status.as_ref().is_some_and(|(_, last)| *last == text) {
+        return;
+    }
+    s.last_status = Some((now, text.clone()));
+    drop(s);
+    notify(&[NotifyState::Status(&text)]);
 }
 
 /// Whether the server is healthy enough to keep the watchdog quiet (the
@@ -176,7 +184,7 @@ pub(crate) fn next_watchdog() -> Option<Instant> {
 
 /// Sends `WATCHDOG=1` if it is due and the server is healthy.
 pub(crate) fn watchdog(now: Instant) {
-    if !is_main() {
+    if !is_main() || !MANAGED.load(Ordering::Relaxed) {
         return;
     }
     let mut s = lock();

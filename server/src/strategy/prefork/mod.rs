@@ -390,7 +390,7 @@ impl Master {
             }
         }
         let conns: u64 = self.workers.iter().map(|w| board.slot(w.info.slot).get(Counter::Active)).sum();
-        readiness::status(&format!("{} worker(s), {conns} connection(s)", self.workers.len()), now);
+        readiness::status(|| format!("{} worker(s), {conns} connection(s)", self.workers.len()), now);
     }
 
     /// Tells workers beyond the target (oldest first) and old workers whose
