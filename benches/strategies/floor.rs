@@ -111,9 +111,11 @@ fn one(p: &Programs, server_pid: u32, tool: &str, secs: f64, addr: &str) -> Resu
 /// Client and load generator in turn against one `spec` server.
 pub fn measure(p: &Programs, spec: &'static ModeSpec, o: &Opts) -> FloorRow {
     let secs = if o.quick { 1.0 } else { 3.0 };
-    // Pairs: this shared machine's noise moves single runs by ±30%, so more
+    // Pairs: this shared machine's noise moves single runs by ±30% (where
+    // the scheduler puts client and server on the two cores changes the
+    // epoll_wait calls per message up to twelvefold between runs), so more
     // pairs than the other figures' repeats.
-    let pairs = if o.quick { 2 } else { o.repeats.max(5) };
+    let pairs = if o.quick { 2 } else { o.repeats.max(9) };
     let mut row = FloorRow { server: spec.name, secs, ..Default::default() };
     let server = match p.start(spec, &[]) {
         Ok(s) => s,
