@@ -1065,3 +1065,64 @@ fn reactor_stop_serves_the_connections_queued_in_the_backlog() {
     // The main thread takes the signal and wakes the loops: a loop's wait stalls.
     stop_serves_the_connections_queued_in_the_backlog(&REACTOR, "epoll_wait", "loop-", &[]);
 }
+
+/// The same clients in the queue, but the stop is immediate (SIGQUIT): the
+/// server takes nothing from the queue into a drain that is already over,
+/// and exits at once although the clients stay connected. (Had the
+/// connections taken at the grace been handed out after the rest of the
+/// stop, the loop would have served them until they closed.)
+fn immediate_stop_leaves_the_queue(mode: &Mode) {
+    let gate = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!(
+        "quit-with-backlog-{}-{}",
+        mode.name,
+        std::process::id()
+    ));
+    let _ = std::fs::remove_file(&gate);
+    let spec = format!("epoll_wait:stall=2000:when=exists:{}", gate.display());
+    let mut server = Launch::new(mode, &["--grace", "30"]).faults(&spec).start();
+    let waiting = ": epoll_wait (";
+    assert!(
+        poll_every(Duration::from_millis(1), Duration::from_secs(5), || {
+            server.where_blocked().split(", ").all(|t| t.contains(waiting) || t.contains(": futex ("))
+        }),
+        "{}: the server does not sleep in epoll_wait: {}",
+        mode.name,
+        server.where_blocked()
+    );
+    std::fs::write(&gate, b"").unwrap();
+    server.signal(nix::sys::signal::Signal::SIGQUIT);
+    assert!(
+        poll_every(Duration::from_millis(1), Duration::from_secs(5), || !gate.exists()),
+        "{}: the shim's stall never began\n{}",
+        mode.name,
+        server.log()
+    );
+    let stalled = Instant::now();
+    let _clients: Vec<TcpStream> = (0..5)
+        .map(|i| {
+            let mut c = server.connect();
+            c.write_all(format!("queued client {i}").as_bytes()).unwrap();
+            c
+        })
+        .collect();
+    assert!(stalled.elapsed() < Duration::from_secs(1), "{}: the clients were too slow to be queued", mode.name);
+    // The stall ends 2 s after it began; an immediate stop then takes well under a second.
+    let status = server.wait_exit(Duration::from_secs(5));
+    assert!(
+        status.is_some(),
+        "{}: the server still runs {:?} after SIGQUIT, its clients still connected\n{}",
+        mode.name,
+        stalled.elapsed(),
+        server.log()
+    );
+}
+
+#[test]
+fn event_immediate_stop_leaves_the_queue() {
+    immediate_stop_leaves_the_queue(&EVENT);
+}
+
+#[test]
+fn thread_immediate_stop_leaves_the_queue() {
+    immediate_stop_leaves_the_queue(&THREAD);
+}

@@ -67,7 +67,8 @@ impl<L: Listen + AsRawFd> Acceptor<L> {
     /// listener's queue are taken (see the module docs) and the listener
     /// closes (new clients are refused from then on); once the grace is
     /// over, connections still waiting for their PROXY header are closed
-    /// (they sent nothing the server owes an answer to).
+    /// (they sent nothing the server owes an answer to), and so are any
+    /// taken from the queue and not yet handed out (an immediate stop).
     pub(crate) fn on_stage(&mut self, stage: Stage) {
         match stage {
             Stage::Serving => {}
@@ -78,6 +79,9 @@ impl<L: Listen + AsRawFd> Acceptor<L> {
             Stage::Flush | Stage::Over => {
                 self.close();
                 self.headers.close_all(self.poller.registry());
+                // Taken at the grace and not handed out: only an immediate
+                // stop, which hands out every stage at once, leaves any.
+                self.taken.clear();
             }
         }
     }
