@@ -966,17 +966,26 @@ fn uring_stall_after_the_poll_does_not_idle_close() {
 /// failed so in each mode it runs in. Serial is not among them: it holds one
 /// connection at a time, so its queue beyond the one it takes is reset as
 /// before.)
-fn stop_serves_the_connections_queued_in_the_backlog(mode: &Mode, hook: &str, thread: &str, flags: &[&str]) {
-    const CLIENTS: usize = 5;
+/// A server (`mode`, with `flags`) sent `stop` while the fault shim stalls
+/// the wait it wakes (`hook`, in the thread named `thread*`) for 2 s, and
+/// `CLIENTS` clients that connected and wrote "queued client N" within the
+/// stall: they wait in the listener's queue as the loop learns of the stop.
+fn clients_queued_at_a_stop(
+    mode: &Mode,
+    hook: &str,
+    thread: &str,
+    flags: &[&str],
+    stop: nix::sys::signal::Signal,
+) -> (Server, Vec<TcpStream>, Instant) {
     let gate = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!(
-        "stop-with-backlog-{}-{}",
+        "stop-with-backlog-{}-{stop}-{}",
         mode.name,
         std::process::id()
     ));
     let _ = std::fs::remove_file(&gate);
     let only = if thread.is_empty() { String::new() } else { format!(":thread={thread}") };
     let spec = format!("{hook}:stall=2000{only}:when=exists:{}", gate.display());
-    let mut server = Launch::new(mode, &[&["--grace", "10"], flags].concat()).faults(&spec).start();
+    let server = Launch::new(mode, &[&["--grace", "30"], flags].concat()).faults(&spec).start();
     // Asleep: every thread in the wait, or (a pool's workers) on a futex.
     let waiting = format!(": {hook} (");
     assert!(
@@ -989,7 +998,7 @@ fn stop_serves_the_connections_queued_in_the_backlog(mode: &Mode, hook: &str, th
     );
     std::fs::write(&gate, b"").unwrap();
     // The stop wakes the wait, which stalls.
-    server.signal(nix::sys::signal::Signal::SIGTERM);
+    server.signal(stop);
     assert!(
         poll_every(Duration::from_millis(1), Duration::from_secs(5), || !gate.exists()),
         "{}: the shim's stall never began\n{}",
@@ -997,7 +1006,7 @@ fn stop_serves_the_connections_queued_in_the_backlog(mode: &Mode, hook: &str, th
         server.log()
     );
     let stalled = Instant::now();
-    let mut clients: Vec<TcpStream> = (0..CLIENTS)
+    let clients: Vec<TcpStream> = (0..CLIENTS)
         .map(|i| {
             let mut c = server.connect();
             c.write_all(format!("queued client {i}").as_bytes()).unwrap();
@@ -1010,6 +1019,15 @@ fn stop_serves_the_connections_queued_in_the_backlog(mode: &Mode, hook: &str, th
         "{}: the clients took {queued_in:?} to connect and write, too close to the 2 s stall's end to be queued",
         mode.name
     );
+    (server, clients, stalled)
+}
+
+/// How many clients [`clients_queued_at_a_stop`] queues.
+const CLIENTS: usize = 5;
+
+fn stop_serves_the_connections_queued_in_the_backlog(mode: &Mode, hook: &str, thread: &str, flags: &[&str]) {
+    let (mut server, mut clients, _) =
+        clients_queued_at_a_stop(mode, hook, thread, flags, nix::sys::signal::Signal::SIGTERM);
     let mut failures = Vec::new();
     for (i, c) in clients.iter_mut().enumerate() {
         if let Err(e) = read_echo(c, format!("queued client {i}").as_bytes()) {
@@ -1072,40 +1090,8 @@ fn reactor_stop_serves_the_connections_queued_in_the_backlog() {
 /// connections taken at the grace been handed out after the rest of the
 /// stop, the loop would have served them until they closed.)
 fn immediate_stop_leaves_the_queue(mode: &Mode) {
-    let gate = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!(
-        "quit-with-backlog-{}-{}",
-        mode.name,
-        std::process::id()
-    ));
-    let _ = std::fs::remove_file(&gate);
-    let spec = format!("epoll_wait:stall=2000:when=exists:{}", gate.display());
-    let mut server = Launch::new(mode, &["--grace", "30"]).faults(&spec).start();
-    let waiting = ": epoll_wait (";
-    assert!(
-        poll_every(Duration::from_millis(1), Duration::from_secs(5), || {
-            server.where_blocked().split(", ").all(|t| t.contains(waiting) || t.contains(": futex ("))
-        }),
-        "{}: the server does not sleep in epoll_wait: {}",
-        mode.name,
-        server.where_blocked()
-    );
-    std::fs::write(&gate, b"").unwrap();
-    server.signal(nix::sys::signal::Signal::SIGQUIT);
-    assert!(
-        poll_every(Duration::from_millis(1), Duration::from_secs(5), || !gate.exists()),
-        "{}: the shim's stall never began\n{}",
-        mode.name,
-        server.log()
-    );
-    let stalled = Instant::now();
-    let _clients: Vec<TcpStream> = (0..5)
-        .map(|i| {
-            let mut c = server.connect();
-            c.write_all(format!("queued client {i}").as_bytes()).unwrap();
-            c
-        })
-        .collect();
-    assert!(stalled.elapsed() < Duration::from_secs(1), "{}: the clients were too slow to be queued", mode.name);
+    let (mut server, _clients, stalled) =
+        clients_queued_at_a_stop(mode, "epoll_wait", "", &[], nix::sys::signal::Signal::SIGQUIT);
     // The stall ends 2 s after it began; an immediate stop then takes well under a second.
     let status = server.wait_exit(Duration::from_secs(5));
     assert!(
