@@ -89,21 +89,29 @@ impl<L: Listen + AsRawFd> Acceptor<L> {
     /// Accepts what the listener's queue holds now, at most a backlog's
     /// worth (a flood must not keep a stopping server accepting).
     fn take_queue(&mut self, now: Instant) {
-        let Some(l) = self.listener.as_ref() else { return };
         for _ in 0..self.ctx.config.backlog.max(1) {
-            match self.policy.accept(l, now) {
-                Outcome::Accepted(c) => self.taken.push_back(c),
-                Outcome::Header(p) => {
-                    if let Some(c) = self.headers.first_look(p, &mut self.policy, self.poller.registry(), now) {
-                        self.taken.push_back(c);
-                    }
-                }
-                Outcome::Again => {}
-                Outcome::Empty | Outcome::Full | Outcome::Paused => break,
+            match self.accept_one(now) {
+                Some(Some(c)) => self.taken.push_back(c),
+                Some(None) => {}
+                None => break,
             }
         }
         if !self.taken.is_empty() {
             log::debug!("took {} connection(s) from the queue as the listener closes", self.taken.len());
+        }
+    }
+
+    /// One accept(2) through the policy: `Some(Some(c))` a connection to
+    /// hand out, `Some(None)` none this time (refused, or waiting for its
+    /// PROXY header) but more may wait, `None` stop (empty, at the cap,
+    /// backing off, closed).
+    fn accept_one(&mut self, now: Instant) -> Option<Option<Accepted<L::Stream>>> {
+        let l = self.listener.as_ref()?;
+        match self.policy.accept(l, now) {
+            Outcome::Accepted(c) => Some(Some(c)),
+            Outcome::Header(p) => Some(self.headers.first_look(p, &mut self.policy, self.poller.registry(), now)),
+            Outcome::Again => Some(None),
+            Outcome::Empty | Outcome::Full | Outcome::Paused => None,
         }
     }
 
@@ -129,16 +137,8 @@ impl<L: Listen + AsRawFd> Acceptor<L> {
             return Some(c);
         }
         while self.policy.should_try(now) {
-            let l = self.listener.as_ref()?;
-            match self.policy.accept(l, now) {
-                Outcome::Accepted(c) => return Some(c),
-                Outcome::Header(p) => {
-                    if let Some(c) = self.headers.first_look(p, &mut self.policy, self.poller.registry(), now) {
-                        return Some(c);
-                    }
-                }
-                Outcome::Again => {}
-                Outcome::Empty | Outcome::Full | Outcome::Paused => break,
+            if let Some(c) = self.accept_one(now)? {
+                return Some(c);
             }
         }
         None

@@ -46,9 +46,9 @@
  * (judged when it returns) then sleeps MS milliseconds before returning its
  * result: the process is stalled after the wait reported what was ready and
  * before the server reads its clock. A wait a signal interrupted (EINTR) is
- * neither counted nor stalled: the stall falls on the wait that follows. With when=exists:PATH the stall
- * removes PATH as it begins, so a test sees that it began (and it happens
- * once).
+ * neither counted nor stalled: the stall falls on the wait that follows.
+ * With when=exists:PATH the stall removes PATH as it begins, so a test
+ * sees that it began (and it happens once).
  *   epoll_wait              the libc function (mio calls it)
  *   io_uring_enter          syscall(SYS_io_uring_enter, ...) (the io-uring
  *                           crate calls syscall(2)); every other syscall(2)
