@@ -985,7 +985,8 @@ fn clients_queued_at_a_stop(
     let _ = std::fs::remove_file(&gate);
     let only = if thread.is_empty() { String::new() } else { format!(":thread={thread}") };
     let spec = format!("{hook}:stall=2000{only}:when=exists:{}", gate.display());
-    let server = Launch::new(mode, &[&["--grace", "30"], flags].concat()).faults(&spec).start();
+    let grace: &[&str] = if flags.contains(&"--grace") { &[] } else { &["--grace", "30"] };
+    let server = Launch::new(mode, &[grace, flags].concat()).faults(&spec).start();
     // Asleep: every thread in the wait, or (a pool's workers) on a futex.
     let waiting = format!(": {hook} (");
     assert!(
@@ -1082,6 +1083,38 @@ fn pool_stop_serves_the_connections_queued_in_the_backlog() {
 fn reactor_stop_serves_the_connections_queued_in_the_backlog() {
     // The main thread takes the signal and wakes the loops: a loop's wait stalls.
     stop_serves_the_connections_queued_in_the_backlog(&REACTOR, "epoll_wait", "loop-", &[]);
+}
+
+/// A fork child made in the grace, for a connection taken from the queue,
+/// drains with the parent: the fork copies the parent's stop (draining,
+/// its deadline), so when the grace ends the child's reads see end-of-file
+/// and it ends by itself, clients still connected. (A child with a stop
+/// of its own, still running, served on until the parent's last stage
+/// told it to quit, a second later: "immediate stop" in its log.)
+#[test]
+fn fork_children_made_in_the_grace_drain_with_the_parent() {
+    let (mut server, mut clients, stalled) =
+        clients_queued_at_a_stop(&FORK, "epoll_wait", "", &["--grace", "2"], nix::sys::signal::Signal::SIGTERM);
+    for (i, c) in clients.iter_mut().enumerate() {
+        read_echo(c, format!("queued client {i}").as_bytes()).unwrap();
+    }
+    // Connected still: the grace ends 2 s after the 2 s stall.
+    let status = server.wait_exit(Duration::from_secs(10));
+    assert!(status.is_some_and(|s| s.success()), "fork: the drain ended with {status:?}\n{}", server.log());
+    for (i, c) in clients.iter_mut().enumerate() {
+        let mut rest = Vec::new();
+        let read = c.read_to_end(&mut rest);
+        assert!(
+            read.is_ok() && rest.is_empty(),
+            "fork: client {i} saw {read:?} and {rest:?} after its echo, not end-of-file"
+        );
+    }
+    let log = server.log();
+    assert!(
+        !log.contains("immediate stop"),
+        "fork: children made in the grace ran past it and were told to quit ({:?} after the stall began)\n{log}",
+        stalled.elapsed()
+    );
 }
 
 /// The same clients in the queue, but the stop is immediate (SIGQUIT): the

@@ -220,6 +220,11 @@ impl BlockingIo {
                     return Ok(Got::Data(n));
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                // Polled first: a non-blocking socket that was not ready after
+                // all (a fork child's, as accepted). Wait again.
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock && (self.lookout.is_some() || wake_at.is_some()) => {
+                    continue
+                }
                 // SO_RCVTIMEO (no lookout): the idle timeout.
                 Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
                     return Ok(Got::Eof(End::Idle));
@@ -329,11 +334,12 @@ impl BlockingIo {
         };
         let (socket, other) = {
             let lookout = self.lookout.as_ref().map(|l| l.borrow());
-            let mut fds = vec![PollFd::new(self.sock.get().as_fd(), flags)];
-            if let Some(l) = &lookout {
-                fds.push(PollFd::new(l.fd(), PollFlags::POLLIN));
-            }
-            match nix::poll::poll(&mut fds, timeout) {
+            let sock = self.sock.get().as_fd();
+            // On the stack: a wait allocates nothing.
+            let mut both =
+                [PollFd::new(sock, flags), PollFd::new(lookout.as_ref().map_or(sock, |l| l.fd()), PollFlags::POLLIN)];
+            let fds = &mut both[..if lookout.is_some() { 2 } else { 1 }];
+            match nix::poll::poll(fds, timeout) {
                 Ok(0) => (false, false),
                 Ok(_) => (fds[0].any().unwrap_or(false), fds.get(1).is_some_and(|f| f.any().unwrap_or(false))),
                 Err(nix::errno::Errno::EINTR) => (false, lookout.is_some()),

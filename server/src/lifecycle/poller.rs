@@ -313,6 +313,18 @@ impl Poller {
     pub(crate) fn into_signals(self) -> Option<Signals> {
         self.signals
     }
+
+    /// In a forked child that serves one connection and ends in `_exit`
+    /// (fork mode): closes the child's copies of the metrics endpoint and
+    /// its clients and of an upgrade's pipe, and hands back the signal pipe
+    /// to reinstall. The epoll fd and the waker stay open, unused, until
+    /// the child exits: the epoll instance is the parent's too, and closing
+    /// the child's copy of its fd changes nothing for either.
+    pub(crate) fn leave_to_child(&mut self) -> Option<Signals> {
+        self.metrics = None;
+        self.successor = None;
+        self.signals.take()
+    }
 }
 
 impl AsFd for Poller {

@@ -377,6 +377,13 @@ impl<S: AsFd> Headers<S> {
         }
     }
 
+    /// In a forked child: closes the child's copies of the waiting
+    /// connections, and only those (the poll is shared with the parent,
+    /// whose registrations stay; the parent counts them).
+    pub(crate) fn close_in_child(&mut self) {
+        self.waiting = Waiting::default();
+    }
+
     /// The earliest deadline of a waiting connection.
     pub(crate) fn deadline(&self) -> Option<Instant> {
         self.waiting.deadline()

@@ -120,23 +120,25 @@ impl<T> Children<T> {
         self.live.push(Child { pid, info, kill_at: None, killed: false });
     }
 
-    /// Reaps every child that has exited; zombies never linger.
-    pub(crate) fn reap(&mut self) -> Vec<Exit<T>> {
-        let mut exits = Vec::new();
+    /// Reaps one child that has exited, if any has: call until `None`, and
+    /// zombies never linger. (One at a time, so that reaping allocates
+    /// nothing: in fork mode each heap page the parent writes while a child
+    /// shares it is a copy-on-write fault.)
+    pub(crate) fn reap(&mut self) -> Option<Exit<T>> {
         loop {
             let status = match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
-                Ok(WaitStatus::StillAlive) => break,
+                Ok(WaitStatus::StillAlive) => return None,
                 Ok(s) => s,
                 Err(nix::errno::Errno::EINTR) => continue,
                 Err(nix::errno::Errno::ECHILD) => {
                     // No child is left at all: whatever is still listed was
                     // reaped elsewhere.
                     self.live.clear();
-                    break;
+                    return None;
                 }
                 Err(e) => {
                     log::warn!("waitpid: {e}");
-                    break;
+                    return None;
                 }
             };
             let (pid, ended) = match status {
@@ -147,10 +149,9 @@ impl<T> Children<T> {
             };
             if let Some(i) = self.live.iter().position(|c| c.pid == pid) {
                 let c = self.live.remove(i);
-                exits.push(Exit { pid, info: c.info, ended, told: c.kill_at.is_some() });
+                return Some(Exit { pid, info: c.info, ended, told: c.kill_at.is_some() });
             }
         }
-        exits
     }
 
     /// Tells every child to stop with `sig`, and kills it by `kill_at`.

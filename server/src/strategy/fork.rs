@@ -9,9 +9,17 @@
 //! socketserver does. Children die with the parent (PR_SET_PDEATHSIG).
 //!
 //! Stop: at the grace the parent closes the listener and forwards SIGTERM
-//! (each child drains its connection with its own deadline); children
+//! (each child drains its connection with its own deadline); a child made
+//! in the grace, for a connection taken from the listener's queue, inherits
+//! the parent's drain and its deadline with the rest of its memory. Children
 //! still alive when the flush grace ends are told to quit and killed a
 //! second later. SIGUSR1 (reopen the log file) is forwarded to every child.
+//!
+//! A child touches as little of what it shares with the parent as it can:
+//! every page either writes after the fork is a copy-on-write fault, and a
+//! process per connection pays those faults per connection (docs/FORK.md).
+//! So the child uses the parent's state in place, and closes the fds it
+//! must not keep without freeing or moving what holds them.
 
 use std::cell::RefCell;
 use std::io;
@@ -51,7 +59,7 @@ pub(crate) fn run(listener: TcpListener, signals: Signals, ctx: Context) -> io::
     ctx.ready();
     loop {
         let now = Instant::now();
-        for exit in children.reap() {
+        while let Some(exit) = children.reap() {
             // The permit drops here: a place is free again.
             match exit.ended {
                 children::Ended::Exited(0) => {}
@@ -85,7 +93,7 @@ pub(crate) fn run(listener: TcpListener, signals: Signals, ctx: Context) -> io::
                     // The child's copy of the permit belongs to the parent's
                     // books: never released here.
                     std::mem::forget(conn.permit);
-                    let signals = acceptor.into_child();
+                    let signals = acceptor.leave_to_child();
                     sys::exit_now(child(conn.stream, conn.peer, signals, blocked, &ctx, parent));
                 }
                 Err(e) => {
@@ -122,14 +130,17 @@ fn child(
             return 1;
         }
     };
-    // A stop event of its own: the parent's state is not the child's.
-    let ctx = Context { shutdown: Shutdown::new(ctx.config.grace), ..ctx.clone() };
-    if let Err(e) = stream.set_nonblocking(false) {
-        log::debug!("child {}: {e}", std::process::id());
-        return 1;
-    }
+    // The context is the parent's, copied by the fork and the child's own
+    // from here on (no memory is shared): its stop event included. Forked
+    // while serving, that is a running one; forked in the grace, from the
+    // connections the listener's queue held, it is the parent's drain, with
+    // the parent's deadline, so the child drains with the parent. Used in
+    // place: cloning it would write reference counts into pages the child
+    // still shares with the parent, each a copy-on-write fault.
+    // The socket stays non-blocking, as accepted: with a lookout, the driver
+    // polls before it reads or writes.
     let lookout: SharedLookout = Rc::new(RefCell::new(Signalled { signals, shutdown: ctx.shutdown.clone() }));
-    super::serve_blocking(Sock::Plain(stream), peer, &ctx, Some(lookout));
+    super::serve_blocking(Sock::Plain(stream), peer, ctx, Some(lookout));
     0
 }
 

@@ -45,8 +45,8 @@ static PID: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
 
 /// This process's pid without a syscall (getpid(2) is one: glibc no longer
 /// caches it, and loops asked once per wake-up whether they are the main
-/// process). Renewed in the child by [`fork`], through which every fork of
-/// the server goes.
+/// process). Forgotten in the child by [`fork`], through which every fork
+/// of the server goes, and read again on the child's first ask.
 pub(crate) fn pid() -> u32 {
     use std::sync::atomic::Ordering::Relaxed;
     match PID.load(Relaxed) {
@@ -114,7 +114,7 @@ pub(crate) fn fork() -> io::Result<Forked> {
     let forked = unsafe { nix::unistd::fork() };
     match forked {
         Ok(nix::unistd::ForkResult::Child) => {
-            PID.store(std::process::id(), std::sync::atomic::Ordering::Relaxed);
+            PID.store(0, std::sync::atomic::Ordering::Relaxed);
             Ok(Forked::Child(BlockedSignals(old)))
         }
         Ok(nix::unistd::ForkResult::Parent { child }) => {

@@ -77,7 +77,7 @@ pub(crate) fn run(listeners: Vec<TcpListener>, signals: Signals, ctx: Context) -
     let mut events = Events::with_capacity(16);
     loop {
         let now = Instant::now();
-        for exit in m.workers.reap() {
+        while let Some(exit) = m.workers.reap() {
             m.reaped(exit);
         }
         for stage in m.drain.advance(&m.ctx.shutdown, now) {
