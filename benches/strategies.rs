@@ -81,8 +81,9 @@ pub(crate) enum Kind {
     Switchyard(&'static [&'static str]),
     /// The tokio baseline with this runtime flavor.
     Tokio(&'static str),
-    /// The C epoll baseline.
-    C,
+    /// A C program of `benches/c` (the name, without `.c`), built by the
+    /// harness: the epoll baseline, and the process-per-connection one.
+    C(&'static str),
     /// A Python program (`python3 SCRIPT ADDR`, the path from the
     /// workspace root): measured one connection per message only.
     Python(&'static str),
@@ -109,9 +110,10 @@ const fn mode(name: &'static str, kind: Kind, max_clients: Option<usize>, why: &
 
 impl ModeSpec {
     /// Measured in the one-connection-per-message section only (the
-    /// tutorial's Python server, for the fork target).
+    /// process-per-connection baselines of the fork target: the tutorial's
+    /// Python server and the same server in C).
     pub(crate) fn reconnect_only(&self) -> bool {
-        matches!(self.kind, Kind::Python(_))
+        matches!(self.kind, Kind::Python(_) | Kind::C(FORK_ECHO))
     }
 }
 
@@ -140,10 +142,14 @@ pub(crate) const MODES: &[ModeSpec] = &[
     mode("prefork-event-async", S(&["--mode", "prefork", "--workers", "2", "--worker", "event", "--handler", "async"]), None, "", false),
     mode("tokio-ct", Tokio("current_thread"), None, "", true),
     mode("tokio-mt", Tokio("multi_thread"), None, "", true),
-    mode("c-epoll", C, None, "", true),
-    // The tutorial's process-per-connection server, beside fork.
+    mode("c-epoll", C("epoll_echo"), None, "", true),
+    // The tutorial's process-per-connection server, beside fork, and the same in C.
     mode("python-fork", Python("benches/python/fork_echo.py"), None, "", false),
+    mode("c-fork", C(FORK_ECHO), None, "", false),
 ];
+
+/// The C process-per-connection server (`benches/c/fork_echo.c`).
+const FORK_ECHO: &str = "fork_echo";
 
 /// The baselines every figure is compared with.
 pub(crate) const BASELINES: [&str; 2] = ["tokio-ct", "c-epoll"];
@@ -405,7 +411,8 @@ fn median_sample(samples: &[Sample]) -> Sample {
 pub(crate) struct Programs {
     pub(crate) server: PathBuf,
     pub(crate) me: PathBuf,
-    pub(crate) c: Option<PathBuf>,
+    /// The C programs of [`MODES`] that compiled.
+    pub(crate) c: Vec<(&'static str, PathBuf)>,
     pub(crate) logs: PathBuf,
 }
 
@@ -423,7 +430,11 @@ impl Programs {
             Kind::Tokio(flavor) => {
                 (self.me.clone(), vec![tokio_echo::SERVE_FLAG.to_string(), flavor.to_string(), listen])
             }
-            Kind::C => (self.c.clone().ok_or("the C baseline did not compile")?, vec![listen]),
+            Kind::C(name) => {
+                let exe =
+                    self.c.iter().find(|(n, _)| *n == name).ok_or(format!("benches/c/{name}.c did not compile"))?;
+                (exe.1.clone(), vec![listen])
+            }
             Kind::Python(script) => {
                 (PathBuf::from("python3"), vec![workspace_root().join(script).to_string_lossy().into_owned(), listen])
             }
@@ -742,13 +753,15 @@ fn run_all(opts: Opts) -> Result<bool, String> {
     let _ = std::fs::remove_dir_all(&logs);
     std::fs::create_dir_all(&logs).map_err(|e| e.to_string())?;
     idle::raise_nofile();
-    let c = match compile("epoll_echo", &opts.out) {
-        Ok(c) => Some(c),
-        Err(e) => {
-            eprintln!("warning: {e}");
-            None
+    let mut c = Vec::new();
+    for spec in MODES {
+        if let Kind::C(name) = spec.kind {
+            match compile(name, &opts.out) {
+                Ok(exe) => c.push((name, exe)),
+                Err(e) => eprintln!("warning: {e}"),
+            }
         }
-    };
+    }
     let me = std::env::current_exe().map_err(|e| e.to_string())?;
     let server = opts.server.clone().unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_server")));
     let p = Programs { server, me, c, logs };

@@ -608,14 +608,23 @@ fn uring_markdown(res: &Results, s: &mut String) {
             }
             None => "not measured in this run (no python-fork row)".to_string(),
         };
-        let floor = match res.fork_floor_us {
-            Some(f) => format!(
-                " (on this machine a bare fork + `_exit` + `waitpid` of a C program, `benches/c/fork_floor.c`, \
-                 costs {} µs of CPU: the floor of any process per connection here)",
+        let mut context = Vec::new();
+        if let Some(f) = res.fork_floor_us {
+            context.push(format!(
+                "on this machine a bare fork + `_exit` + `waitpid` of a C program, `benches/c/fork_floor.c`, costs {} \
+                 µs of CPU: the floor of any process per connection here",
                 us(f)
-            ),
-            None => String::new(),
-        };
+            ));
+        }
+        if let Some(c) = reconnect("c-fork") {
+            let per_conn = c.median.server_cpu_us_per_msg;
+            context.push(format!(
+                "the same server in C, `benches/c/fork_echo.c`, spends {} µs per connection, and fork {:.2}× that",
+                us(per_conn),
+                x / per_conn
+            ));
+        }
+        let floor = if context.is_empty() { String::new() } else { format!(" ({})", context.join("; ")) };
         lines.push(format!(
             "- fork: at most 150 µs of server CPU per connection with `--reconnect` — measured {} µs: {}{floor}; at \
              least 10× the Python process-per-connection server's connections per second — {python}.",
