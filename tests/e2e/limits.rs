@@ -1007,9 +1007,12 @@ fn clients_queued_at_a_stop(
         server.log()
     );
     let stalled = Instant::now();
+    // Each from an address of its own (127.0.0.2, .3, ...): per-address
+    // books are then one entry per client.
     let clients: Vec<TcpStream> = (0..CLIENTS)
         .map(|i| {
-            let mut c = server.connect();
+            let source = std::net::IpAddr::from([127, 0, 0, 2 + i as u8]);
+            let mut c = try_connect_from(source, server.addr).unwrap();
             c.write_all(format!("queued client {i}").as_bytes()).unwrap();
             c
         })
@@ -1115,6 +1118,35 @@ fn fork_children_made_in_the_grace_drain_with_the_parent() {
         "fork: children made in the grace ran past it and were told to quit ({:?} after the stall began)\n{log}",
         stalled.elapsed()
     );
+}
+
+/// The fork children made for the connections taken from the queue at the
+/// grace leave the parent's books alone: each closes its copies of the
+/// other taken connections, but their places and per-address counts are
+/// the parent's, kept in memory the children share (the scoreboard slot).
+/// (Each child dropped the others' permits, and every address whose count
+/// fell to zero in the child's copy came off the shared gauge: 5 addresses
+/// less 4 + 3 + 2 + 1.)
+#[test]
+fn fork_children_made_in_the_grace_leave_the_parents_books() {
+    let flags = ["--max-conns-per-ip", "4", "--metrics", "127.0.0.1:0"];
+    let (mut server, mut clients, _) =
+        clients_queued_at_a_stop(&FORK, "epoll_wait", "", &flags, nix::sys::signal::Signal::SIGTERM);
+    for (i, c) in clients.iter_mut().enumerate() {
+        read_echo(c, format!("queued client {i}").as_bytes()).unwrap();
+    }
+    let addresses = crate::support::metrics::scrape(server.metrics_addr()).value("switchyard_client_addresses");
+    assert_eq!(
+        addresses,
+        CLIENTS as f64,
+        "fork: {CLIENTS} clients from as many addresses are being served, the gauge says {addresses}\n{}",
+        server.log()
+    );
+    for c in &mut clients {
+        close_cleanly(c).unwrap();
+    }
+    let status = server.wait_exit(Duration::from_secs(10));
+    assert!(status.is_some_and(|s| s.success()), "fork: the drain ended with {status:?}\n{}", server.log());
 }
 
 /// The same clients in the queue, but the stop is immediate (SIGQUIT): the

@@ -134,6 +134,16 @@ pub(crate) struct Accepted<S> {
     pub(crate) permit: Permit,
 }
 
+impl<S> Accepted<S> {
+    /// In a forked child, for a connection the parent serves: closes the
+    /// child's copy and leaves its place to the parent's books, which the
+    /// child shares (its per-address count is a gauge in the scoreboard
+    /// slot): never released here.
+    pub(crate) fn close_in_child(self) {
+        std::mem::forget(self.permit);
+    }
+}
+
 /// What one [`AcceptPolicy::accept`] did.
 #[derive(Debug)]
 pub(crate) enum Outcome<S> {

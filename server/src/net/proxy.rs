@@ -177,6 +177,14 @@ pub(crate) struct Pending<S> {
     pub(crate) place: Reservation,
 }
 
+impl<S> Pending<S> {
+    /// In a forked child: closes the child's copy, and leaves its place to
+    /// the parent's books ([`Accepted::close_in_child`]).
+    fn close_in_child(self) {
+        std::mem::forget(self.place);
+    }
+}
+
 #[derive(Debug)]
 struct Entry<S> {
     pending: Pending<S>,
@@ -378,10 +386,13 @@ impl<S: AsFd> Headers<S> {
     }
 
     /// In a forked child: closes the child's copies of the waiting
-    /// connections, and only those (the poll is shared with the parent,
-    /// whose registrations stay; the parent counts them).
+    /// connections, and only those: the poll is shared with the parent,
+    /// whose registrations stay, and their places and counts are the
+    /// parent's.
     pub(crate) fn close_in_child(&mut self) {
-        self.waiting = Waiting::default();
+        for e in std::mem::take(&mut self.waiting).entries.drain() {
+            e.pending.close_in_child();
+        }
     }
 
     /// The earliest deadline of a waiting connection.
