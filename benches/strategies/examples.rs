@@ -22,6 +22,7 @@ use std::process::{Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use crate::output::against;
 use crate::programs::{find_tool, try_example};
 use crate::server::Server;
 use crate::{median, procfs, Opts};
@@ -452,7 +453,9 @@ impl ExampleResults {
                 let _ = writeln!(
                     s,
                     "- Target: `event` at least as many requests/s as nginx with one worker, at no more server CPU per \
-                     request — measured {rps:.2}× the requests/s at {cpu:.2}× the CPU per request: {}.\n",
+                     request — measured {}× the requests/s at {}× the CPU per request: {}.\n",
+                    against(rps, 1.0, 2),
+                    against(cpu, 1.0, 2),
                     verdict(rps >= 1.0 && cpu <= 1.0)
                 );
             }
@@ -475,7 +478,8 @@ impl ExampleResults {
                     let _ = writeln!(
                         s,
                         "- Target: `event` within 1.2× redis-server's server CPU per request on `{test}` (`-P 1`) — \
-                         measured {x:.2}×: {}.",
+                         measured {}×: {}.",
+                        against(x, 1.2, 2),
                         verdict(x <= 1.2)
                     );
                 }
