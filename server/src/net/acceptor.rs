@@ -197,11 +197,11 @@ impl<L: Listen + AsRawFd> Acceptor<L> {
     /// In a forked child: closes what the child must not keep open (the
     /// listener, the connections taken from its queue or waiting for their
     /// PROXY header, whose places stay in the parent's books, the poller's
-    /// endpoints) and hands back the signal pipe
-    /// for the child to reinstall. The rest stays as the fork copied it,
-    /// never dropped (the child ends in `_exit`), and is not moved: freeing
-    /// or copying it would write to pages the child still shares with the
-    /// parent, each write a copy-on-write fault.
+    /// endpoints) and hands back the signal pipe for the child to
+    /// reinstall. The rest stays as the fork copied it, never dropped (the
+    /// child ends in `_exit`), and is not moved: freeing or copying it would
+    /// write to pages the child still shares with the parent, each write a
+    /// copy-on-write fault.
     pub(crate) fn leave_to_child(&mut self) -> Option<crate::lifecycle::signals::Signals> {
         self.listener = None;
         for c in self.taken.drain(..) {

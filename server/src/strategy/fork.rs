@@ -135,8 +135,8 @@ fn child(
     // while serving, that is a running one; forked in the grace, from the
     // connections the listener's queue held, it is the parent's drain, with
     // the parent's deadline, so the child drains with the parent. Used in
-    // place: cloning it would write reference counts into pages the child
-    // still shares with the parent, each a copy-on-write fault.
+    // place, not cloned whole: each clone writes reference counts into pages
+    // the child still shares with the parent, each a copy-on-write fault.
     // The socket stays non-blocking, as accepted: with a lookout, the driver
     // polls before it reads or writes.
     let lookout: SharedLookout = Rc::new(RefCell::new(Signalled { signals, shutdown: ctx.shutdown.clone() }));
