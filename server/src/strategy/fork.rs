@@ -131,12 +131,14 @@ fn child(
         }
     };
     // The context is the parent's, copied by the fork and the child's own
-    // from here on (no memory is shared): its stop event included. Forked
+    // from here on (only the scoreboard slot is shared memory): its stop
+    // event included. Forked
     // while serving, that is a running one; forked in the grace, from the
     // connections the listener's queue held, it is the parent's drain, with
     // the parent's deadline, so the child drains with the parent. Used in
     // place, not cloned whole: each clone writes reference counts into pages
     // the child still shares with the parent, each a copy-on-write fault.
+    //
     // The socket stays non-blocking, as accepted: with a lookout, the driver
     // polls before it reads or writes.
     let lookout: SharedLookout = Rc::new(RefCell::new(Signalled { signals, shutdown: ctx.shutdown.clone() }));
